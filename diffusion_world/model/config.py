@@ -1,0 +1,129 @@
+"""Model configuration and the named presets (``tiny``, ``small``, ``base``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from diffusion_world.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the DART denoiser. Saved as JSON inside every checkpoint.
+
+    Resolutions are frame sizes in pixels of each U-Net level (level 0 is the full frame).
+    """
+
+    frame_size: tuple[int, int] = (64, 64)
+    image_channels: int = 3
+    # {"type": "discrete", "n": N} or {"type": "box", "shape": [D], "low": [...], "high": [...]}
+    action_space: dict[str, Any] = field(default_factory=lambda: {"type": "discrete", "n": 2})
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # per level, each level halves the resolution
+    # encoder blocks per level (temporal: causal convs, video attention); the per-frame decoder has one more
+    # per level, each taking an encoder skip (EDM2's pairing)
+    enc_blocks: tuple[int, ...] = (1, 1, 1, 2)
+    frame_attention: tuple[int, ...] = (16,)  # resolutions with per-frame self-attention
+    video_attention: tuple[int, ...] = (8,)  # resolutions whose encoder blocks use DART video attention
+    attention_head_dim: int = 32
+    emb_channels: int = 128
+    temporal_kernel: int = 3  # k of the causal 3D convolutions
+    context_window: int = 32  # W: frames kept in the KV cache (and visible to attention in training)
+    sigma_data: float = 0.5
+    head_channels: int = 128  # reward / termination heads
+    rope_base: float = 10_000.0
+    res_balance: float = 0.3
+    attn_balance: float = 0.3
+    concat_balance: float = 0.5
+    emb_balance: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.frame_size = tuple(self.frame_size)  # type: ignore[assignment]
+        for name in ("channels", "enc_blocks", "frame_attention", "video_attention"):
+            setattr(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        h, w = self.frame_size
+        levels = len(self.channels)
+        if len(self.enc_blocks) != levels:
+            raise UserError("channels and enc_blocks must have one entry per level")
+        if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+            raise UserError(f"frame size {h}x{w} is not divisible by 2^{levels - 1} for {levels} U-Net levels")
+        if any(c % self.attention_head_dim for c, r in zip(self.channels, self.resolutions)
+               if r in self.frame_attention or r in self.video_attention):
+            raise UserError("attention channels must be a multiple of attention_head_dim")
+        if self.temporal_kernel < 1 or self.context_window < 1:
+            raise UserError("temporal_kernel and context_window must be >= 1")
+        kind = self.action_space.get("type")
+        if kind not in ("discrete", "box"):
+            raise UserError(f"unsupported action space {self.action_space!r}: need Discrete or Box")
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [self.frame_size[0] >> i for i in range(len(self.channels))]
+
+    @property
+    def action_features(self) -> int:
+        """Width of the encoded action (one-hot with a "no action" slot, or the Box vector plus a flag)."""
+        if self.action_space["type"] == "discrete":
+            return int(self.action_space["n"]) + 1
+        return int(np.prod(self.action_space["shape"])) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def action_space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
+    """JSON description of a Gymnasium action space (Discrete or Box)."""
+    if isinstance(space, gym.spaces.Discrete):
+        if int(space.start) != 0:
+            raise UserError("Discrete action spaces with a non-zero start are not supported")
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        def finite(a: np.ndarray) -> list[float | None]:
+            return [float(v) if math.isfinite(v) else None for v in a.reshape(-1)]
+        return {"type": "box", "shape": list(space.shape), "low": finite(space.low), "high": finite(space.high)}
+    raise UserError(f"unsupported action space {space}: need Discrete or Box")
+
+
+def action_space_from_dict(d: dict[str, Any]) -> gym.spaces.Space:
+    if d["type"] == "discrete":
+        return gym.spaces.Discrete(int(d["n"]))
+    low = np.array([-np.inf if v is None else v for v in d["low"]], dtype=np.float32).reshape(d["shape"])
+    high = np.array([np.inf if v is None else v for v in d["high"]], dtype=np.float32).reshape(d["shape"])
+    return gym.spaces.Box(low, high, dtype=np.float32)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Unit tests: 16x16 frames, two levels, video attention at 8x8; ~100k parameters.
+    "tiny": dict(frame_size=(16, 16), channels=(16, 32), enc_blocks=(1, 1),
+                 frame_attention=(), video_attention=(8,), attention_head_dim=16, emb_channels=32,
+                 head_channels=32, context_window=16),
+    # CPU, 64x64: narrow high-resolution levels, capacity at 8x8 (video attention) and 16x16.
+    "small": dict(frame_size=(64, 64), channels=(16, 32, 64, 160), enc_blocks=(1, 1, 1, 2),
+                  frame_attention=(16,), video_attention=(8,), attention_head_dim=32, emb_channels=128, head_channels=128, context_window=32),
+    # GPU, 64x64, DIAMOND-sized or larger.
+    "base": dict(frame_size=(64, 64), channels=(64, 128, 192, 256), enc_blocks=(1, 1, 2, 2),
+                 frame_attention=(16,), video_attention=(8,), attention_head_dim=64, emb_channels=256, head_channels=256, context_window=32),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with ``overrides`` (e.g. ``frame_size``, ``action_space``) applied."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

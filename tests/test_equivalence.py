@@ -1,0 +1,248 @@
+"""Equivalence tests of the DART model: training mode vs cached inference, causality, attention backends,
+window eviction, batch independence, magnitude preservation. Tiny model, float64, CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from diffusion_world.model.config import preset_config
+from diffusion_world.model.dart import DartWorldModel, dart_frame_mask
+from diffusion_world.model.mp import MPConv, mp_cat, mp_silu, mp_sum, normalize
+
+ATOL = 1e-9
+
+ACTION_SPACES = {
+    "discrete": {"type": "discrete", "n": 3},
+    "box": {"type": "box", "shape": [2], "low": [-1.0, None], "high": [1.0, None]},
+}
+
+
+def make_model(action: str = "discrete", **overrides) -> DartWorldModel:
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", action_space=ACTION_SPACES[action], **overrides)
+    model = DartWorldModel(cfg).double().eval()
+    with torch.no_grad():  # zero-initialised gains would hide most of the network: randomise them
+        for name, p in model.named_parameters():
+            if p.ndim == 0:
+                p.fill_(0.5 + torch.rand(()).item())
+    return model
+
+
+def make_inputs(model: DartWorldModel, B: int = 2, T: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    H, W = model.cfg.frame_size
+    space = model.cfg.action_space
+    if space["type"] == "discrete":
+        actions = torch.randint(0, space["n"], (B, T), generator=g)
+    else:
+        actions = torch.randn(B, T, *space["shape"], generator=g, dtype=torch.float64)
+    has_action = torch.ones(B, T, dtype=torch.bool)
+    has_action[:, 0] = torch.rand(B, generator=g) < 0.5
+    return dict(
+        x_clean=torch.randn(B, T, 3, H, W, generator=g, dtype=torch.float64) * 0.5,
+        sigma_ctx=torch.exp(torch.rand(B, T, generator=g, dtype=torch.float64) * 2 - 5),
+        x_noisy=torch.randn(B, T, 3, H, W, generator=g, dtype=torch.float64),
+        sigma=torch.exp(torch.randn(B, T, generator=g, dtype=torch.float64) * 1.2 - 0.4),
+        actions=actions,
+        has_action=has_action,
+    )
+
+
+def train_forward(model: DartWorldModel, inp: dict[str, torch.Tensor], **kw):
+    return model(inp["x_noisy"], inp["sigma"], inp["x_clean"], inp["sigma_ctx"], inp["actions"],
+                 inp["has_action"], **kw)
+
+
+def rows(inp: dict[str, torch.Tensor], sl) -> dict[str, torch.Tensor]:
+    return {k: v[sl] for k, v in inp.items()}
+
+
+@pytest.mark.parametrize("action", ["discrete", "box"])
+def test_training_mode_equals_cached_inference(action: str) -> None:
+    """(1) Noisy frame t in training == one denoiser call after warming the caches up on clean frames < t."""
+    model = make_model(action)
+    inp = make_inputs(model)
+    T = inp["x_clean"].shape[1]
+    with torch.no_grad():
+        ref = train_forward(model, inp)
+        for t in range(T):
+            state = model.new_state(2)
+            if t > 0:
+                heads = model.warmup(state, inp["x_clean"][:, :t], inp["sigma_ctx"][:, :t],
+                                     inp["actions"][:, :t], inp["has_action"][:, :t])
+                torch.testing.assert_close(heads.reward, ref.reward[:, :t], atol=ATOL, rtol=0)
+                torch.testing.assert_close(heads.termination_logit, ref.termination_logit[:, :t], atol=ATOL,
+                                           rtol=0)
+            d = model.denoise_step(state, inp["x_noisy"][:, t], inp["sigma"][:, t], inp["actions"][:, t],
+                                   inp["has_action"][:, t])
+            torch.testing.assert_close(d, ref.denoised[:, t], atol=ATOL, rtol=0)
+    assert ref.denoised.abs().mean() > 0.05  # the comparison is not between zeros
+
+
+def test_causality() -> None:
+    """(2) Outputs at t never change when clean frames > t or noisy frames != t change."""
+    model = make_model()
+    inp = make_inputs(model, T=6)
+    t = 2
+    with torch.no_grad():
+        ref = train_forward(model, inp)
+        changed = dict(inp)
+        changed["x_clean"] = inp["x_clean"].clone()
+        changed["x_clean"][:, t + 1:] += 1.0
+        changed["x_noisy"] = inp["x_noisy"].clone()
+        changed["x_noisy"][:, [0, 1, 3, 4, 5]] *= -2.0
+        changed["actions"] = inp["actions"].clone()
+        changed["actions"][:, t + 1:] = (inp["actions"][:, t + 1:] + 1) % 3
+        out = train_forward(model, changed)
+    torch.testing.assert_close(out.denoised[:, t], ref.denoised[:, t], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.reward[:, : t + 1], ref.reward[:, : t + 1], atol=ATOL, rtol=0)
+    # and the perturbation is visible where it should be
+    assert (out.denoised[:, t + 1] - ref.denoised[:, t + 1]).abs().max() > 1e-3
+    # changing clean frame t-1 does change noisy frame t (it is context)
+    changed = dict(inp)
+    changed["x_clean"] = inp["x_clean"].clone()
+    changed["x_clean"][:, t - 1] += 1.0
+    with torch.no_grad():
+        out = train_forward(model, changed)
+    assert (out.denoised[:, t] - ref.denoised[:, t]).abs().max() > 1e-3
+
+
+def test_flex_attention_equals_dense_sdpa() -> None:
+    """(3) FlexAttention with a block mask == SDPA with the dense DART mask (forward)."""
+    model = make_model()
+    inp = make_inputs(model)
+    with torch.no_grad():
+        dense = train_forward(model, inp, attn_backend="sdpa")
+        flex = train_forward(model, inp, attn_backend="flex")
+    torch.testing.assert_close(flex.denoised, dense.denoised, atol=1e-7, rtol=0)
+    torch.testing.assert_close(flex.reward, dense.reward, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("action", ["discrete", "box"])
+def test_incremental_generation_equals_recompute(action: str) -> None:
+    """(4) Frames added one at a time through denoise_step + commit (the cache update from the last denoiser
+    call) leave the caches and heads exactly as a from-scratch warm-up over the whole window."""
+    model = make_model(action)
+    inp = make_inputs(model, T=7)
+    T = 7
+    with torch.no_grad():
+        ref = train_forward(model, inp)
+        state = model.new_state(2)
+        for t in range(T):
+            # the last denoiser call of a frame is made at its context noise level: its activations are the
+            # clean stream's for that frame
+            d = model.denoise_step(state, inp["x_clean"][:, t], inp["sigma_ctx"][:, t], inp["actions"][:, t],
+                                   inp["has_action"][:, t])
+            reward, term = model.commit(state)
+            torch.testing.assert_close(reward, ref.reward[:, t], atol=ATOL, rtol=0)
+            torch.testing.assert_close(term, ref.termination_logit[:, t], atol=ATOL, rtol=0)
+        assert d.shape == inp["x_clean"][:, 0].shape
+        fresh = model.new_state(2)
+        model.warmup(fresh, inp["x_clean"], inp["sigma_ctx"], inp["actions"], inp["has_action"])
+        x, s = inp["x_noisy"][:, 0], inp["sigma"][:, 0]
+        a, h = inp["actions"][:, 0], inp["has_action"][:, 0]
+        torch.testing.assert_close(model.denoise_step(state, x, s, a, h), model.denoise_step(fresh, x, s, a, h),
+                                   atol=ATOL, rtol=0)
+
+
+def test_window_eviction_matches_sliding_window_training() -> None:
+    """(5) With a window of W frames, cached generation past the window equals the training forward with
+    attention restricted to the last W frames (each query t sees clean frames t-W .. t-1 and itself)."""
+    W, T = 3, 9
+    model = make_model(context_window=W)
+    inp = make_inputs(model, T=T)
+    with torch.no_grad():
+        ref = train_forward(model, inp, window=W)
+        full = train_forward(model, inp)
+        state = model.new_state(2)
+        for t in range(T):
+            d = model.denoise_step(state, inp["x_noisy"][:, t], inp["sigma"][:, t], inp["actions"][:, t],
+                                   inp["has_action"][:, t])
+            torch.testing.assert_close(d, ref.denoised[:, t], atol=ATOL, rtol=0)
+            state.pending.clear()
+            model.denoise_step(state, inp["x_clean"][:, t], inp["sigma_ctx"][:, t], inp["actions"][:, t],
+                               inp["has_action"][:, t])
+            model.commit(state)
+        # warm-up longer than the window keeps only the last W frames too
+        state = model.new_state(2)
+        model.warmup(state, inp["x_clean"][:, : T - 1], inp["sigma_ctx"][:, : T - 1], inp["actions"][:, : T - 1],
+                     inp["has_action"][:, : T - 1])
+        d = model.denoise_step(state, inp["x_noisy"][:, T - 1], inp["sigma"][:, T - 1], inp["actions"][:, T - 1],
+                               inp["has_action"][:, T - 1])
+    torch.testing.assert_close(d, ref.denoised[:, T - 1], atol=ATOL, rtol=0)
+    assert (full.denoised[:, -1] - ref.denoised[:, -1]).abs().max() > 1e-4  # the window does matter
+    assert torch.equal(state.slot_pos.sort(dim=1).values, torch.tensor([[5, 6, 7]] * 2))
+
+
+def test_batch_independence_and_row_reset() -> None:
+    """(6) Row i of a batch == the same sample alone, in training and inference; resetting one row leaves
+    the others untouched and makes the reset row behave like a fresh state."""
+    model = make_model()
+    inp = make_inputs(model, B=3)
+    with torch.no_grad():
+        batch = train_forward(model, inp)
+        alone = train_forward(model, rows(inp, slice(1, 2)))
+        torch.testing.assert_close(batch.denoised[1:2], alone.denoised, atol=ATOL, rtol=0)
+
+        state = model.new_state(3)
+        model.warmup(state, inp["x_clean"][:, :4], inp["sigma_ctx"][:, :4], inp["actions"][:, :4],
+                     inp["has_action"][:, :4])
+        before = model.denoise_step(state, inp["x_noisy"][:, 4], inp["sigma"][:, 4], inp["actions"][:, 4],
+                                    inp["has_action"][:, 4])
+        state.pending.clear()
+        # reset row 0 and warm it up on 2 other frames, the way the vector env resets one sub-env
+        state.reset_rows(torch.tensor([0]))
+        sub = model.new_state(1)
+        model.warmup(sub, inp["x_clean"][:1, 2:4], inp["sigma_ctx"][:1, 2:4], inp["actions"][:1, 2:4],
+                     inp["has_action"][:1, 2:4])
+        state.load_rows(torch.tensor([0]), sub)
+        after = model.denoise_step(state, inp["x_noisy"][:, 4], inp["sigma"][:, 4], inp["actions"][:, 4],
+                                   inp["has_action"][:, 4])
+        fresh = model.new_state(1)
+        model.warmup(fresh, inp["x_clean"][:1, 2:4], inp["sigma_ctx"][:1, 2:4], inp["actions"][:1, 2:4],
+                     inp["has_action"][:1, 2:4])
+        expect0 = model.denoise_step(fresh, inp["x_noisy"][:1, 4], inp["sigma"][:1, 4], inp["actions"][:1, 4],
+                                     inp["has_action"][:1, 4])
+    torch.testing.assert_close(after[1:], before[1:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(after[:1], expect0, atol=ATOL, rtol=0)
+
+
+def test_dart_frame_mask() -> None:
+    """The frame-level mask written out by hand for T=3, all frames noisy."""
+    m = dart_frame_mask(3, torch.arange(3), None).int()
+    expected = torch.tensor([
+        # c0 c1 c2 n0 n1 n2
+        [1, 0, 0, 0, 0, 0],  # clean 0
+        [1, 1, 0, 0, 0, 0],  # clean 1
+        [1, 1, 1, 0, 0, 0],  # clean 2
+        [0, 0, 0, 1, 0, 0],  # noisy 0: no context, itself
+        [1, 0, 0, 0, 1, 0],  # noisy 1
+        [1, 1, 0, 0, 0, 1],  # noisy 2
+    ])
+    assert torch.equal(m, expected)
+
+
+def test_magnitude_preservation() -> None:
+    """(7) Unit-variance inputs stay unit variance through the MP primitives."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4096, 64, generator=g)
+    b = torch.randn(4096, 64, generator=g)
+    for y in (mp_sum(a, b, 0.3), mp_cat(a, b[:, :16], dim=1, t=0.3), normalize(a * 5.0, dim=1)):
+        assert abs(y.std().item() - 1) < 0.03
+    assert abs(mp_silu(a).pow(2).mean().sqrt().item() - 1) < 0.05  # unit second moment
+    conv = MPConv(64, 32, (3, 3))
+    x = torch.randn(64, 64, 16, 16, generator=g)
+    with torch.no_grad():
+        assert abs(conv(x).std().item() - 1) < 0.05
+        lin = MPConv(64, 128)
+        assert abs(lin(a).std().item() - 1) < 0.05
+
+
+def test_presets_build() -> None:
+    for name in ("tiny", "small"):
+        cfg = preset_config(name)
+        assert dataclasses.asdict(cfg)["frame_size"] == cfg.frame_size
+        DartWorldModel(cfg)
