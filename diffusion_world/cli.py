@@ -1,7 +1,8 @@
 """The ``diffusion-world`` command line.
 
-Each subcommand lives in a ``_cmd_<name>`` pair (``add`` builds its parser, ``run`` calls the library). User
-errors (:class:`UserError`) print one line and exit with status 2; anything else is a bug and shows its traceback.
+Each subcommand is an ``_add_<name>`` function that builds its parser and returns the handler that calls the
+library. User errors (:class:`UserError`) print one line and exit with status 2; anything else is a bug and
+shows its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 def _add_collect(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("collect", help="collect pixel trajectories of a Gymnasium env into a Minari dataset")
-    p.add_argument("--card", help="env card (TOML); its [env]/[collect] settings are defaults for the flags below")
+    p.add_argument("--card", help="env card (TOML) whose [env]/[collect] settings are defaults for the flags")
     p.add_argument("--env", dest="env_id", help="Gymnasium env id, e.g. CartPole-v1")
     p.add_argument("--dataset-id", help="Minari dataset id NAMESPACE/NAME-vN")
     p.add_argument("--steps", type=int, help="number of env steps to collect")
@@ -26,7 +27,9 @@ def _add_collect(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--policy", help="'random' or a path to an SB3 model (.zip)")
     p.add_argument("--epsilon", type=float, help="probability of a random action instead of the policy's")
     p.add_argument("--seed", type=int, help="base seed; episode i resets with seed+i")
-    p.add_argument("--jpeg", action="store_true", help="store frames JPEG-encoded (lossy, smaller)")
+    p.add_argument("--jpeg", action="store_true", help="let Minari JPEG-encode frames (lossy; default: lossless gzip)")
+    p.add_argument("--chunk-steps", type=int, help="steps held in memory before writing them, default 5000")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.data.collect import collect_from_args

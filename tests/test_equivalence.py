@@ -25,7 +25,7 @@ def make_model(action: str = "discrete", **overrides) -> DartWorldModel:
     cfg = preset_config("tiny", action_space=ACTION_SPACES[action], **overrides)
     model = DartWorldModel(cfg).double().eval()
     with torch.no_grad():  # zero-initialised gains would hide most of the network: randomise them
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 0:
                 p.fill_(0.5 + torch.rand(()).item())
     return model

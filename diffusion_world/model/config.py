@@ -109,16 +109,19 @@ def action_space_from_dict(d: dict[str, Any]) -> gym.spaces.Space:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Unit tests: 16x16 frames, two levels, video attention at 8x8; ~100k parameters.
-    "tiny": dict(frame_size=(16, 16), channels=(16, 32), enc_blocks=(1, 1),
-                 frame_attention=(), video_attention=(8,), attention_head_dim=16, emb_channels=32,
+    # Unit tests: 16x16 frames, two levels, video attention at 8x8; ~110k parameters.
+    "tiny": dict(frame_size=(16, 16), channels=(12, 24), enc_blocks=(1, 1),
+                 frame_attention=(), video_attention=(8,), attention_head_dim=8, emb_channels=32,
                  head_channels=32, context_window=16),
-    # CPU, 64x64: narrow high-resolution levels, capacity at 8x8 (video attention) and 16x16.
-    "small": dict(frame_size=(64, 64), channels=(16, 32, 64, 160), enc_blocks=(1, 1, 1, 2),
-                  frame_attention=(16,), video_attention=(8,), attention_head_dim=32, emb_channels=128, head_channels=128, context_window=32),
-    # GPU, 64x64, DIAMOND-sized or larger.
-    "base": dict(frame_size=(64, 64), channels=(64, 128, 192, 256), enc_blocks=(1, 1, 2, 2),
-                 frame_attention=(16,), video_attention=(8,), attention_head_dim=64, emb_channels=256, head_channels=256, context_window=32),
+    # CPU, 64x64 (~4M parameters, ~1 GFLOP per denoiser call): narrow 64x64 and 32x32 levels without
+    # encoder blocks, the capacity at 16x16 and 8x8 (video attention); no per-frame attention at 16x16.
+    "small": dict(frame_size=(64, 64), channels=(16, 32, 64, 128), enc_blocks=(0, 0, 1, 1),
+                  frame_attention=(), video_attention=(8,), attention_head_dim=32,
+                  emb_channels=128, head_channels=128, context_window=32),
+    # GPU, 64x64, larger than DIAMOND's denoiser (~21M parameters, ~6 GFLOP per denoiser call).
+    "base": dict(frame_size=(64, 64), channels=(32, 64, 128, 256), enc_blocks=(1, 1, 1, 2),
+                 frame_attention=(16,), video_attention=(8,), attention_head_dim=64,
+                 emb_channels=256, head_channels=256, context_window=32),
 }
 
 

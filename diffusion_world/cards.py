@@ -1,0 +1,114 @@
+"""Env cards: one TOML file per supported real environment (``envs/*.toml``).
+
+A card holds everything the pipeline needs to know about one environment: ``[env]`` (the real env id and its
+pixel settings), ``[collect]`` (dataset id, size, policy), and the ``[model]``, ``[train]`` and
+``[imagination]`` settings that later stages read. ``[env]`` and ``[collect]`` are validated here; the other
+sections are passed through as plain dicts for their owners to validate. Cards are data: CLI flags given next
+to ``--card`` override them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffusion_world.errors import UserError
+
+# key -> (accepted types, default). A default of None means required.
+ENV_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "id": ((str,), None),
+    "size": ((int,), 64),
+    "frame_skip": ((int,), 1),
+    "env_kwargs": ((dict,), {}),
+}
+COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "dataset_id": ((str,), None),
+    "steps": ((int,), None),
+    "policy": ((str,), "random"),
+    "epsilon": ((int, float), 0.0),
+    "seed": ((int,), 0),
+    "lossless": ((bool,), True),
+    "chunk_steps": ((int,), 5000),
+}
+PASS_THROUGH_SECTIONS = ("model", "train", "imagination")
+
+
+@dataclass
+class Card:
+    """A parsed env card; each section is a plain dict (``env`` and ``collect`` with defaults filled in)."""
+
+    env: dict[str, Any]
+    collect: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    imagination: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _validate_section(
+    where: str, section: Any, keys: dict[str, tuple[tuple[type, ...], Any]]
+) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise UserError(f"{where} must be a table")
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(keys)})")
+    out: dict[str, Any] = {}
+    for key, (types, default) in keys.items():
+        if key not in section:
+            if default is None:
+                raise UserError(f"{where}: missing required key {key!r}")
+            out[key] = default
+            continue
+        value = section[key]
+        # bool is an int in Python: reject `size = true` unless the key is a bool.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise UserError(f"{where}: {key} must be {expected}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def load_card(path: str | os.PathLike) -> Card:
+    """Read and validate an env card.
+
+    Example:
+        >>> card = load_card("envs/cartpole.toml")
+        >>> card.env["id"], card.collect["dataset_id"]
+        ('CartPole-v1', 'diffusion_world/cartpole-pixels-v0')
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"card not found: {str(path)!r}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"card {str(path)!r} is not valid TOML: {e}") from e
+    allowed = {"env", "collect", *PASS_THROUGH_SECTIONS}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise UserError(
+            f"card {str(path)!r}: unknown section(s) {', '.join(unknown)} (allowed: {', '.join(allowed)})"
+        )
+    if "env" not in data:
+        raise UserError(f"card {str(path)!r}: missing [env] section")
+    env = _validate_section(f"card {str(path)!r} [env]", data["env"], ENV_KEYS)
+    # [collect] is optional: a card can describe an env whose data comes from elsewhere.
+    collect: dict[str, Any] = {}
+    if "collect" in data:
+        collect = _validate_section(f"card {str(path)!r} [collect]", data["collect"], COLLECT_KEYS)
+    if env["size"] < 8 or env["frame_skip"] < 1:
+        raise UserError(f"card {str(path)!r} [env]: size must be >= 8 and frame_skip >= 1")
+    if collect and not (collect["steps"] >= 1 and 0.0 <= collect["epsilon"] <= 1.0):
+        raise UserError(f"card {str(path)!r} [collect]: steps must be >= 1 and epsilon in [0, 1]")
+    sections: dict[str, dict[str, Any]] = {}
+    for name in PASS_THROUGH_SECTIONS:
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise UserError(f"card {str(path)!r}: [{name}] must be a table")
+        sections[name] = section
+    return Card(env=env, collect=collect, path=path, **sections)

@@ -1,0 +1,365 @@
+"""Training data: a Minari image dataset as one contiguous memory-mapped frame array, sampled in windows.
+
+``FrameCache.open`` converts a dataset once into ``.npy`` files (frames memory-mapped, the rest small) next to
+the dataset, keyed by a fingerprint of its files, and reopens them afterwards. Per-frame arrays are aligned
+the way the model consumes them: frame ``i`` comes with the action that *led to it* and the reward/termination
+of that transition (an episode's first frame has none). ``WindowSampler`` draws windows of ``seq_len`` frames
+that never cross an episode boundary; a batch is one fancy-indexing gather, no Python loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from minari.serialization import deserialize_space, serialize_space
+from tqdm.auto import tqdm
+
+from diffusion_world.errors import UserError
+
+CACHE_DIR_NAME = "diffusion_world_cache"
+# Bump when the cache layout or its alignment conventions change: old caches are then rebuilt.
+CACHE_FORMAT_VERSION = 1
+_ARRAYS = (
+    "prev_actions",
+    "has_prev_action",
+    "rewards",
+    "terminations",
+    "truncations",
+    "episode_starts",
+    "episode_lengths",
+    "episode_ids",
+    "episode_seeds",
+)
+
+
+def _minari_root() -> Path:
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+
+
+def _fingerprint(data_dir: Path) -> str:
+    """Names, sizes and modification times of the dataset's files: any write to the dataset changes it."""
+    digest = hashlib.sha256(f"format={CACHE_FORMAT_VERSION}".encode())
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(data_dir)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _check_image_space(dataset_id: str, space: gym.Space) -> gym.spaces.Box:
+    if not (
+        isinstance(space, gym.spaces.Box)
+        and len(space.shape) == 3
+        and space.shape[2] == 3
+        and space.dtype == np.uint8
+    ):
+        raise UserError(
+            f"dataset {dataset_id!r} has observation space {space}; diffusion_world needs image observations "
+            "Box(0, 255, (H, W, 3), uint8)"
+        )
+    return space
+
+
+def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[int, ...]]:
+    if isinstance(space, gym.spaces.Discrete):
+        return np.dtype(np.int64), ()
+    if isinstance(space, gym.spaces.Box):
+        return np.dtype(np.float32), tuple(space.shape)
+    raise UserError(f"dataset {dataset_id!r} has action space {space}; only Discrete and Box are supported")
+
+
+def _env_spec_dict(env_spec: Any) -> dict[str, Any] | None:
+    """``{"id": ..., **kwargs}`` (plus ``max_episode_steps`` if set), or None when not JSON-serialisable."""
+    if env_spec is None:
+        return None
+    spec = {"id": env_spec.id, **dict(env_spec.kwargs)}
+    if env_spec.max_episode_steps is not None:
+        spec["max_episode_steps"] = env_spec.max_episode_steps
+    try:
+        json.dumps(spec)
+    except TypeError:
+        return None
+    return spec
+
+
+class FrameCache:
+    """All episodes of a Minari image dataset as contiguous memory-mapped arrays (built once, then reopened).
+
+    Layout: ``frames[i]`` is a ``(H, W, 3)`` uint8 frame; episode ``e`` owns frames
+    ``episode_starts[e] : episode_starts[e] + episode_lengths[e]`` (an episode of L steps has L+1 frames).
+    ``prev_actions[i]``, ``rewards[i]``, ``terminations[i]``, ``truncations[i]`` describe the transition
+    *into*
+    frame ``i``; ``has_prev_action[i]`` is False (and the others zero) for an episode's first frame.
+    ``env_spec`` rebuilds the env: ``gym.make(spec["id"], **{k: v for k, v in spec.items() if k != "id"})``.
+
+    Example:
+        >>> cache = FrameCache.open("diffusion_world/cartpole-pixels-v0")  # doctest: +SKIP
+        >>> cache.frames.shape, cache.frame_size  # doctest: +SKIP
+        ((10084, 64, 64, 3), (64, 64))
+        >>> train_episodes, val_episodes = cache.episode_split(val_fraction=0.1, seed=0)  # doctest: +SKIP
+    """
+
+    dataset_id: str
+    frames: np.ndarray
+    prev_actions: np.ndarray
+    has_prev_action: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    episode_starts: np.ndarray
+    episode_lengths: np.ndarray
+    episode_ids: np.ndarray
+    episode_seeds: np.ndarray
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Space
+    frame_size: tuple[int, int]
+    env_spec: dict[str, Any] | None
+    directory: Path
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        """Open an existing cache directory (use :meth:`open`, which builds it when needed)."""
+        self.directory = Path(directory)
+        meta = json.loads((self.directory / "meta.json").read_text())
+        self.dataset_id = meta["dataset_id"]
+        self.fingerprint = meta["fingerprint"]
+        self.observation_space = deserialize_space(meta["observation_space"])
+        self.action_space = deserialize_space(meta["action_space"])
+        self.env_spec = meta["env_spec"]
+        self.frames = np.load(self.directory / "frames.npy", mmap_mode="r")
+        for name in _ARRAYS:
+            setattr(self, name, np.load(self.directory / f"{name}.npy"))
+        self.frame_size = (int(self.frames.shape[1]), int(self.frames.shape[2]))
+
+    @classmethod
+    def open(
+        cls, dataset_id: str, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    ) -> FrameCache:
+        """Open the cache of a local Minari dataset, building it first if missing or out of date.
+
+        The default ``cache_dir`` is ``<MINARI_DATASETS_PATH or
+        ~/.minari/datasets>/<dataset_id>/diffusion_world_cache``.
+        The build is written to a temporary directory and renamed into place, so concurrent openers (e.g. DDP
+        ranks) and interrupted builds never see a partial cache.
+        """
+        dataset_dir = _minari_root() / dataset_id
+        data_dir = dataset_dir / "data"
+        if not data_dir.is_dir():
+            raise UserError(
+                f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={_minari_root()} "
+                "(nothing is downloaded: collect it with `diffusion-world collect` or copy it there)"
+            )
+        fingerprint = _fingerprint(data_dir)
+        directory = Path(cache_dir) if cache_dir is not None else dataset_dir / CACHE_DIR_NAME
+        if _cache_matches(directory, fingerprint):
+            return cls(directory)
+        _build_cache(dataset_id, directory, fingerprint, progress)
+        return cls(directory)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.episode_starts.shape[0])
+
+    def episode_split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic episode-level split into sorted ``(train, val)`` episode indices.
+
+        ``round(E * val_fraction)`` validation episodes, at least one when ``E >= 2`` and
+        ``val_fraction > 0``, and never all of them.
+
+        Example:
+            >>> train, val = cache.episode_split(0.1, seed=0)  # doctest: +SKIP
+            >>> WindowSampler(cache, seq_len=16, episodes=train)  # doctest: +SKIP
+        """
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        num = self.num_episodes
+        num_val = 0
+        if val_fraction > 0 and num >= 2:
+            num_val = min(max(1, round(num * val_fraction)), num - 1)
+        order = np.random.default_rng(seed).permutation(num)
+        return np.sort(order[num_val:]).astype(np.int64), np.sort(order[:num_val]).astype(np.int64)
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameCache({self.dataset_id!r}, {self.num_episodes} episodes, {self.num_frames} frames of "
+            f"{self.frame_size[0]}x{self.frame_size[1]}, actions {self.action_space})"
+        )
+
+
+def _cache_matches(directory: Path, fingerprint: str) -> bool:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("fingerprint") == fingerprint and meta.get("format") == CACHE_FORMAT_VERSION
+
+
+def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool) -> None:
+    import minari
+
+    try:
+        dataset = minari.load_dataset(dataset_id)
+    except (ValueError, FileNotFoundError, KeyError, AssertionError) as e:
+        raise UserError(f"cannot read Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from e
+    obs_space = _check_image_space(dataset_id, dataset.observation_space)
+    action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
+    indices = np.asarray(dataset.episode_indices, dtype=np.int64)
+    if indices.size == 0:
+        raise UserError(f"dataset {dataset_id!r} has no episodes")
+    metas = list(dataset.storage.get_episode_metadata(indices))
+    lengths = np.array([int(m["total_steps"]) + 1 for m in metas], dtype=np.int64)
+    seeds = np.array([-1 if m.get("seed") is None else int(m["seed"]) for m in metas], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    num_frames = int(lengths.sum())
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        frames = np.lib.format.open_memmap(
+            tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(num_frames, *obs_space.shape)
+        )
+        arrays = {
+            "prev_actions": np.zeros((num_frames, *action_shape), dtype=action_dtype),
+            "has_prev_action": np.ones(num_frames, dtype=bool),
+            "rewards": np.zeros(num_frames, dtype=np.float32),
+            "terminations": np.zeros(num_frames, dtype=bool),
+            "truncations": np.zeros(num_frames, dtype=bool),
+        }
+        arrays["has_prev_action"][starts] = False
+        episodes = dataset.iterate_episodes(indices)
+        bar = tqdm(
+            episodes, total=len(indices), unit="episode", desc=f"cache {dataset_id}", disable=not progress
+        )
+        for start, length, episode in zip(starts, lengths, bar):
+            observations = np.asarray(episode.observations)
+            if observations.shape != (length, *obs_space.shape):
+                raise UserError(
+                    f"dataset {dataset_id!r} episode {episode.id}: observations {observations.shape}, "
+                    f"expected {(length, *obs_space.shape)}"
+                )
+            frames[start : start + length] = observations
+            # Transition t (action t, reward t) leads from frame t to frame t+1 of the episode.
+            steps = slice(start + 1, start + length)
+            arrays["prev_actions"][steps] = np.asarray(episode.actions).reshape(length - 1, *action_shape)
+            arrays["rewards"][steps] = episode.rewards
+            arrays["terminations"][steps] = episode.terminations
+            arrays["truncations"][steps] = episode.truncations
+        frames.flush()
+        del frames
+        arrays.update(
+            episode_starts=starts, episode_lengths=lengths, episode_ids=indices, episode_seeds=seeds
+        )
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", arrays[name])
+        meta = {
+            "format": CACHE_FORMAT_VERSION,
+            "dataset_id": dataset_id,
+            "fingerprint": fingerprint,
+            "observation_space": serialize_space(obs_space),
+            "action_space": serialize_space(dataset.action_space),
+            "env_spec": _env_spec_dict(dataset.env_spec),
+            "num_frames": num_frames,
+            "num_episodes": int(len(indices)),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _install(tmp, directory, fingerprint)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, directory: Path, fingerprint: str) -> None:
+    """Rename a finished cache into place, replacing a stale one; a concurrent builder may have won."""
+    if directory.exists():
+        if _cache_matches(directory, fingerprint):
+            return
+        # Readers of the stale cache keep their open memmaps (Linux unlinks lazily).
+        stale = directory.parent / f".{directory.name}.stale-{uuid.uuid4().hex[:12]}"
+        os.rename(directory, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, directory)
+    except OSError:
+        if not _cache_matches(directory, fingerprint):
+            raise
+
+
+class WindowSampler:
+    """Windows of ``seq_len`` consecutive frames inside episodes, sampled uniformly over all valid windows.
+
+    Episodes shorter than ``seq_len`` frames are excluded (counted in ``num_excluded_episodes``, with one
+    warning). Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
+    (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``
+    (B, T) float32, ``terminations`` (B, T) bool, ``window_starts`` (B,) int64 (each window's first frame
+    in ``cache.frames``).
+
+    Example:
+        >>> sampler = WindowSampler(cache, seq_len=16, episodes=train_episodes)  # doctest: +SKIP
+        >>> batch = sampler.sample(32, np.random.default_rng(0))  # doctest: +SKIP
+        >>> batch["frames"].shape  # doctest: +SKIP
+        (32, 16, 64, 64, 3)
+    """
+
+    def __init__(self, cache: FrameCache, seq_len: int, episodes: np.ndarray | None = None) -> None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int | np.integer) or seq_len < 1:
+            raise UserError(f"seq_len must be an integer >= 1, got {seq_len!r}")
+        self.cache = cache
+        self.seq_len = int(seq_len)
+        episodes = np.arange(cache.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
+        if episodes.size == 0:
+            raise UserError("WindowSampler needs at least one episode")
+        lengths = cache.episode_lengths[episodes]
+        long_enough = lengths >= self.seq_len
+        self.episodes = episodes[long_enough]
+        self.num_excluded_episodes = int((~long_enough).sum())
+        if self.num_excluded_episodes:
+            warnings.warn(
+                f"{self.num_excluded_episodes} of {episodes.size} episodes of {cache.dataset_id!r} are "
+                f"shorter than seq_len={self.seq_len} frames and are excluded from sampling",
+                stacklevel=2,
+            )
+        counts = lengths[long_enough] - self.seq_len + 1  # windows per episode
+        if counts.sum() == 0:
+            raise UserError(
+                f"no episode of {cache.dataset_id!r} has {self.seq_len} frames "
+                f"(longest: {int(lengths.max())})"
+            )
+        # window_starts = concat(arange(start_e, start_e + count_e)), without a Python loop over episodes.
+        offsets = np.cumsum(counts) - counts
+        self.window_starts = (
+            np.repeat(cache.episode_starts[self.episodes] - offsets, counts) + np.arange(counts.sum())
+        ).astype(np.int64)
+        self.num_windows = int(self.window_starts.shape[0])
+        self._steps = np.arange(self.seq_len, dtype=np.int64)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``batch_size`` windows drawn uniformly (with replacement) over all valid windows."""
+        return self.get(rng.integers(0, self.num_windows, size=batch_size))
+
+    def get(self, window_indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The windows with the given indices in ``[0, num_windows)``, in that order."""
+        starts = self.window_starts[np.asarray(window_indices, dtype=np.int64)]
+        frame_indices = starts[:, None] + self._steps  # (B, T)
+        cache = self.cache
+        return {
+            "frames": cache.frames[frame_indices],
+            "actions": cache.prev_actions[frame_indices],
+            "has_action": cache.has_prev_action[frame_indices],
+            "rewards": cache.rewards[frame_indices],
+            "terminations": cache.terminations[frame_indices],
+            "window_starts": starts,
+        }
+
+    def __len__(self) -> int:
+        return self.num_windows

@@ -1,0 +1,189 @@
+"""Any Gymnasium env as uint8 pixel observations: the one source of frames for collection and evaluation.
+
+``PixelEnv`` wraps ``gym.make(env_id, render_mode="rgb_array")`` and returns ``render()`` resized with OpenCV
+``INTER_AREA`` as its observation. It is registered as ``diffusion_world/Pixels-v0`` with JSON-serialisable
+kwargs only, so a Minari dataset collected with it can rebuild it with ``dataset.recover_environment()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from typing import Any, SupportsFloat
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+from diffusion_world.errors import UserError
+from diffusion_world.registration import PIXEL_ENV_ID
+
+MIN_FRAME_SIZE = 8
+
+
+def _register_ale_if_needed(env_id: str) -> None:
+    """Atari ids only exist once ale-py registered them; import it lazily (it is an optional extra)."""
+    if not env_id.startswith("ALE/"):
+        return
+    try:
+        import ale_py
+    except ImportError as e:
+        raise UserError(f"env id {env_id!r} needs ale-py: pip install 'diffusion-world[atari]'") from e
+    gym.register_envs(ale_py)
+
+
+def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
+    _register_ale_if_needed(env_id)
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    # "module:Env-vN" ids register themselves when gym.make imports the module.
+    if ":" not in env_id and env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown Gymnasium env id {env_id!r}{hint}")
+    if "render_mode" in env_kwargs:
+        raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")
+    try:
+        with warnings.catch_warnings():
+            # gymnasium only warns when render_mode is unsupported; we check it ourselves below.
+            warnings.filterwarnings("ignore", message=".*render_mode.*")
+            env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+    except ModuleNotFoundError as e:  # a "module:Env-vN" id whose module does not exist
+        raise UserError(f"cannot make env {env_id!r}: {str(e).splitlines()[0]}") from e
+    except gym.error.DependencyNotInstalled as e:
+        raise UserError(f"env {env_id!r} needs a missing dependency: {str(e).splitlines()[0]}") from e
+    except gym.error.Error as e:
+        raise UserError(f"cannot make env {env_id!r}: {str(e).splitlines()[0]}") from e
+    except TypeError as e:
+        if "unexpected keyword argument 'render_mode'" in str(e):
+            raise UserError(
+                f"env {env_id!r} cannot render 'rgb_array' frames (no render_mode argument)"
+            ) from e
+        raise UserError(
+            f"cannot make env {env_id!r} with kwargs {env_kwargs}: {str(e).splitlines()[0]}"
+        ) from e
+    render_modes = env.unwrapped.metadata.get("render_modes") or []
+    if "rgb_array" not in render_modes or env.unwrapped.render_mode != "rgb_array":
+        env.close()
+        raise UserError(
+            f"env {env_id!r} cannot render 'rgb_array' frames (render_modes: {list(render_modes)})"
+        )
+    return env
+
+
+def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB(A) or grey render to a ``(size, size, 3)`` uint8 frame with area averaging.
+
+    >>> resize_frame(np.zeros((400, 600, 3), np.uint8), 64).shape
+    (64, 64, 3)
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    # INTER_AREA averages every source pixel (anti-aliased); other modes drop thin lines like CartPole's pole.
+    frame = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(frame, dtype=np.uint8)
+
+
+class PixelEnv(gym.Env[np.ndarray, Any]):
+    """A Gymnasium env observed through its ``rgb_array`` renders, resized to ``size x size`` uint8 frames.
+
+    The inner env's own observation is passed on in ``info["state"]`` (a state-based policy can then drive
+    pixel collection). With ``frame_skip=K`` each action is repeated K times, rewards are summed and
+    repetition stops at termination or truncation. Episode length limits are the inner env's.
+
+    Example:
+        >>> env = gym.make("diffusion_world/Pixels-v0", env_id="CartPole-v1", size=64)
+        >>> frame, info = env.reset(seed=0)
+        >>> frame.shape, frame.dtype, info["state"].shape
+        ((64, 64, 3), dtype('uint8'), (4,))
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(
+        self,
+        env_id: str,
+        size: int = 64,
+        frame_skip: int = 1,
+        env_kwargs: dict[str, Any] | None = None,
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        if not isinstance(env_id, str) or not env_id:
+            raise UserError(f"env_id must be a Gymnasium env id string, got {env_id!r}")
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < MIN_FRAME_SIZE:
+            raise UserError(f"frame size must be an integer >= {MIN_FRAME_SIZE}, got {size!r}")
+        if isinstance(frame_skip, bool) or not isinstance(frame_skip, int | np.integer) or frame_skip < 1:
+            raise UserError(f"frame_skip must be an integer >= 1, got {frame_skip!r}")
+        if env_kwargs is not None and not isinstance(env_kwargs, dict):
+            raise UserError(f"env_kwargs must be a dict, got {type(env_kwargs).__name__}")
+        if render_mode not in (None, "rgb_array"):
+            raise UserError(f"PixelEnv only supports render_mode 'rgb_array', got {render_mode!r}")
+        self.env_id = env_id
+        self.size = int(size)
+        self.frame_skip = int(frame_skip)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.render_mode = render_mode
+        self.inner = _make_inner_env(env_id, self.env_kwargs)
+        self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+        self.action_space = self.inner.action_space
+        fps = self.inner.unwrapped.metadata.get("render_fps") or 30
+        self.metadata = {"render_modes": ["rgb_array"], "render_fps": max(1, round(fps / self.frame_skip))}
+        self._frame: np.ndarray | None = None
+
+    def _observe(self) -> np.ndarray:
+        image = self.inner.render()
+        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+            raise UserError(f"env {self.env_id!r} did not return an rgb_array frame from render()")
+        self._frame = resize_frame(image, self.size)
+        return self._frame
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        state, info = self.inner.reset(seed=seed, options=options)
+        info = dict(info)
+        info["state"] = state
+        return self._observe(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        total_reward = 0.0
+        terminated = truncated = False
+        for _ in range(self.frame_skip):
+            state, reward, terminated, truncated, info = self.inner.step(action)
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        info = dict(info)
+        info["state"] = state
+        return self._observe(), total_reward, bool(terminated), bool(truncated), info
+
+    def render(self) -> np.ndarray | None:
+        """The current observation frame (``None`` before the first reset)."""
+        return None if self._frame is None else self._frame.copy()
+
+    def close(self) -> None:
+        if hasattr(self, "inner"):
+            self.inner.close()
+        super().close()
+
+
+def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, **env_kwargs: Any) -> gym.Env:
+    """``gym.make`` the registered pixel env (the way every diffusion_world component should build one).
+
+    Example:
+        >>> env = make_pixel_env("LunarLander-v3", size=64, frame_skip=2, continuous=True)
+        >>> env.action_space.shape
+        (2,)
+    """
+    kwargs: dict[str, Any] = {"env_id": env_id, "size": size, "frame_skip": frame_skip}
+    if env_kwargs:
+        kwargs["env_kwargs"] = env_kwargs
+    return gym.make(PIXEL_ENV_ID, **kwargs)

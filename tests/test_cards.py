@@ -1,0 +1,89 @@
+"""Env cards: the shipped cards load, and malformed cards are one-line UserErrors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffusion_world.cards import load_card
+from diffusion_world.errors import UserError
+
+ENVS_DIR = Path(__file__).resolve().parents[1] / "envs"
+
+
+@pytest.mark.parametrize("name", ["cartpole", "lunarlander", "breakout"])
+def test_shipped_cards_load(name: str) -> None:
+    card = load_card(ENVS_DIR / f"{name}.toml")
+    assert card.path == ENVS_DIR / f"{name}.toml"
+    assert card.env["size"] == 64 and card.collect["dataset_id"].startswith("diffusion_world/")
+    assert card.model["preset"] == "small" and card.imagination["sampler_steps"] == 3
+    assert {"steps", "batch_size", "seq_len"} <= set(card.train)
+    assert {"horizon", "context_frames"} <= set(card.imagination)
+
+
+def test_cartpole_card_values() -> None:
+    card = load_card(ENVS_DIR / "cartpole.toml")
+    assert card.env == {"id": "CartPole-v1", "size": 64, "frame_skip": 1, "env_kwargs": {}}
+    assert card.collect["dataset_id"] == "diffusion_world/cartpole-pixels-v0"
+    assert card.collect["policy"] == "random" and card.collect["epsilon"] == 0.0
+    assert card.train["seq_len"] == 16 and card.train["batch_size"] == 8
+    assert card.imagination == {"sampler_steps": 3, "horizon": 500, "context_frames": 4}
+
+
+def test_cards_build_their_envs() -> None:
+    pytest.importorskip("Box2D")
+    pytest.importorskip("ale_py")
+    from diffusion_world.data.pixel_env import make_pixel_env
+
+    for name in ("cartpole", "lunarlander", "breakout"):
+        env_cfg = load_card(ENVS_DIR / f"{name}.toml").env
+        env = make_pixel_env(env_cfg["id"], size=8, frame_skip=env_cfg["frame_skip"], **env_cfg["env_kwargs"])
+        assert env.reset(seed=0)[0].shape == (8, 8, 3)
+        env.close()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "card.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_pass_through(tmp_path: Path) -> None:
+    card = load_card(_write(tmp_path, '[env]\nid = "Pendulum-v1"\n[train]\nanything = [1, 2]\n'))
+    assert card.env == {"id": "Pendulum-v1", "size": 64, "frame_skip": 1, "env_kwargs": {}}
+    assert card.collect == {} and card.train == {"anything": [1, 2]} and card.model == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[env]\nid = "CartPole-v1"\nsze = 64\n', r"unknown key\(s\) sze"),
+        (
+            '[env]\nid = "CartPole-v1"\n[collect]\ndataset_id = "a/b-v0"\nsteps = 5\nepsilonn = 0.1\n',
+            r"unknown key\(s\) epsilonn",
+        ),
+        ("[env]\nsize = 64\n", "missing required key 'id'"),
+        ("[collect]\nsteps = 5\n", r"missing \[env\] section"),
+        ('[env]\nid = "CartPole-v1"\nsize = "64"\n', "size must be int"),
+        ('[env]\nid = "CartPole-v1"\nsize = true\n', "size must be int"),
+        ('[env]\nid = "CartPole-v1"\nsize = 4\n', "size must be >= 8"),
+        (
+            '[env]\nid = "CartPole-v1"\n[collect]\ndataset_id = "a/b-v0"\nsteps = 5\nepsilon = 2.0\n',
+            "epsilon",
+        ),
+        ('[env]\nid = "CartPole-v1"\n[collect]\nsteps = 5\n', "missing required key 'dataset_id'"),
+        ('[env]\nid = "CartPole-v1"\n[trian]\nsteps = 5\n', r"unknown section\(s\) trian"),
+        ('[env]\nid = "CartPole-v1"\nmodel = 3\n', r"unknown key\(s\) model"),
+        ("[env\n", "not valid TOML"),
+    ],
+)
+def test_bad_cards(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        load_card(_write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_card(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="card not found"):
+        load_card(tmp_path / "nope.toml")

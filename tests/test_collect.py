@@ -1,0 +1,196 @@
+"""collect(): Minari round trip, lossless frames reproducible from the recorded seeds, chunks, policies,
+atomicity, and every bad input through the CLI (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import minari
+import numpy as np
+import pytest
+
+from diffusion_world.cli import main
+from diffusion_world.data.collect import collect
+from diffusion_world.errors import UserError
+from diffusion_world.registration import PIXEL_ENV_ID
+
+# The module, not the function that diffusion_world.data re-exports under the same name.
+collect_module = importlib.import_module("diffusion_world.data.collect")
+
+TINY_SIZE, TINY_STEPS, TINY_SEED = 16, 300, 0  # as in conftest's tiny_dataset_id (checked below)
+
+
+def test_round_trip(tiny_dataset_id: str, tiny_dataset_config: dict) -> None:
+    assert tiny_dataset_config == {"env_id": "CartPole-v1", "size": TINY_SIZE, "steps": TINY_STEPS, "seed": 0}
+    dataset = minari.load_dataset(tiny_dataset_id)
+    assert dataset.total_steps == TINY_STEPS
+    assert dataset.observation_space == gym.spaces.Box(0, 255, (TINY_SIZE, TINY_SIZE, 3), np.uint8)
+    assert dataset.action_space == gym.spaces.Discrete(2)
+    assert dataset.env_spec.id == PIXEL_ENV_ID
+    assert dataset.env_spec.kwargs == {"env_id": "CartPole-v1", "size": TINY_SIZE, "frame_skip": 1}
+    episodes = list(dataset.iterate_episodes())
+    assert sum(len(e.actions) for e in episodes) == TINY_STEPS
+    for e in episodes:
+        assert e.observations.shape == (len(e.actions) + 1, TINY_SIZE, TINY_SIZE, 3)
+        assert e.observations.dtype == np.uint8
+        assert np.all(e.rewards == 1.0)
+        assert e.terminations[-1] or e.truncations[-1]
+        assert not (e.terminations[:-1].any() or e.truncations[:-1].any())
+    # The step budget cut the last episode: it is marked truncated.
+    assert episodes[-1].truncations[-1] and not episodes[-1].terminations[-1]
+    seeds = [m["seed"] for m in dataset.storage.get_episode_metadata(range(len(episodes)))]
+    assert seeds == [TINY_SEED + i for i in range(len(episodes))]
+
+
+def test_recovered_env_reproduces_every_first_frame_and_an_episode(tiny_dataset_id: str) -> None:
+    dataset = minari.load_dataset(tiny_dataset_id)
+    env = dataset.recover_environment()
+    metadata = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
+    for episode, meta in zip(dataset.iterate_episodes(), metadata):
+        frame, _ = env.reset(seed=meta["seed"])
+        assert np.array_equal(frame, episode.observations[0])
+    # Replaying the recorded actions reproduces the whole episode exactly.
+    episode = dataset[0]
+    env.reset(seed=metadata[0]["seed"])
+    replay = [env.step(int(a))[0] for a in episode.actions]
+    assert np.array_equal(np.stack(replay), episode.observations[1:])
+
+
+def test_lossless_by_default_and_jpeg_on_request(minari_root: Path) -> None:
+    # Minari only JPEG-encodes images of at least 32x32: use 32x32 frames.
+    lossless = collect("CartPole-v1", "tt/lossless-v0", steps=12, size=32, progress=False)
+    lossy = collect("CartPole-v1", "tt/jpeg-v0", steps=12, size=32, lossless=False, progress=False)
+    env = lossless.recover_environment()
+    for dataset in (lossless, lossy):
+        frame, _ = env.reset(seed=0)
+        first = dataset[0].observations[0]
+        error = np.abs(first.astype(int) - frame.astype(int)).max()
+        assert error == 0 if dataset is lossless else error > 0
+    meta = json.loads((minari_root / "tt/lossless-v0/data/metadata.json").read_text())
+    assert meta["jpeg_encoding"] is False
+
+
+def test_chunks_give_the_same_dataset(minari_root: Path) -> None:
+    one = collect("CartPole-v1", "tt/one-chunk-v0", steps=60, size=8, seed=5, progress=False)
+    many = collect(
+        "CartPole-v1", "tt/many-chunks-v0", steps=60, size=8, seed=5, chunk_steps=7, progress=False
+    )
+    assert one.total_episodes == many.total_episodes >= 2
+    for a, b in zip(one.iterate_episodes(), many.iterate_episodes()):
+        assert np.array_equal(a.observations, b.observations)
+        assert np.array_equal(a.actions, b.actions)
+        assert np.array_equal(a.truncations, b.truncations)
+
+
+def test_box_actions(minari_root: Path) -> None:
+    dataset = collect("Pendulum-v1", "tt/pendulum-v0", steps=20, size=8, progress=False)
+    episode = dataset[0]
+    assert isinstance(dataset.action_space, gym.spaces.Box)
+    assert episode.actions.shape == (20, 1) and episode.actions.dtype == np.float32
+    assert episode.truncations[-1]
+
+
+def test_sb3_policy_with_epsilon(minari_root: Path, tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    # An untrained model is enough: collect must detect PPO and feed it CartPole's state vector.
+    model = PPO("MlpPolicy", gym.make("CartPole-v1"), n_steps=16, batch_size=16, device="cpu")
+    model.save(tmp_path / "ppo_cartpole")
+    dataset = collect(
+        "CartPole-v1",
+        "tt/ppo-v0",
+        steps=30,
+        size=8,
+        policy=str(tmp_path / "ppo_cartpole.zip"),
+        epsilon=0.5,
+        progress=False,
+    )
+    assert dataset.total_steps == 30
+    assert "PPO" in type(collect_module.load_sb3_model(tmp_path / "ppo_cartpole.zip")).__name__
+
+
+def test_sb3_policy_with_wrong_spaces_is_refused(minari_root: Path, tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=16, batch_size=16, device="cpu").save(tmp_path / "pend")
+    with pytest.raises(UserError, match="action space"):
+        collect("CartPole-v1", "tt/x-v0", steps=5, size=8, policy=str(tmp_path / "pend.zip"), progress=False)
+
+
+def test_interrupted_collection_leaves_nothing(minari_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_make_policy = collect_module.make_policy
+
+    def failing_policy(*args, **kwargs):
+        act = real_make_policy(*args, **kwargs)
+        calls = iter(range(10**9))
+
+        def step(frame, info):
+            if next(calls) == 50:  # after the first chunks were written to disk
+                raise KeyboardInterrupt
+            return act(frame, info)
+
+        return step
+
+    monkeypatch.setattr(collect_module, "make_policy", failing_policy)
+    with pytest.raises(KeyboardInterrupt):
+        collect("CartPole-v1", "tt/interrupted-v0", steps=100, size=8, chunk_steps=10, progress=False)
+    assert list(minari_root.iterdir()) == []  # neither the dataset nor the temporary directory
+
+
+def test_cli_with_card_and_overriding_flags(minari_root: Path, tmp_path: Path, capsys) -> None:
+    card = tmp_path / "card.toml"
+    card.write_text(
+        '[env]\nid = "CartPole-v1"\nsize = 8\n\n'
+        '[collect]\ndataset_id = "tt/from-card-v0"\nsteps = 1000\nseed = 3\n'
+    )
+    assert main(["collect", "--card", str(card), "--steps", "15"]) == 0
+    out = capsys.readouterr().out
+    assert "Collected" in out and "15 steps" in out and "steps/s" in out
+    dataset = minari.load_dataset("tt/from-card-v0")
+    assert dataset.total_steps == 15 and dataset.observation_space.shape == (8, 8, 3)
+    assert next(iter(dataset.storage.get_episode_metadata([0])))["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env", "NoSuchEnv-v0"], "unknown Gymnasium env id 'NoSuchEnv-v0'"),
+        (["--env", "NO_RENDER"], "cannot render 'rgb_array'"),
+        (["--dataset-id", "EXISTING"], "already exists"),
+        (["--dataset-id", "tt/no-version"], "invalid dataset id"),
+        (["--dataset-id", "tt/bad name-v0"], "invalid dataset id"),
+        (["--size", "4"], "frame size must be an integer >= 8"),
+        (["--steps", "0"], "steps must be an integer >= 1"),
+        (["--epsilon", "1.5"], "epsilon must be in [0, 1]"),
+        (["--policy", "/no/such/model.zip"], "policy file not found"),
+        (["--frame-skip", "0"], "frame_skip must be an integer >= 1"),
+        (["--card", "/no/such/card.toml"], "card not found"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(
+    argv: list[str], message: str, tiny_dataset_id: str, no_render_env_id: str, capsys
+) -> None:
+    defaults = {"--env": "CartPole-v1", "--dataset-id": "tt/cli-v0", "--steps": "5", "--size": "8"}
+    argv = [tiny_dataset_id if a == "EXISTING" else no_render_env_id if a == "NO_RENDER" else a for a in argv]
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    assert main(["collect", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffusion-world collect: error: ") and message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_non_json_env_kwargs_are_refused(minari_root: Path) -> None:
+    with pytest.raises(UserError, match="JSON-serialisable"):
+        collect("Pendulum-v1", "tt/x-v0", steps=5, size=8, env_kwargs={"g": np.float32(9.8)}, progress=False)
+    with pytest.raises(UserError, match="JSON-serialisable"):
+        collect("Pendulum-v1", "tt/x-v0", steps=5, size=8, env_kwargs={"g": object()}, progress=False)
+
+
+def test_cli_missing_required_flag(capsys) -> None:
+    assert main(["collect", "--env", "CartPole-v1", "--steps", "5"]) == 2
+    assert "--dataset-id is required" in capsys.readouterr().err

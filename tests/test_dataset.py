@@ -1,0 +1,181 @@
+"""FrameCache and WindowSampler: alignment with Minari episodes, windows inside episodes, splits, caching."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import minari
+import numpy as np
+import pytest
+from minari.data_collector import EpisodeBuffer
+
+import diffusion_world.data.dataset as dataset_module
+from diffusion_world.data.collect import collect
+from diffusion_world.data.dataset import FrameCache, WindowSampler
+from diffusion_world.errors import UserError
+
+
+def test_cache_matches_the_minari_episodes(tiny_dataset_id: str, tiny_frame_cache: FrameCache) -> None:
+    cache = tiny_frame_cache
+    dataset = minari.load_dataset(tiny_dataset_id)
+    episodes = list(dataset.iterate_episodes())
+    assert cache.num_episodes == len(episodes)
+    assert cache.frames.shape == (dataset.total_steps + len(episodes), 16, 16, 3)
+    assert cache.frames.dtype == np.uint8 and isinstance(cache.frames, np.memmap)
+    assert cache.frame_size == (16, 16) and cache.action_space == gym.spaces.Discrete(2)
+    assert cache.prev_actions.dtype == np.int64 and cache.rewards.dtype == np.float32
+    assert np.array_equal(cache.episode_ids, [e.id for e in episodes])
+    assert np.array_equal(cache.episode_seeds, np.arange(len(episodes)))
+    for e, start, length in zip(episodes, cache.episode_starts, cache.episode_lengths):
+        frames = slice(start, start + length)
+        assert length == len(e.actions) + 1
+        assert np.array_equal(cache.frames[frames], e.observations)
+        # Frame t+1 carries action t and the reward/termination of the transition into it.
+        assert not cache.has_prev_action[start] and cache.has_prev_action[start + 1 : start + length].all()
+        assert cache.prev_actions[start] == 0 and cache.rewards[start] == 0
+        assert np.array_equal(cache.prev_actions[start + 1 : start + length], e.actions)
+        assert np.array_equal(cache.rewards[start + 1 : start + length], e.rewards)
+        assert np.array_equal(cache.terminations[start + 1 : start + length], e.terminations)
+        assert np.array_equal(cache.truncations[start + 1 : start + length], e.truncations)
+    assert cache.env_spec == {
+        "id": "diffusion_world/Pixels-v0",
+        "env_id": "CartPole-v1",
+        "size": 16,
+        "frame_skip": 1,
+    }
+    env = gym.make(cache.env_spec["id"], **{k: v for k, v in cache.env_spec.items() if k != "id"})
+    assert np.array_equal(
+        env.reset(seed=int(cache.episode_seeds[1]))[0], cache.frames[cache.episode_starts[1]]
+    )
+
+
+def test_reopening_uses_the_cache(tiny_dataset_id: str, tiny_frame_cache: FrameCache, monkeypatch) -> None:
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("cache rebuilt although the dataset did not change")
+
+    monkeypatch.setattr(dataset_module, "_build_cache", no_rebuild)
+    again = FrameCache.open(tiny_dataset_id, progress=False)
+    assert again.directory == tiny_frame_cache.directory
+    assert np.array_equal(again.frames, tiny_frame_cache.frames)
+
+
+def test_cache_is_rebuilt_when_the_dataset_changes(minari_root: Path, tmp_path: Path) -> None:
+    dataset = collect("CartPole-v1", "tt/grows-v0", steps=30, size=8, progress=False)
+    cache_dir = tmp_path / "caches" / "elsewhere"
+    first = FrameCache.open("tt/grows-v0", cache_dir=cache_dir, progress=False)
+    assert first.directory == cache_dir
+    episode = dataset[0]
+    dataset.update_dataset_from_buffer(
+        [
+            EpisodeBuffer(
+                seed=99,
+                observations=episode.observations,
+                actions=episode.actions,
+                rewards=episode.rewards,
+                terminations=episode.terminations,
+                truncations=episode.truncations,
+            )
+        ]
+    )
+    second = FrameCache.open("tt/grows-v0", cache_dir=cache_dir, progress=False)
+    assert second.num_episodes == first.num_episodes + 1 and second.episode_seeds[-1] == 99
+    # No temporary or stale cache directories are left behind.
+    assert [p.name for p in cache_dir.parent.iterdir()] == ["elsewhere"]
+
+
+def test_windows_never_cross_episodes(tiny_frame_cache: FrameCache) -> None:
+    cache, seq_len = tiny_frame_cache, 16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = WindowSampler(cache, seq_len=seq_len)
+    lengths = cache.episode_lengths
+    assert sampler.num_excluded_episodes == int((lengths < seq_len).sum()) > 0
+    assert len(caught) == 1 and "shorter than seq_len=16" in str(caught[0].message)
+    assert sampler.num_windows == int(np.maximum(lengths - seq_len + 1, 0).sum())
+    batch = sampler.get(np.arange(sampler.num_windows))
+    # The episode id of every frame, by construction from the episode layout.
+    frame_episode = np.repeat(cache.episode_ids, lengths)
+    frame_indices = batch["window_starts"][:, None] + np.arange(seq_len)
+    window_episodes = frame_episode[frame_indices]
+    assert (window_episodes == window_episodes[:, :1]).all()
+    assert len(np.unique(batch["window_starts"])) == sampler.num_windows  # every window exactly once
+    assert batch["has_action"][:, 1:].all()  # only a window's first frame can be an episode's first frame
+    first_frames = np.isin(batch["window_starts"], cache.episode_starts)
+    assert (batch["has_action"][:, 0] == ~first_frames).all()
+
+
+def test_sample_shapes_and_determinism(tiny_frame_cache: FrameCache) -> None:
+    sampler = WindowSampler(tiny_frame_cache, seq_len=4)
+    batch = sampler.sample(32, np.random.default_rng(0))
+    assert batch["frames"].shape == (32, 4, 16, 16, 3) and batch["frames"].dtype == np.uint8
+    assert batch["actions"].shape == (32, 4) and batch["actions"].dtype == np.int64
+    assert batch["has_action"].dtype == bool and batch["rewards"].dtype == np.float32
+    assert batch["terminations"].shape == (32, 4) and batch["window_starts"].dtype == np.int64
+    again = sampler.sample(32, np.random.default_rng(0))
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)
+    starts = batch["window_starts"]
+    assert np.array_equal(batch["frames"][:, 2], tiny_frame_cache.frames[starts + 2])
+
+
+def test_episode_split(tiny_frame_cache: FrameCache) -> None:
+    train, val = tiny_frame_cache.episode_split(0.25, seed=1)
+    num = tiny_frame_cache.num_episodes
+    assert len(val) == round(num * 0.25) and len(train) + len(val) == num
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(num))
+    assert all(
+        np.array_equal(a, b) for a, b in zip((train, val), tiny_frame_cache.episode_split(0.25, seed=1))
+    )
+    assert not np.array_equal(val, tiny_frame_cache.episode_split(0.25, seed=2)[1])
+    assert len(tiny_frame_cache.episode_split(0.001)[1]) == 1
+    assert len(tiny_frame_cache.episode_split(0.0)[1]) == 0
+    sampler = WindowSampler(tiny_frame_cache, seq_len=2, episodes=val)
+    frame_episode = np.repeat(np.arange(num), tiny_frame_cache.episode_lengths)
+    assert set(frame_episode[sampler.window_starts]) == set(val)
+
+
+def test_box_actions(minari_root: Path) -> None:
+    collect("MountainCarContinuous-v0", "tt/mcc-v0", steps=10, size=8, progress=False)
+    cache = FrameCache.open("tt/mcc-v0", progress=False)
+    assert cache.prev_actions.shape == (11, 1) and cache.prev_actions.dtype == np.float32
+    batch = WindowSampler(cache, seq_len=3).sample(5, np.random.default_rng(0))
+    assert batch["actions"].shape == (5, 3, 1) and batch["actions"].dtype == np.float32
+
+
+def test_missing_dataset(minari_root: Path) -> None:
+    with pytest.raises(UserError, match=r"'tt/absent-v0' not found in MINARI_DATASETS_PATH="):
+        FrameCache.open("tt/absent-v0")
+
+
+def test_non_image_dataset_is_refused(minari_root: Path) -> None:
+    env = gym.make("CartPole-v1")
+    state, _ = env.reset(seed=0)
+    states, actions = [state], []
+    for _ in range(5):
+        actions.append(1)
+        states.append(env.step(1)[0])
+    buffer = EpisodeBuffer(
+        seed=0,
+        observations=np.stack(states),
+        actions=np.array(actions),
+        rewards=np.ones(5),
+        terminations=np.zeros(5, bool),
+        truncations=np.zeros(5, bool),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("tt/state-v0", [buffer], env=env)
+    with pytest.raises(UserError, match=r"needs image observations Box\(0, 255, \(H, W, 3\), uint8\)"):
+        FrameCache.open("tt/state-v0", progress=False)
+
+
+def test_bad_sampler_arguments(tiny_frame_cache: FrameCache) -> None:
+    with pytest.raises(UserError, match="no episode"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            WindowSampler(tiny_frame_cache, seq_len=10_000)
+    with pytest.raises(UserError, match="seq_len"):
+        WindowSampler(tiny_frame_cache, seq_len=0)
+    with pytest.raises(UserError, match="val_fraction"):
+        tiny_frame_cache.episode_split(1.0)
