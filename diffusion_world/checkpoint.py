@@ -1,0 +1,120 @@
+"""Checkpoints: one ``.pt`` file holding everything needed to resume training or rebuild the env.
+
+Written atomically (temporary file + rename) and read with ``torch.load(..., weights_only=True)``: a checkpoint
+is plain tensors, numbers, strings, lists and dicts, never pickled code.
+
+Keys: ``format``, ``format_version``, ``package_version``, ``model_config`` (dict), ``train_config`` (dict),
+``dataset`` (id, frame size, action space, pixel-env spec), ``imagination`` (env defaults from the card),
+``contexts`` (a few real episode starts so the env works without the dataset), ``model`` / ``ema`` (state
+dicts), ``optimizer``, ``step``, ``num_frames_seen``, ``rng``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusion_world.errors import UserError
+from diffusion_world.model.config import ModelConfig
+from diffusion_world.model.dart import DartWorldModel
+
+FORMAT = "diffusion_world.checkpoint"
+FORMAT_VERSION = 1
+SHIPPED = ("cartpole",)  # names of world models shipped inside the package (diffusion_world/shipped/NAME.pt)
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
+    """Write ``ckpt`` to ``path`` atomically: a crash leaves the previous file (or none), never half a file."""
+    from diffusion_world import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **ckpt}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_world_model(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model name (e.g. ``"cartpole"``) or a checkpoint path -> the checkpoint file."""
+    s = str(name_or_path)
+    if s in SHIPPED:
+        p = Path(str(resources.files("diffusion_world") / "shipped" / f"{s}.pt"))
+        if not p.exists():
+            raise UserError(f"shipped world model {s!r} is missing from this installation ({p})")
+        return p
+    p = Path(s).expanduser()
+    if not p.exists():
+        hint = f" (shipped models: {', '.join(SHIPPED)})" if SHIPPED else ""
+        raise UserError(f"world model {s!r} not found: not a shipped name nor an existing file{hint}")
+    if p.is_dir():
+        for cand in (p / "checkpoint.pt", p / "latest.pt"):
+            if cand.exists():
+                return cand
+        raise UserError(f"{p} is a directory without checkpoint.pt")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or pickled objects we refuse to load
+        raise UserError(f"{path} is not a readable diffusion_world checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a diffusion_world checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format version {ckpt.get('format_version')}, "
+                        f"this diffusion_world reads version {FORMAT_VERSION}")
+    return ckpt
+
+
+@dataclass
+class WorldModel:
+    """A loaded world model: the denoiser (EMA weights, eval mode) and what the env needs around it."""
+
+    model: DartWorldModel
+    config: ModelConfig
+    dataset: dict[str, Any]  # dataset_id, frame_size, action_space, env_spec
+    imagination: dict[str, Any] = field(default_factory=dict)  # card defaults: sampler_steps, horizon, ...
+    contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # frames (N, L, H, W, 3) uint8, actions, ...
+    path: str = ""
+    step: int = 0
+
+
+def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+                     use_ema: bool = True) -> WorldModel:
+    """Load a shipped model name or a checkpoint path for inference.
+
+    Example::
+
+        wm = load_world_model("runs/cartpole/checkpoint.pt")
+        state = wm.model.new_state(batch_size=1)
+    """
+    path = resolve_world_model(name_or_path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        model = DartWorldModel(cfg)
+        weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+        model.load_state_dict({k: v.float() for k, v in weights.items()})
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: checkpoint does not match this version's model ({e})") from e
+    model.to(device).eval().requires_grad_(False)
+    return WorldModel(model=model, config=cfg, dataset=dict(ckpt.get("dataset", {})),
+                      imagination=dict(ckpt.get("imagination", {})), contexts=dict(ckpt.get("contexts", {})),
+                      path=str(path), step=int(ckpt.get("step", 0)))

@@ -1,0 +1,103 @@
+"""EDM sampling of the next frame against the model's inference caches (Karras et al. 2022, Alg. 1 & 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffusion_world.errors import UserError
+from diffusion_world.model.dart import DartWorldModel, InferenceState
+
+
+@dataclass
+class SamplerConfig:
+    """EDM sigma schedule and solver. DIAMOND uses 3 Euler steps; so do we by default."""
+
+    num_steps: int = 3
+    sigma_min: float = 0.002  # the last denoiser call runs here: keep it inside training's sigma_ctx range
+    sigma_max: float = 5.0
+    rho: float = 7.0
+    order: int = 1  # 1: Euler, 2: Heun (2nd-order correction on all but the last step)
+    s_churn: float = 0.0  # stochastic churn (EDM Alg. 2); 0 = deterministic given the initial noise
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise UserError(f"sampler num_steps must be >= 1, got {self.num_steps}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise UserError("sampler needs 0 < sigma_min < sigma_max")
+        if self.order not in (1, 2):
+            raise UserError("sampler order must be 1 (Euler) or 2 (Heun)")
+
+
+def edm_sigmas(cfg: SamplerConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """EDM Eq. 5 noise levels, sigma_max -> sigma_min over num_steps points, then a final 0. Shape (K+1,)."""
+    if cfg.num_steps == 1:
+        s = torch.tensor([cfg.sigma_max], dtype=torch.float64)
+    else:
+        ramp = torch.linspace(0, 1, cfg.num_steps, dtype=torch.float64)
+        lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+        s = (hi + ramp * (lo - hi)) ** cfg.rho
+    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).to(device=device, dtype=torch.float32)
+
+
+def frames_to_x(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    t = torch.as_tensor(frames)
+    return t.movedim(-1, -3).to(torch.float32) / 127.5 - 1
+
+
+def x_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) -> uint8 (..., H, W, 3): clamped and rounded, as the env returns frames."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+
+
+def _row_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+    # one generator per row: row i's noise does not depend on the other rows (batched == single env)
+    return torch.stack([torch.randn(*shape, generator=g) for g in generators]).to(device)
+
+
+@torch.no_grad()
+def sample_next_frame(model: DartWorldModel, state: InferenceState, action: torch.Tensor, has_action: torch.Tensor,
+                      generators: Sequence[torch.Generator], cfg: SamplerConfig,
+                      sigmas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Denoise the next frame of every row with K calls against the read-only caches, then commit the last
+    call into the caches. Returns (x (B, C, H, W), reward (B,) in symlog space, termination_logit (B,)).
+
+    ``generators`` (CPU ``torch.Generator``s, one per row) make the result deterministic per row.
+    """
+    dev = state.device
+    sig = edm_sigmas(cfg, dev) if sigmas is None else sigmas
+    H, W = model.cfg.frame_size
+    shape = (model.cfg.image_channels, H, W)
+    B = state.batch_size
+    x = _row_noise(shape, generators, dev) * sig[0]
+    dtype = next(model.parameters()).dtype
+    x = x.to(dtype)
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
+        if cfg.s_churn > 0 and s_next > 0:  # EDM Alg. 2: raise the noise a little before the step
+            gamma = min(cfg.s_churn / cfg.num_steps, 2**0.5 - 1)
+            s_hat = s * (1 + gamma)
+            x = x + (s_hat**2 - s**2).sqrt() * _row_noise(shape, generators, dev).to(dtype)
+            s = s_hat
+        denoised = model.denoise_step(state, x, s.expand(B), action, has_action)
+        d = (x - denoised) / s
+        x_next = x + (s_next - s) * d
+        if cfg.order == 2 and s_next > 0:  # Heun; the final step (to sigma=0) stays Euler
+            denoised2 = model.denoise_step(state, x_next, s_next.expand(B), action, has_action)
+            x_next = x + (s_next - s) * 0.5 * (d + (x_next - denoised2) / s_next)
+        x = x_next
+    # the last call ran at sigma_min (final Euler step, never churned): it provides the cache entries
+    reward, term = model.commit(state)
+    return x, reward, term
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * (torch.exp(torch.abs(x)) - 1)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
