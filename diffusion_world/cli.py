@@ -40,7 +40,45 @@ def _add_collect(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect]
+def _add_train(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("train", help="train a DART world model on a Minari image dataset",
+                       description="Train (or resume) a world model. Settings: defaults < --card < flags. "
+                                   "Multi-GPU: torchrun --nproc_per_node=G -m diffusion_world.cli train ...")
+    p.add_argument("--card", help="env card (TOML): dataset id, [model], [train] and [imagination] settings")
+    p.add_argument("--dataset-id", help="Minari dataset id (default: the card's [collect] dataset_id)")
+    p.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.jsonl, dashboard.png)")
+    p.add_argument("--preset", choices=["tiny", "small", "base"], help="model size preset (default small)")
+    p.add_argument("--steps", type=int, help="optimiser steps in total (a resumed run continues up to it)")
+    p.add_argument("--batch-size", type=int, help="windows per optimiser step, over all GPUs")
+    p.add_argument("--seq-len", type=int, help="window length T (frames)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation micro-batches per step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--supervision", choices=["dart", "last_frame"], help="DART (all frames) or the ablation")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.training.train import config_from_card, train
+
+        cfg = config_from_card(
+            args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
+            batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
+            supervision=args.supervision, device=args.device, compile=args.compile, seed=args.seed,
+            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            progress=False if args.quiet else None)
+        path = train(cfg, resume=args.resume)
+        print(f"checkpoint: {path}")
+        return 0
+
+    return run
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

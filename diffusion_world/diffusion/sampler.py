@@ -101,3 +101,29 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+@torch.no_grad()
+def imagine(model: DartWorldModel, context_frames: torch.Tensor, context_actions: torch.Tensor,
+            context_has_action: torch.Tensor, actions: torch.Tensor, generators: Sequence[torch.Generator],
+            cfg: SamplerConfig, sigma_ctx: float | None = None) -> dict[str, torch.Tensor]:
+    """Warm up on real context frames (B, c, H, W, 3) uint8, then generate one frame per action (B, S[, D]).
+
+    Returns ``frames`` (B, S, H, W, 3) uint8, ``rewards`` (B, S) and ``termination_logits`` (B, S).
+    Example: replaying a held-out episode's actions from its first frames (fidelity benchmark, dashboard).
+    """
+    dev = next(model.parameters()).device
+    B, S = actions.shape[:2]
+    state = model.new_state(B, dev)
+    model.warmup(state, frames_to_x(context_frames).to(dev), cfg.sigma_min if sigma_ctx is None else sigma_ctx,
+                 context_actions.to(dev), context_has_action.to(dev))
+    sig = edm_sigmas(cfg, dev)
+    has = torch.ones(B, dtype=torch.bool, device=dev)
+    frames, rewards, terms = [], [], []
+    for s in range(S):
+        x, r, t = sample_next_frame(model, state, actions[:, s].to(dev), has, generators, cfg, sig)
+        frames.append(x_to_frames(x).cpu())
+        rewards.append(symexp(r).cpu())
+        terms.append(t.cpu())
+    return {"frames": torch.stack(frames, 1), "rewards": torch.stack(rewards, 1),
+            "termination_logits": torch.stack(terms, 1)}

@@ -355,6 +355,7 @@ class ModelOutput:
     denoised: torch.Tensor | None  # (B, N, C, H, W) D(x; sigma) of the noisy frames (train/step)
     reward: torch.Tensor  # (B, F_clean) predicted symlog reward of the transition into each clean frame
     termination_logit: torch.Tensor  # (B, F_clean)
+    logvar: torch.Tensor | None = None  # (B, N) EDM2 loss uncertainty u(sigma) of the noisy frames (train)
 
 
 class DartWorldModel(nn.Module):
@@ -508,7 +509,7 @@ class DartWorldModel(nn.Module):
         n = slice(T, None)
         denoised = c_skip[:, n] * x_noisy.to(self._fp) + c_out[:, n] * out.to(self._fp)
         reward, term = self._heads(features[:, :T])
-        return ModelOutput(denoised.to(x_noisy.dtype), reward, term)
+        return ModelOutput(denoised.to(x_noisy.dtype), reward, term, self.logvar(sigma))
 
     # ---- inference
 

@@ -1,0 +1,99 @@
+"""The DART training loss: EDM-weighted denoising on every noisy frame, normalised by EDM2's learned
+uncertainty, plus the reward and termination heads on the clean stream."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_world.diffusion.sampler import symlog
+from diffusion_world.model.dart import AttnBackend
+
+
+@dataclass
+class LossConfig:
+    p_mean: float = -0.4  # log-normal sigma per noisy frame (EDM Sec. 5; DIAMOND's location)
+    p_std: float = 1.2
+    sigma_ctx_min: float = 0.002  # context noise of the clean stream, log-uniform per sequence; must cover
+    sigma_ctx_max: float = 0.1  # the sampler's sigma_min (the last denoiser call feeds the caches)
+    reward_weight: float = 1.0
+    termination_weight: float = 1.0
+    termination_pos_weight: float | None = None  # None: (1 - rate) / rate of the data (class imbalance)
+    supervision: str = "dart"  # "dart": all T frames; "last_frame": only the last (the ablation)
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    diffusion: torch.Tensor  # mean EDM-weighted error (before the uncertainty normalisation)
+    reward: torch.Tensor
+    termination: torch.Tensor
+    num_supervised: int
+
+
+@dataclass
+class NoiseDraw:
+    """The randomness of one training step, drawn for the whole global batch and sliced per DDP rank and
+    micro-batch, so that the split never changes what is computed."""
+
+    sigma: torch.Tensor  # (B, N) noise level of each noisy frame
+    sigma_ctx: torch.Tensor  # (B, T) context noise of the clean stream (one level per sequence)
+    noise: torch.Tensor  # (B, N, C, H, W)
+    noise_ctx: torch.Tensor  # (B, T, C, H, W)
+
+    def __getitem__(self, rows: slice) -> NoiseDraw:
+        return NoiseDraw(self.sigma[rows], self.sigma_ctx[rows], self.noise[rows], self.noise_ctx[rows])
+
+
+def noisy_index(T: int, supervision: str) -> torch.Tensor:
+    """Which frames of a window get a noisy copy: all of them (DART) or only the last (the ablation)."""
+    if supervision == "dart":
+        return torch.arange(T)
+    if supervision == "last_frame":
+        return torch.tensor([T - 1])
+    raise ValueError(f"unknown supervision {supervision!r}: 'dart' or 'last_frame'")
+
+
+def draw_noise(batch_size: int, seq_len: int, frame_shape: tuple[int, ...], cfg: LossConfig,
+               generator: torch.Generator) -> NoiseDraw:
+    N = len(noisy_index(seq_len, cfg.supervision))
+    B, T = batch_size, seq_len
+    sigma = (torch.randn(B, N, generator=generator) * cfg.p_std + cfg.p_mean).exp()
+    lo, hi = math.log(cfg.sigma_ctx_min), math.log(cfg.sigma_ctx_max)
+    sigma_ctx = (torch.rand(B, 1, generator=generator) * (hi - lo) + lo).exp().expand(B, T)
+    return NoiseDraw(sigma, sigma_ctx, torch.randn(B, N, *frame_shape, generator=generator),
+                     torch.randn(B, T, *frame_shape, generator=generator))
+
+
+def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+              rewards: torch.Tensor, terminations: torch.Tensor, draw: NoiseDraw, cfg: LossConfig,
+              sigma_data: float, attn_backend: AttnBackend = "sdpa") -> LossOutput:
+    """x0: (B, T, C, H, W) clean frames in [-1, 1]; actions / has_action / rewards / terminations: (B, T).
+    ``model`` is a :class:`DartWorldModel` (or its DDP / compiled wrapper). Every term is a mean over
+    samples, so the loss of a batch split in equal parts is the mean of the parts' losses (DDP-exact)."""
+    B, T = x0.shape[:2]
+    dev = x0.device
+    idx = noisy_index(T, cfg.supervision).to(dev)
+    sigma, sigma_ctx = draw.sigma.to(dev), draw.sigma_ctx.to(dev)
+    target = x0[:, idx]
+    x_noisy = target + sigma[..., None, None, None] * draw.noise.to(dev)
+    x_clean = x0 + sigma_ctx[..., None, None, None] * draw.noise_ctx.to(dev)
+    out = model(x_noisy, sigma, x_clean, sigma_ctx, actions, has_action, noisy_index=idx,
+                attn_backend=attn_backend)
+    assert out.denoised is not None and out.logvar is not None
+    sd = sigma_data
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM lambda(sigma): unit effective loss weight
+    per_frame = weight * (out.denoised.float() - target.float()).square().mean(dim=(2, 3, 4))  # (B, N)
+    logvar = out.logvar.float()  # EDM2 Eq. 21: L / exp(u) + u, where u(sigma) learns log E[L | sigma]
+    diffusion = (per_frame / logvar.exp() + logvar).mean()
+
+    valid = has_action.float()  # an episode's first frame has no previous transition and no reward
+    reward_loss = ((out.reward.float() - symlog(rewards.float())).square() * valid).mean()
+    pos_weight = torch.tensor(cfg.termination_pos_weight or 1.0, device=dev)
+    term_loss = F.binary_cross_entropy_with_logits(out.termination_logit.float(), terminations.float(),
+                                                   pos_weight=pos_weight)
+    total = diffusion + cfg.reward_weight * reward_loss + cfg.termination_weight * term_loss
+    return LossOutput(total, per_frame.mean().detach(), reward_loss.detach(), term_loss.detach(), B * len(idx))

@@ -1,0 +1,350 @@
+"""Train a DART world model on a Minari image dataset: ``train(TrainConfig(...))`` top to bottom.
+
+Every step draws its global batch (windows, sigmas, noise) from an RNG seeded by ``(seed, step)``; DDP ranks
+and gradient-accumulation micro-batches take equal slices of it. Hence resuming continues exactly, and N
+processes compute what one process computes on the combined batch.
+
+Multi-GPU / multi-node: launch the same command with ``torchrun --nproc_per_node=G -m diffusion_world.cli train
+...``; rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_world.data.dataset import FrameCache, WindowSampler
+from diffusion_world.diffusion.sampler import frames_to_x
+from diffusion_world.errors import UserError
+from diffusion_world.model.config import action_space_to_dict, preset_config
+from diffusion_world.model.dart import DartWorldModel, count_parameters
+from diffusion_world.model.mp import normalize_weights_
+from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+from diffusion_world.training.monitor import Monitor
+
+
+@dataclass
+class TrainConfig:
+    """All training settings. Saved (resolved) inside every checkpoint."""
+
+    dataset_id: str = ""
+    out_dir: str = "runs/world_model"
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig fields
+    steps: int = 20_000  # optimiser steps
+    batch_size: int = 8  # windows per optimiser step, over all ranks and micro-batches
+    grad_accum: int = 1
+    seq_len: int = 16  # T
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    lr_decay_steps: int = 2_000  # EDM2 inverse square root decay: lr / sqrt(max(step / lr_decay_steps, 1))
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_halflife_steps: float = 500.0
+    ema_rampup: float = 0.1  # EMA half-life at most this fraction of the steps done so far
+    loss: LossConfig = field(default_factory=LossConfig)
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
+    log_every: int = 25
+    eval_every: int = 500  # validation loss + PNG dashboard
+    checkpoint_every: int = 500
+    num_val_windows: int = 16
+    num_contexts: int = 16  # real episode starts stored in the checkpoint, so the env runs without the dataset
+    context_length: int = 8
+    imagination: dict[str, Any] = field(default_factory=dict)  # env defaults from the card, stored as-is
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.dataset_id:
+            raise UserError("a dataset id is needed (--dataset-id or a card's [collect] dataset_id)")
+        for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise UserError(f"lr must be in (0, 1), got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda, but torch sees no CUDA device")
+        if self.attn_backend not in ("auto", "flex", "sdpa"):
+            raise UserError(f"attn_backend must be auto, flex or sdpa, got {self.attn_backend!r}")
+        if self.loss.supervision not in ("dart", "last_frame"):
+            raise UserError(f"supervision must be 'dart' or 'last_frame', got {self.loss.supervision!r}")
+        if not 0 < self.loss.sigma_ctx_min <= self.loss.sigma_ctx_max:
+            raise UserError("need 0 < sigma_ctx_min <= sigma_ctx_max")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        loss = LossConfig(**d.pop("loss", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise UserError(f"unknown train config keys: {sorted(set(d) - known)}")
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(loss=loss, **d)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then EDM2's inverse square root decay (EDM2 Sec. 2.4, Eq. 16)."""
+    lr = cfg.lr / math.sqrt(max(step / cfg.lr_decay_steps, 1))
+    return lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+
+
+def _step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, step])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def _batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "x0": frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"]))).to(device),
+        "actions": torch.from_numpy(batch["actions"]).to(device),
+        "has_action": torch.from_numpy(batch["has_action"]).to(device),
+        "rewards": torch.from_numpy(batch["rewards"]).to(device),
+        "terminations": torch.from_numpy(batch["terminations"]).to(device),
+    }
+
+
+def _reset_contexts(cache: FrameCache, episodes: np.ndarray, num: int, length: int) -> dict[str, torch.Tensor]:
+    """The first ``length`` frames of up to ``num`` episodes (those long enough), for the checkpoint."""
+    long_enough = [e for e in episodes if cache.episode_lengths[e] >= length][:num]
+    if not long_enough:
+        return {}
+    idx = cache.episode_starts[long_enough][:, None] + np.arange(length)
+    return {"frames": torch.from_numpy(np.asarray(cache.frames[idx])),
+            "actions": torch.from_numpy(cache.prev_actions[idx]),
+            "has_action": torch.from_numpy(cache.has_prev_action[idx])}
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train (or resume) and return the path of the final checkpoint ``out_dir/checkpoint.pt``.
+
+    Example::
+
+        train(TrainConfig(dataset_id="diffusion_world/cartpole-pixels-v0", out_dir="runs/cp", preset="small"))
+    """
+    cfg.validate()
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+
+    # ---- devices and processes
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    rank, world = _init_distributed(device)
+    per_step = cfg.batch_size // (world * cfg.grad_accum)
+    if per_step * world * cfg.grad_accum != cfg.batch_size:
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by world size {world} x grad_accum "
+                        f"{cfg.grad_accum}")
+    attn_backend = cfg.attn_backend if cfg.attn_backend != "auto" else ("flex" if device.type == "cuda" else "sdpa")
+    amp = device.type == "cuda"  # bf16 autocast on CUDA only; fp32 master weights everywhere
+
+    # ---- data
+    cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
+    train_eps, val_eps = cache.episode_split(cfg.val_fraction, cfg.seed)
+    train_windows = WindowSampler(cache, cfg.seq_len, train_eps)
+    if train_windows.num_windows == 0:
+        raise UserError(f"dataset {cfg.dataset_id!r} has no training episode of at least seq_len={cfg.seq_len} "
+                        "frames; lower --seq-len or collect longer episodes")
+    val_windows = WindowSampler(cache, cfg.seq_len, val_eps) if len(val_eps) else None
+    if val_windows is not None and val_windows.num_windows == 0:
+        val_windows = None
+    if cfg.loss.termination_pos_weight is None:  # balance the classes
+        rate = float(cache.terminations.mean()) if cache.num_frames else 0.0
+        cfg.loss.termination_pos_weight = float(np.clip((1 - rate) / rate, 1.0, 100.0)) if rate > 0 else 1.0
+
+    # ---- model, EMA, optimiser
+    model_cfg = preset_config(cfg.preset, frame_size=tuple(cache.frame_size),
+                              action_space=action_space_to_dict(cache.action_space), **cfg.model)
+    torch.manual_seed(cfg.seed)
+    model = DartWorldModel(model_cfg).to(device)
+    normalize_weights_(model)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    dataset_info = {"dataset_id": cfg.dataset_id, "frame_size": list(cache.frame_size),
+                    "action_space": action_space_to_dict(cache.action_space), "env_spec": cache.env_spec,
+                    "observation_shape": list(cache.observation_space.shape)}
+    contexts = _reset_contexts(cache, val_eps if len(val_eps) else train_eps, cfg.num_contexts, cfg.context_length)
+    step, num_frames_seen, elapsed = 0, 0, 0.0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["model_config"] != model_cfg.to_dict():
+            raise UserError(f"{ckpt_path} was trained with another model config; use a new --out or the same "
+                            f"preset/card (checkpoint: preset {ckpt['train_config'].get('preset')!r})")
+        if ckpt["dataset"]["dataset_id"] != cfg.dataset_id:
+            raise UserError(f"{ckpt_path} was trained on {ckpt['dataset']['dataset_id']!r}, not {cfg.dataset_id!r}")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, num_frames_seen, elapsed = ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
+        _set_rng_state(ckpt["rng"])
+    elif resume and rank == 0:
+        print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if amp else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    def save() -> None:
+        if rank != 0:
+            return
+        save_checkpoint(ckpt_path, {
+            "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(), "dataset": dataset_info,
+            "imagination": dict(cfg.imagination), "contexts": contexts,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "step": step, "num_frames_seen": num_frames_seen, "elapsed_s": elapsed, "rng": _rng_state(),
+            "num_parameters": count_parameters(model),
+        })
+
+    monitor = Monitor(out_dir, cfg, total_steps=cfg.steps, start_step=step, enabled=rank == 0)
+    if rank == 0:
+        monitor.banner(model_cfg, count_parameters(model), train_windows, val_windows, device, world)
+
+    # ---- the loop
+    frame_shape = (model_cfg.image_channels, *model_cfg.frame_size)
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            rng, gen = _step_rng(cfg.seed, step)
+            batch = _batch_to_tensors(train_windows.sample(cfg.batch_size, rng), device)
+            draw = draw_noise(cfg.batch_size, cfg.seq_len, frame_shape, cfg.loss, gen)
+            totals = {"loss": 0.0, "diffusion": 0.0, "reward": 0.0, "termination": 0.0}
+            supervised = 0
+            for micro in range(cfg.grad_accum):
+                lo = (rank * cfg.grad_accum + micro) * per_step
+                rows = slice(lo, lo + per_step)
+                sync = micro == cfg.grad_accum - 1 or world == 1
+                ctx = net.no_sync() if not sync and hasattr(net, "no_sync") else _nullcontext()
+                with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = dart_loss(net, batch["x0"][rows], batch["actions"][rows], batch["has_action"][rows],
+                                    batch["rewards"][rows], batch["terminations"][rows], draw[rows], cfg.loss,
+                                    model_cfg.sigma_data, attn_backend)
+                    (out.total / cfg.grad_accum).backward()
+                totals["loss"] += out.total.item() / cfg.grad_accum
+                totals["diffusion"] += out.diffusion.item() / cfg.grad_accum
+                totals["reward"] += out.reward.item() / cfg.grad_accum
+                totals["termination"] += out.termination.item() / cfg.grad_accum
+                supervised += out.num_supervised
+            for p in model.parameters():  # NaN-safe, as EDM2
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=0, neginf=0, out=p.grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            normalize_weights_(model)  # forced weight normalisation (EDM2 Sec. 2.3)
+            step += 1
+            num_frames_seen += supervised * world
+            halflife = min(cfg.ema_halflife_steps, max(step * cfg.ema_rampup, 1.0))
+            beta = 0.5 ** (1.0 / halflife)
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm.detach(), 1 - beta)
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            if rank == 0:
+                monitor.log(step, totals, lr=lr, grad_norm=float(grad_norm), dt=dt,
+                            supervised=supervised * world, num_frames_seen=num_frames_seen)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if rank == 0:
+                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save()
+    except KeyboardInterrupt:
+        save()
+        if rank == 0:
+            print(f"\ninterrupted at step {step}: checkpoint saved to {ckpt_path} (resume with --resume)")
+        raise
+    finally:
+        monitor.close()
+    return ckpt_path
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def train_from_card(card_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+                    **overrides: Any) -> Path:
+    """Train with a card's ``[collect] dataset_id``, ``[model]``, ``[train]`` and ``[imagination]`` settings;
+    ``overrides`` (TrainConfig fields) win over the card."""
+    cfg = config_from_card(card_path, out_dir=str(out_dir), **overrides)
+    return train(cfg, resume=resume)
+
+
+def config_from_card(card_path: str | os.PathLike | None, **overrides: Any) -> TrainConfig:
+    """Build a TrainConfig: defaults < card < overrides (``None`` overrides are ignored)."""
+    d: dict[str, Any] = {}
+    if card_path is not None:
+        from diffusion_world.cards import load_card
+
+        card = load_card(card_path)
+        d["dataset_id"] = card.collect.get("dataset_id", "")
+        model = dict(card.model)
+        if "preset" in model:
+            d["preset"] = model.pop("preset")
+        d["model"] = model
+        train_section = dict(card.train)
+        loss_keys = {f.name for f in dataclasses.fields(LossConfig)}
+        loss = {k: train_section.pop(k) for k in list(train_section) if k in loss_keys}
+        d.update(train_section)
+        if loss:
+            d["loss"] = loss
+        d["imagination"] = dict(card.imagination)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k in {f.name for f in dataclasses.fields(LossConfig)}:
+            d.setdefault("loss", {})[k] = v
+        else:
+            d[k] = v
+    return TrainConfig.from_dict(d)
