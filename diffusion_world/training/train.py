@@ -69,6 +69,11 @@ class TrainConfig:
     imagination: dict[str, Any] = field(default_factory=dict)  # env defaults from the card, stored as-is
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossConfig(**self.loss)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
     def validate(self) -> None:
         if not self.dataset_id:
             raise UserError("a dataset id is needed (--dataset-id or a card's [collect] dataset_id)")
@@ -93,14 +98,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        loss = LossConfig(**d.pop("loss", {}))
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
             raise UserError(f"unknown train config keys: {sorted(set(d) - known)}")
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(loss=loss, **d)
+        loss_known = {f.name for f in dataclasses.fields(LossConfig)}
+        if set(d.get("loss", {})) - loss_known:
+            raise UserError(f"unknown loss config keys: {sorted(set(d['loss']) - loss_known)}")
+        return cls(**d)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

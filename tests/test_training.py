@@ -1,0 +1,152 @@
+"""Training: overfitting, exact resume, DDP == one process, interrupts, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_world.checkpoint import load_checkpoint, load_world_model, save_checkpoint
+from diffusion_world.cli import main
+from diffusion_world.errors import UserError
+from diffusion_world.training.train import TrainConfig, config_from_card, train
+
+
+def tiny_cfg(dataset_id: str, out: Path, **kw) -> TrainConfig:
+    base = dict(dataset_id=dataset_id, out_dir=str(out), preset="tiny", steps=4, batch_size=4, seq_len=6,
+                lr=1e-2, warmup_steps=2, eval_every=1000, checkpoint_every=1000, log_every=1, progress=False,
+                num_val_windows=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_overfits(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """The EDM-weighted denoising error falls by >= 5x within a short budget."""
+    cfg = tiny_cfg(tiny_dataset_id, tmp_path, steps=160, warmup_steps=10, eval_every=160)
+    train(cfg)
+    diff = [r["diffusion"] for r in metrics(tmp_path) if "diffusion" in r]
+    first, last = sum(diff[:5]) / 5, sum(diff[-20:]) / 20
+    assert first / last >= 5, (first, last)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert any("val_loss" in r for r in metrics(tmp_path))
+
+
+def test_resume_is_exact(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """N steps in one go == N/2 steps, then --resume for the other N/2: identical weights and optimiser."""
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "once", steps=4))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=2))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=4), resume=True)
+    a = load_checkpoint(tmp_path / "once" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "twice" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert [r["step"] for r in metrics(tmp_path / "twice") if "loss" in r] == [1, 2, 3, 4]
+    # and training does change the weights (the comparison is not between two untouched inits)
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "other", steps=4, seed=1))
+    c = load_checkpoint(tmp_path / "other" / "checkpoint.pt")
+    assert not torch.equal(c["model"]["conv_out.weight"], a["model"]["conv_out.weight"])
+
+
+def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes == 1 process with the combined batch (tolerance: float reduction order)."""
+    args = ["train", "--dataset-id", tiny_dataset_id, "--preset", "tiny", "--steps", "3", "--batch-size", "4",
+            "--seq-len", "6", "--quiet", "--device", "cpu", "--eval-every", "1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "diffusion_world.cli", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "diffusion_world.cli", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]
+    for name, t in a.items():
+        torch.testing.assert_close(b[name], t, atol=2e-5, rtol=1e-4, msg=f"{name} differs between 1 and 2 ranks")
+
+
+def test_last_frame_supervision_and_grad_accum(tiny_dataset_id: str, tmp_path: Path) -> None:
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2, grad_accum=2,
+                   loss={"supervision": "last_frame"}))
+    rows = [r for r in metrics(tmp_path / "a") if "loss" in r]
+    assert rows[-1]["num_frames_seen"] == 2 * 4  # one supervised frame per window
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=2))
+    rows = [r for r in metrics(tmp_path / "b") if "loss" in r]
+    assert rows[-1]["num_frames_seen"] == 2 * 4 * 6  # every frame of every window
+
+
+def test_interrupt_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkeypatch) -> None:
+    from diffusion_world.training import monitor
+
+    real_log = monitor.Monitor.log
+
+    def log(self, step, *a, **kw):  # type: ignore[no-untyped-def]
+        real_log(self, step, *a, **kw)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(monitor.Monitor, "log", log)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=10))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -> None:
+    path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
+    wm = load_world_model(path)
+    assert wm.dataset["dataset_id"] == tiny_dataset_id
+    assert wm.contexts["frames"].dtype == torch.uint8 and wm.contexts["frames"].shape[2:] == (16, 16, 3)
+    assert not wm.model.training
+    ckpt = load_checkpoint(path)
+    assert ckpt["train_config"]["preset"] == "tiny" and ckpt["package_version"]
+    assert not list(tmp_path.glob(".checkpoint.pt.*"))  # no temporary files left behind
+
+
+def test_bad_checkpoints_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable"):
+        load_world_model(tmp_path / "garbage.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not a diffusion_world checkpoint"):
+        load_world_model(tmp_path / "foreign.pt")
+    save_checkpoint(tmp_path / "broken.pt", {"model_config": {"channels": [1]}})
+    with pytest.raises(UserError):
+        load_world_model(tmp_path / "broken.pt")
+    with pytest.raises(UserError, match="not found"):
+        load_world_model(tmp_path / "missing.pt")
+
+
+def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(UserError, match="steps"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=0))
+    with pytest.raises(UserError, match="10000 frames"), pytest.warns(UserWarning):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, seq_len=10_000))
+    assert main(["train", "--dataset-id", "nobody/nothing-v0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "nobody/nothing-v0" in capsys.readouterr().err
+    # resuming with another model config is refused, not silently mixed
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
+    with pytest.raises(UserError, match="another model config"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=2, model={"emb_channels": 16}), resume=True)
+
+
+def test_config_from_card_layers(tmp_path: Path) -> None:
+    card = tmp_path / "card.toml"
+    card.write_text('[env]\nid = "CartPole-v1"\n[collect]\ndataset_id = "a/b-v0"\nsteps = 10\n'
+                    '[model]\npreset = "tiny"\n[train]\nsteps = 7\nseq_len = 5\np_mean = -1.0\n'
+                    '[imagination]\nhorizon = 9\n')
+    cfg = config_from_card(card, steps=11, out_dir="x")
+    assert (cfg.dataset_id, cfg.preset, cfg.steps, cfg.seq_len, cfg.loss.p_mean) == ("a/b-v0", "tiny", 11, 5, -1.0)
+    assert cfg.imagination == {"horizon": 9}
