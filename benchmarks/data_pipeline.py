@@ -11,26 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from diffusion_world.bench.common import write_result
+
 RESULTS = Path(__file__).resolve().parent / "results" / "data_pipeline.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dir_bytes(path: Path) -> int:
@@ -50,7 +40,6 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-") as root:
         os.environ["MINARI_DATASETS_PATH"] = root
-        import diffusion_world
         from diffusion_world.data import FrameCache, WindowSampler, make_pixel_env
         from diffusion_world.data.collect import collect
 
@@ -120,17 +109,8 @@ def main() -> None:
             "sample_seconds": args.sample_seconds,
         },
         "notes": "collection is render-bound (pygame); sampling reads a memmap that fits in the page cache",
-        "diffusion_world_version": diffusion_world.__version__,
-        "machine": {
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.out, results)
     print(json.dumps(results, indent=2))
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (``diffusion-world benchmark ...`` and the scripts in ``benchmarks/``)."""

@@ -1,0 +1,76 @@
+"""What every benchmark result records: the machine, the package version, the git commit, the load."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    from diffusion_world import __version__
+
+    info: dict[str, Any] = {
+        "package_version": __version__, "git_commit": git_commit(), "date": datetime.now(UTC).isoformat(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "loadavg_at_start": loadavg(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
+    """Write a benchmark result as JSON (atomically), adding the machine description."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine_info(), **result}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:  # type: ignore[no-untyped-def]
+    """Best-of-``repeat`` wall time of ``fn()`` in seconds (best-of filters the noise of a shared machine)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
