@@ -514,7 +514,8 @@ class DartWorldModel(nn.Module):
     # ---- inference
 
     def new_state(self, batch_size: int, device: torch.device | str | None = None) -> InferenceState:
-        device = device if device is not None else next(self.parameters()).device
+        """Empty caches for ``batch_size`` independent rollouts."""
+        device = torch.device(device if device is not None else next(self.parameters()).device)
         return InferenceState.empty(batch_size, self.cfg.context_window, device)
 
     def warmup(self, state: InferenceState, x_clean: torch.Tensor, sigma_ctx: float | torch.Tensor,

@@ -1,0 +1,217 @@
+"""Fidelity: replay held-out real episodes in the world model and compare frame by frame.
+
+From each held-out window the model gets the first ``context`` real frames, then the window's real actions for
+``horizon`` steps. Per horizon h: PSNR and SSIM of imagined vs real frames (scikit-image), with mean and 95%
+interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error. In the
+same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
+4 frames) trained with the same budget, and the model's own sampler-steps sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
+from diffusion_world.data.dataset import FrameCache
+from diffusion_world.diffusion.sampler import SamplerConfig, imagine
+from diffusion_world.errors import UserError
+
+
+def _metrics():  # type: ignore[no-untyped-def]
+    try:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise UserError("the fidelity benchmark needs scikit-image: pip install 'diffusion-world[bench]'") from e
+    return peak_signal_noise_ratio, structural_similarity
+
+
+def horizons(h_max: int) -> list[int]:
+    """1, 2, 4, ... up to h_max (h_max included)."""
+    out, h = [], 1
+    while h < h_max:
+        out.append(h)
+        h *= 2
+    return out + [h_max]
+
+
+def heldout_windows(cache: FrameCache, episodes: np.ndarray, length: int, num: int, seed: int) -> np.ndarray:
+    """Start indices (into cache.frames) of ``num`` windows of ``length`` frames inside held-out episodes. Half
+    of them end on an episode's last frame, so terminations are in the sample."""
+    rng = np.random.default_rng(seed)
+    eps = [e for e in episodes if cache.episode_lengths[e] >= length]
+    if not eps:
+        raise UserError(f"no held-out episode has {length} frames (context + horizon); lower --horizon")
+    starts = []
+    for i in range(num):
+        e = eps[rng.integers(len(eps))]
+        first, n = int(cache.episode_starts[e]), int(cache.episode_lengths[e])
+        offset = n - length if i % 2 == 0 else int(rng.integers(0, n - length + 1))
+        starts.append(first + offset)
+    return np.array(starts, dtype=np.int64)
+
+
+def _mean_ci(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "ci95": float(half)}
+
+
+def frame_scores(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """real, fake: (N, H, W, 3) uint8 -> per-frame PSNR and SSIM, (N,) each."""
+    psnr_fn, ssim_fn = _metrics()
+    psnr = np.array([psnr_fn(r, f, data_range=255) if not np.array_equal(r, f) else 100.0
+                     for r, f in zip(real, fake)])
+    ssim = np.array([ssim_fn(r, f, channel_axis=-1, data_range=255) for r, f in zip(real, fake)])
+    return psnr, ssim
+
+
+def rollout(wm: WorldModel, cache: FrameCache, starts: np.ndarray, context: int, horizon: int, sampler: SamplerConfig,
+            batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+    """Imagine ``horizon`` steps from each window's first ``context`` real frames, replaying its actions."""
+    frames, rewards, terms = [], [], []
+    for lo in tqdm(range(0, len(starts), batch_size), desc=f"imagine (K={sampler.num_steps})", disable=not progress,
+                   leave=False):
+        idx = starts[lo: lo + batch_size, None] + np.arange(context + horizon)
+        fr = torch.from_numpy(np.asarray(cache.frames[idx]))
+        act = torch.from_numpy(cache.prev_actions[idx])
+        has = torch.from_numpy(cache.has_prev_action[idx])
+        gens = [torch.Generator().manual_seed(seed + lo + i) for i in range(len(idx))]
+        out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens, sampler)
+        frames.append(out["frames"].numpy())
+        rewards.append(out["rewards"].numpy())
+        terms.append(torch.sigmoid(out["termination_logits"]).numpy())
+    return {"frames": np.concatenate(frames), "rewards": np.concatenate(rewards),
+            "termination_probs": np.concatenate(terms)}
+
+
+def score(real: np.ndarray, fake: np.ndarray, hs: list[int]) -> dict[str, Any]:
+    """real, fake: (N, H, h, w, 3) -> per-horizon PSNR/SSIM mean and 95% interval."""
+    out: dict[str, Any] = {}
+    for h in hs:
+        psnr, ssim = frame_scores(real[:, h - 1], fake[:, h - 1])
+        out[str(h)] = {"psnr": _mean_ci(psnr), "ssim": _mean_ci(ssim)}
+    return out
+
+
+def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    pred = probs > threshold
+    tp, fp, fn = int((pred & real).sum()), int((pred & ~real).sum()), int((~pred & real).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    errors = []
+    for r, p in zip(real, pred):  # first-termination step error, where either side terminates
+        if r.any() or p.any():
+            first_r = int(np.argmax(r)) if r.any() else len(r)
+            first_p = int(np.argmax(p)) if p.any() else len(p)
+            errors.append(abs(first_r - first_p))
+    return {"precision": precision, "recall": recall, "f1": f1, "positives": int(real.sum()),
+            "first_termination_step_error": float(np.mean(errors)) if errors else float("nan")}
+
+
+def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,
+                 horizon: int = 32, num_windows: int = 32, sampler_sweep: tuple[int, ...] = (1, 2, 3, 5, 10),
+                 short_memory: str | None = None, seed: int = 0, device: str = "cpu",
+                 progress: bool = True) -> dict[str, Any]:
+    """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes the GIF."""
+    wm = load_world_model(world_model, device=device)
+    ckpt = load_checkpoint(wm.path)
+    dataset_id = dataset_id or wm.dataset.get("dataset_id")
+    if not dataset_id:
+        raise UserError("the checkpoint names no dataset: pass --dataset-id")
+    cache = FrameCache.open(dataset_id, progress=progress)
+    tc = ckpt.get("train_config", {})
+    _, val_eps = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
+    if len(val_eps) == 0:
+        raise UserError(f"dataset {dataset_id!r} has no held-out episodes")
+    context = context or int(wm.imagination.get("context_frames", 4))
+    starts = heldout_windows(cache, val_eps, context + horizon, num_windows, seed)
+    idx = starts[:, None] + np.arange(context + horizon)
+    real = np.asarray(cache.frames[idx])[:, context:]  # (N, H, h, w, 3)
+    real_rewards = cache.rewards[idx][:, context:]
+    real_terms = cache.terminations[idx][:, context:]
+    hs = horizons(horizon)
+    default_k = int(wm.imagination.get("sampler_steps", 3))
+    ks = sorted(set(sampler_sweep) | {default_k})
+
+    by_k: dict[int, dict[str, np.ndarray]] = {}
+    for k in ks:
+        by_k[k] = rollout(wm, cache, starts, context, horizon, SamplerConfig(num_steps=k), seed=seed,
+                          progress=progress)
+    main = by_k[default_k]
+    repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
+    result: dict[str, Any] = {
+        "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
+        "num_windows": len(starts), "heldout_episodes": len(val_eps), "sampler_steps": default_k,
+        "checkpoint_step": wm.step, "horizons": hs,
+        "model": score(real, main["frames"], hs),
+        "repeat_last_frame": score(real, repeat_last, hs),
+        "reward_mae": float(np.abs(main["rewards"] - real_rewards).mean()),
+        "termination": termination_scores(real_terms, main["termination_probs"]),
+        "sampler_sweep": {str(k): score(real, by_k[k]["frames"], [1, hs[-1]]) for k in ks},
+    }
+    if short_memory:
+        sm = load_world_model(short_memory, device=device)
+        sm_out = rollout(sm, cache, starts, min(context, sm.config.context_window), horizon,
+                         SamplerConfig(num_steps=default_k), seed=seed, progress=progress)
+        result["short_memory"] = {"world_model": short_memory, "context_window": sm.config.context_window,
+                                  **score(real, sm_out["frames"], hs)}
+    h16 = str(16) if "16" in result["model"] else str(hs[-1])
+    result["headline"] = {
+        "psnr_h1": result["model"]["1"]["psnr"]["mean"],
+        "psnr_h16": result["model"][h16]["psnr"]["mean"],
+        "ssim_h16": result["model"][h16]["ssim"]["mean"],
+        "repeat_last_psnr_h16": result["repeat_last_frame"][h16]["psnr"]["mean"],
+        "short_memory_psnr_h16": result["short_memory"][h16]["psnr"]["mean"] if short_memory else None,
+        "termination_f1": result["termination"]["f1"],
+        "reward_mae": result["reward_mae"],
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_comparison_gif(out_dir / "fidelity_rollout.gif", real[0], main["frames"][0])
+    plot_fidelity(out_dir / "fidelity.png", result)
+    return result
+
+
+def write_comparison_gif(path: Path, real: np.ndarray, fake: np.ndarray, scale: int = 3) -> None:
+    """real | imagined | |error| side by side, one GIF frame per step."""
+    from PIL import Image
+
+    err = np.abs(real.astype(np.int16) - fake.astype(np.int16)).astype(np.uint8)
+    sep = np.full((real.shape[1], 2, 3), 128, np.uint8)
+    tiles = [np.concatenate([r, sep, f, sep, e], axis=1) for r, f, e in zip(real, fake, err)]
+    images = [Image.fromarray(t).resize((t.shape[1] * scale, t.shape[0] * scale), Image.NEAREST) for t in tiles]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0)
+
+
+def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hs = result["horizons"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    series = [("world model", result["model"]), ("repeat last frame", result["repeat_last_frame"])]
+    if "short_memory" in result:
+        series.append((f"short memory ({result['short_memory']['context_window']} frames)", result["short_memory"]))
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        for name, res in series:
+            m = np.array([res[str(h)][metric]["mean"] for h in hs])
+            ci = np.array([res[str(h)][metric]["ci95"] for h in hs])
+            ax.plot(hs, m, "o-", label=name)
+            ax.fill_between(hs, m - ci, m + ci, alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("steps after the real context")
+        ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, K={result['sampler_steps']})")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,164 @@
+"""Speed: imagined env steps/s vs batch size, step time vs frames already generated, cached vs uncached
+generation, and training supervised frames/s (DART vs last-frame-only), all in one run on one device.
+
+An imagined env step = K denoiser calls against the caches + the commit that yields the frame's cache entries,
+reward and termination. Random weights unless a checkpoint is given: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from diffusion_world.checkpoint import load_world_model
+from diffusion_world.diffusion.sampler import SamplerConfig, edm_sigmas, sample_next_frame
+from diffusion_world.model.config import preset_config
+from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
+from diffusion_world.model.mp import normalize_weights_
+from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(model: DartWorldModel, B: int, n: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    H, W = model.cfg.frame_size
+    x = torch.rand(B, n, 3, H, W, device=dev) * 2 - 1
+    space = model.cfg.action_space
+    if space["type"] == "discrete":
+        a = torch.randint(0, int(space["n"]), (B, n), device=dev)
+    else:
+        a = torch.zeros(B, n, *space["shape"], device=dev)
+    return x, a, torch.ones(B, n, dtype=torch.bool, device=dev)
+
+
+def env_step_time(model: DartWorldModel, B: int, context: int, sampler: SamplerConfig, dev: torch.device,
+                  repeat: int) -> tuple[float, int]:
+    """Best time of one imagined step for B rows after ``context`` frames (caches copied, so each try starts
+    from the same state). Returns (seconds, frames in the cache)."""
+    x, a, has = _inputs(model, B, max(context, 1), dev)
+    state = model.new_state(B, dev)
+    if context:
+        model.warmup(state, x, sampler.sigma_min, a, has)
+    gens = [torch.Generator().manual_seed(i) for i in range(B)]
+    sig = edm_sigmas(sampler, dev)
+    best = float("inf")
+    for r in range(repeat + 1):
+        s = copy.deepcopy(state)
+        _sync(dev)
+        t0 = time.perf_counter()
+        sample_next_frame(model, s, a[:, 0], has[:, 0], gens, sampler, sig)
+        _sync(dev)
+        if r:  # the first try warms up
+            best = min(best, time.perf_counter() - t0)
+    return best, int((state.slot_pos >= 0).sum(1)[0])
+
+
+def uncached_step_time(model: DartWorldModel, B: int, context: int, sampler: SamplerConfig, dev: torch.device,
+                       repeat: int) -> float:
+    """The same step without carrying caches between steps: re-encode the whole visible context, then sample."""
+    x, a, has = _inputs(model, B, context, dev)
+    gens = [torch.Generator().manual_seed(i) for i in range(B)]
+    sig = edm_sigmas(sampler, dev)
+    best = float("inf")
+    for r in range(repeat + 1):
+        _sync(dev)
+        t0 = time.perf_counter()
+        state = model.new_state(B, dev)
+        model.warmup(state, x, sampler.sigma_min, a, has)
+        sample_next_frame(model, state, a[:, 0], has[:, 0], gens, sampler, sig)
+        _sync(dev)
+        if r:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device, repeat: int) -> list[dict]:
+    amp = dev.type == "cuda"
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x0, a, has = _inputs(model, B, T, dev)
+    zeros = torch.zeros(B, T, device=dev)
+    rows = []
+    for supervision in ("dart", "last_frame"):
+        lcfg = LossConfig(supervision=supervision)
+        best, n = float("inf"), 0
+        for r in range(repeat + 1):
+            draw = draw_noise(B, T, tuple(x0.shape[2:]), lcfg, torch.Generator().manual_seed(r))
+            _sync(dev)
+            t0 = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = dart_loss(model, x0, a, has, zeros, zeros.bool(), draw, lcfg, model.cfg.sigma_data,
+                                "flex" if amp else "sdpa")
+            out.total.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(dev)
+            if r:
+                best = min(best, time.perf_counter() - t0)
+            n = out.num_supervised
+        rows.append({"supervision": supervision, "batch": B, "seq_len": T, "step_s": best, "supervised_frames": n,
+                     "supervised_frames_per_s": n / best})
+    model.eval()
+    return rows
+
+
+def run_speed(world_model: str | None = None, preset: str = "small", device: str = "cpu", quick: bool = False,
+              sampler_steps: int = 3, progress: bool = True) -> dict[str, Any]:
+    dev = torch.device(device)
+    if world_model:
+        model = load_world_model(world_model, device=dev).model
+    else:
+        torch.manual_seed(0)
+        model = DartWorldModel(preset_config(preset, action_space={"type": "discrete", "n": 2})).to(dev)
+        normalize_weights_(model)
+    model.eval().requires_grad_(False)
+    amp = dev.type == "cuda"
+    repeat = 2 if quick else 5
+    sampler = SamplerConfig(num_steps=sampler_steps)
+    W = model.cfg.context_window
+    say = print if progress else (lambda *a, **k: None)
+    result: dict[str, Any] = {"world_model": world_model, "preset": None if world_model else preset,
+                              "num_parameters": count_parameters(model), **forward_gflops_per_frame(model),
+                              "device": str(dev), "amp_bf16": amp, "sampler_steps": sampler_steps,
+                              "context_window": W, "model_config": model.cfg.to_dict()}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        batches = (1, 16) if quick else (1, 16, 64)
+        if dev.type == "cuda":
+            batches = (1, 32, 256)
+        result["batch_sweep"] = []
+        for B in batches:
+            t, _ = env_step_time(model, B, 4, sampler, dev, repeat)
+            result["batch_sweep"].append({"batch": B, "step_ms": t * 1e3, "steps_per_s": B / t})
+            say(result["batch_sweep"][-1])
+        result["context_sweep"] = []
+        for n in sorted({0, 1, W // 4, W // 2, W, 2 * W} | (set() if quick else {4 * W})):
+            t, cached = env_step_time(model, 1, n, sampler, dev, repeat)
+            result["context_sweep"].append({"frames_generated": n, "frames_in_cache": cached, "step_ms": t * 1e3})
+            say(result["context_sweep"][-1])
+        t_unc = uncached_step_time(model, 1, W, sampler, dev, repeat)
+        t_c, _ = env_step_time(model, 1, W, sampler, dev, repeat)
+        result["cached_vs_uncached"] = {"context": W, "cached_step_ms": t_c * 1e3, "uncached_step_ms": t_unc * 1e3}
+        say(result["cached_vs_uncached"])
+    model.requires_grad_(True)
+    result["training"] = training_throughput(model, 4, 16, dev, 1 if quick else 3)
+    say(result["training"])
+    sweep = {r["frames_generated"]: r["step_ms"] for r in result["context_sweep"]}
+    late = max(k for k in sweep)
+    by_b = {r["batch"]: r["steps_per_s"] for r in result["batch_sweep"]}
+    tr = {r["supervision"]: r["supervised_frames_per_s"] for r in result["training"]}
+    result["headline"] = {
+        "device": torch.cuda.get_device_name(dev) if amp else "cpu",
+        "steps_per_s_batch1": by_b.get(1),
+        "steps_per_s_batch16": by_b.get(16),
+        "step_time_ratio_late_vs_early": sweep[late] / sweep[min(k for k in sweep if k > 0)],
+        "cached_vs_uncached_speedup": t_unc / t_c,
+        "dart_vs_last_frame_supervised_fps_ratio": tr["dart"] / tr["last_frame"],
+        "dart_supervised_frames_per_s": tr["dart"],
+    }
+    return result
