@@ -1,0 +1,49 @@
+"""``diffusion-world benchmark {fidelity,speed}``: run one suite, write JSON + Markdown (+ PNG) into ``--out``,
+and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffusion_world.bench.common import write_result
+from diffusion_world.bench.report import make_readme, render
+from diffusion_world.errors import UserError
+
+SUITES = ("fidelity", "speed")
+
+
+def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
+                  quick: bool = False, device: str = "cpu", name: str | None = None,
+                  short_memory: str | None = None) -> Path:
+    out = Path(out)
+    imagination: dict[str, Any] = {}
+    if card:
+        from diffusion_world.cards import load_card
+
+        imagination = load_card(card).imagination
+    if suite == "fidelity":
+        from diffusion_world.bench.fidelity import run_fidelity
+
+        if not world_model:
+            raise UserError("benchmark fidelity needs --world-model")
+        result = run_fidelity(world_model, out, context=imagination.get("context_frames"),
+                              horizon=16 if quick else 32, num_windows=8 if quick else 32,
+                              sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
+                              device=device)
+    elif suite == "speed":
+        from diffusion_world.bench.speed import run_speed
+
+        result = run_speed(world_model, device=device, quick=quick,
+                           sampler_steps=int(imagination.get("sampler_steps", 3)))
+    else:
+        raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
+    result["quick"] = quick
+    stem = name or (f"{suite}_quick" if quick else suite)
+    path = write_result(out / f"{stem}.json", result)
+    import json
+
+    (out / f"{stem}.md").write_text(render(stem, json.loads(path.read_text())))
+    if out.resolve().name == "results" and out.resolve().parent.name == "benchmarks":
+        make_readme(out, out.parent / "README.md")
+    return path
