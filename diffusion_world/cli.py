@@ -78,7 +78,34 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train]
+def _add_play(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("play", help="write an imagined rollout of a world model as a GIF or MP4")
+    p.add_argument("--world-model", default="cartpole", help="checkpoint path or shipped name (default: cartpole)")
+    p.add_argument("--steps", type=int, default=200, help="imagined steps, default 200")
+    p.add_argument("--out", default="rollout.gif", help="output file, .gif or .mp4 (default: rollout.gif)")
+    p.add_argument("--policy", default="random", help="'random' or a path to an SB3 model (.zip)")
+    p.add_argument("--compare-real", action="store_true",
+                   help="replay a held-out dataset episode: real | imagined frames side by side, same actions")
+    p.add_argument("--seed", type=int, default=0, help="env seed (and which held-out episode), default 0")
+    p.add_argument("--dataset-id", help="dataset for reset contexts (default: the checkpoint's)")
+    p.add_argument("--context-frames", type=int, help="real frames warmed up at reset (default: the checkpoint's)")
+    p.add_argument("--sampler-steps", type=int, help="denoiser calls per step (default: the checkpoint's)")
+    p.add_argument("--frame-stack", type=int, help="frames per observation (default: what --policy needs, else 1)")
+    p.add_argument("--device", help="torch device, default cpu")
+    p.add_argument("--fps", type=int, default=15, help="frames per second of the video, default 15")
+    p.add_argument("--scale", type=int, help="upscaling factor of the frames (default: to at least 128 pixels)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.play import play_from_args
+
+        play_from_args(args)
+        return 0
+
+    return run
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train, _add_play]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

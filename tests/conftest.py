@@ -92,3 +92,35 @@ def no_render_env_id() -> str:
     if NO_RENDER_ENV_ID not in gym.registry:
         gym.register(id=NO_RENDER_ENV_ID, entry_point=_NoRgbEnv)
     return NO_RENDER_ENV_ID
+
+
+# --- world-model checkpoints for the env tests (tests/worldmodel_fixtures.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_world_model(tiny_frame_cache, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random world model (16x16, Discrete(2)) recording ``tiny_dataset_id`` and 3 of its episode starts."""
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("world_model") / "tiny.pt", cache=tiny_frame_cache))
+
+
+@pytest.fixture(scope="session")
+def tiny_box_world_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random world model with a Box(-1, 1, (2,)) action space whose dataset is absent: the env falls back
+    to the random contexts stored in the checkpoint."""
+    from worldmodel_fixtures import BOX, make_tiny_checkpoint
+
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("world_model") / "box.pt", action_space=BOX, seed=1))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose 10-80x when
+    another process holds a core (OpenMP barriers wait for the preempted thread): run them on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

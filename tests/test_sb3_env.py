@@ -1,0 +1,119 @@
+"""The SB3 VecEnv over the imagination core: same-step autoreset with terminal observations, seeding, and a PPO
+``learn()`` smoke test in imagination with CnnPolicy (SmallFramesCNN: NatureCNN needs frames >= 36x36)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import VecMonitor
+
+import diffusion_world
+from diffusion_world.envs import InvalidActionError, ResetNeededError
+from diffusion_world.envs.sb3_vec_env import DiffusionWorldSB3VecEnv, agent_frame_stack, small_frames_policy_kwargs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+def test_make_sb3_vec_env_same_step_autoreset(tiny_world_model: str) -> None:
+    venv = diffusion_world.make_sb3_vec_env(tiny_world_model, num_envs=2, horizon=2)
+    assert isinstance(venv, VecMonitor) and isinstance(venv.unwrapped, DiffusionWorldSB3VecEnv)
+    venv.seed(3)
+    obs = venv.reset()
+    assert obs.shape == (2, 16, 16, 3) and obs.dtype == np.uint8
+    obs, rewards, dones, infos = venv.step(np.array([0, 1]))
+    assert not dones.any() and rewards.dtype == np.float32
+    before_end = obs
+    obs, rewards, dones, infos = venv.step(np.array([1, 1]))
+    assert dones.all()
+    single = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, horizon=2)
+    for i in range(2):
+        assert infos[i]["TimeLimit.truncated"] is True
+        assert infos[i]["episode"]["l"] == 2  # VecMonitor saw the whole episode
+        terminal = infos[i]["terminal_observation"]
+        assert terminal.shape == (16, 16, 3) and not np.array_equal(terminal, before_end[i])
+        # the observation returned is the next episode's first: env i seeded 3 + i, then reset again
+        single.reset(seed=3 + i)
+        single.step(0)
+        single.step(1)
+        np.testing.assert_array_equal(obs[i], single.reset()[0])
+
+
+def test_terminations_are_not_time_limits(tiny_world_model: str) -> None:
+    venv = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2, termination_threshold=0.0, frame_stack=2)
+    venv.reset()
+    obs, _, dones, infos = venv.step(np.array([[0], [1]]))  # SB3 may hand Discrete actions as (N, 1)
+    assert dones.all() and obs.shape == (2, 16, 16, 6)
+    assert [info["TimeLimit.truncated"] for info in infos] == [False, False]
+    assert infos[0]["terminal_observation"].shape == (16, 16, 6)
+
+
+def test_bad_actions_and_step_before_reset(tiny_world_model: str) -> None:
+    venv = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2, render_mode="rgb_array")
+    with pytest.raises(ResetNeededError):
+        venv.step(np.array([0, 0]))
+    venv.reset()
+    with pytest.raises(InvalidActionError):
+        venv.step(np.array([0, 5]))
+    venv.step(np.array([0, 1]))  # still usable
+    assert venv.render().shape[2] == 3  # tiled rgb frames
+    assert venv.get_attr("render_mode") == ["rgb_array", "rgb_array"]
+    assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
+
+
+def test_ppo_cnn_policy_learns_in_imagination(tiny_world_model: str, tmp_path) -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    venv = diffusion_world.make_sb3_vec_env(tiny_world_model, num_envs=2, horizon=8, frame_stack=2)
+    model = PPO("CnnPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs=small_frames_policy_kwargs(16))
+    assert isinstance(model.get_env(), VecTransposeImage)  # channel-last frames transposed by SB3 itself
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(total_timesteps=32)
+    assert model.num_timesteps == 32
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    assert len(model.ep_info_buffer) >= 2  # episodes of 8 steps ended and were logged
+    model.save(tmp_path / "agent.zip")
+    agent = PPO.load(tmp_path / "agent.zip")
+    assert agent.observation_space.shape == (6, 16, 16) and agent_frame_stack(agent.observation_space, (16, 16)) == 2
+    action, _ = agent.predict(venv.reset()[0], deterministic=True)
+    assert action in (0, 1)
+
+    # the saved agent drives `diffusion-world play` (its frame stacking is read from the agent)
+    from diffusion_world.play import play
+
+    summary = play(tiny_world_model, steps=3, out=tmp_path / "agent.gif", policy=str(tmp_path / "agent.zip"),
+                   progress=False)
+    assert summary["frames"] >= 4
+
+
+def test_examples_train_imagine_evaluate(tiny_dataset_id: str, tmp_path, monkeypatch, capsys) -> None:
+    """examples/: a world model trained (2 steps) from a card serves the env; PPO trains in it; the agent is
+    evaluated in the real env with the same frame stacking."""
+    import runpy
+    from pathlib import Path
+
+    from gymnasium.utils.env_checker import check_env
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    card = tmp_path / "card.toml"
+    card.write_text(f'[env]\nid = "CartPole-v1"\nsize = 16\n[collect]\ndataset_id = "{tiny_dataset_id}"\n'
+                    'steps = 300\n[model]\npreset = "tiny"\n[train]\nsteps = 2\nbatch_size = 2\nseq_len = 8\n'
+                    '[imagination]\nsampler_steps = 2\nhorizon = 12\ncontext_frames = 3\n')
+
+    def run(script: str, *argv: str) -> str:
+        monkeypatch.setattr("sys.argv", [script, *argv])
+        runpy.run_path(str(examples / script), run_name="__main__")
+        return capsys.readouterr().out
+
+    run("train_world_model.py", "--card", str(card), "--out", str(tmp_path / "run"), "--device", "cpu")
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    env = gym.make("DiffusionWorld-v0", world_model=ckpt)
+    core = env.unwrapped.core
+    assert (core.context_frames, core.horizon, core.sampler.num_steps) == (3, 12, 2)  # the card's settings
+    check_env(env.unwrapped)
+    run("imagination_ppo.py", "--world-model", ckpt, "--steps", "32", "--num-envs", "2", "--n-steps", "16",
+        "--frame-stack", "2", "--out", str(tmp_path / "agent.zip"))
+    out = run("evaluate_real.py", "--world-model", ckpt, "--agent", str(tmp_path / "agent.zip"), "--episodes", "2")
+    assert "frame_stack=2" in out and "agent" in out and "±" in out

@@ -1,0 +1,153 @@
+"""The natively batched Gymnasium vector env: make_vec, vector == single env, both autoreset conventions,
+per-row resets, bad inputs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from diffusion_world.envs import DiffusionWorldVectorEnv, InvalidActionError, ResetNeededError
+from diffusion_world.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Batched arithmetic (another GEMM blocking for N rows than for 1) changes float results by ~1e-6, which flips
+# a uint8 frame value only when it lies that close to a rounding boundary. Measured on the tiny model over 40
+# steps: 3e-5 (N=3) to 6e-5 (N=8) of the pixels differ, all by exactly 1. The tolerance is 20x that.
+MAX_FLIPPED_FRACTION = 1e-3
+
+
+def assert_frames_close(a: np.ndarray, b: np.ndarray) -> None:
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1, f"frames differ by up to {diff.max()}"
+    assert (diff > 0).mean() <= MAX_FLIPPED_FRACTION, f"{(diff > 0).mean():.2e} of the pixels differ"
+
+
+def single_rollout(path: str, seed: int, actions: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    env = gym.make("DiffusionWorld-v0", world_model=path, **kwargs)
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs], []
+    for a in actions:
+        obs, r, *_ = env.step(a)
+        frames.append(obs)
+        rewards.append(r)
+    return np.stack(frames), np.array(rewards)
+
+
+def test_make_vec_uses_the_native_vector_env(tiny_world_model: str) -> None:
+    for mode in ("vector_entry_point", None):
+        envs = gym.make_vec("DiffusionWorld-v0", num_envs=3, world_model=tiny_world_model, vectorization_mode=mode)
+        assert isinstance(envs, DiffusionWorldVectorEnv)
+        assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+        assert envs.observation_space.shape == (3, 16, 16, 3)
+        assert envs.action_space == gym.spaces.MultiDiscrete([2, 2, 2])
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, autoreset_mode="SameStep")
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+
+
+def test_sub_env_i_equals_single_env_seeded_s_plus_i(tiny_world_model: str) -> None:
+    N, T, seed = 3, 12, 10
+    actions = np.random.default_rng(0).integers(0, 2, (T, N))
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=N, world_model=tiny_world_model)
+    obs, _ = envs.reset(seed=seed)
+    frames, rewards = [obs], []
+    for a in actions:
+        obs, r, *_ = envs.step(a)
+        frames.append(obs)
+        rewards.append(r)
+    frames_v, rewards_v = np.stack(frames, 1), np.stack(rewards, 1)  # (N, T+1, ...)
+    for i in range(N):
+        frames_s, rewards_s = single_rollout(tiny_world_model, seed + i, actions[:, i])
+        np.testing.assert_array_equal(frames_v[i, 0], frames_s[0])  # the reset frame is a real frame: exact
+        assert_frames_close(frames_v[i], frames_s)
+        np.testing.assert_allclose(rewards_v[i], rewards_s, atol=1e-4)
+    assert not np.array_equal(frames_v[0, 1:], frames_v[1, 1:])
+
+
+def test_next_step_autoreset_rows_independent(tiny_world_model: str) -> None:
+    """horizon=3; sub-env 1 is reset one step later than sub-env 0, so they end (and restart) at different
+    steps; the restarted sub-env continues like a single env reset without a seed."""
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, horizon=3)
+    envs.reset(seed=0)
+    envs.step(np.array([1, 1]))
+    before_row0 = envs.unwrapped.core.steps[0]
+    obs, *_ = envs.reset(options={"reset_mask": np.array([False, True])})
+    assert envs.unwrapped.core.steps.tolist() == [before_row0, 0]
+    ends = []
+    for _ in range(4):
+        obs, rewards, terminations, truncations, infos = envs.step(np.array([0, 0]))
+        ends.append(truncations.tolist())
+    # row 0 ends at its 3rd step, row 1 one step later; the step after row 0 ended is its reset step
+    assert ends == [[False, False], [True, False], [False, True], [False, False]]
+
+    single = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, horizon=3)
+    single.reset(seed=0)
+    for a in (1, 0, 0):
+        single.step(a)
+    first, _ = single.reset()  # no seed: the same generator, continued
+    envs2 = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, horizon=3)
+    envs2.reset(seed=0)
+    for a in ([1, 1], [0, 0], [0, 0]):
+        *_, truncations, _ = envs2.step(np.array(a))
+    assert truncations.tolist() == [True, True]
+    obs, rewards, terminations, truncations, _ = envs2.step(np.array([1, 1]))  # action ignored: reset step
+    np.testing.assert_array_equal(obs[0], first)
+    assert rewards.tolist() == [0.0, 0.0] and not terminations.any() and not truncations.any()
+    obs, *_ = envs2.step(np.array([1, 0]))
+    assert_frames_close(obs[0], single.step(1)[0])
+
+
+def test_same_step_autoreset(tiny_world_model: str) -> None:
+    kwargs = {"num_envs": 2, "world_model": tiny_world_model, "horizon": 2}
+    next_step = gym.make_vec("DiffusionWorld-v0", **kwargs)
+    same_step = gym.make_vec("DiffusionWorld-v0", autoreset_mode="SameStep", **kwargs)
+    next_step.reset(seed=5)
+    same_step.reset(seed=5)
+    for t in range(2):
+        a = np.array([t % 2, 1])
+        obs_n, *_ = next_step.step(a)
+        obs_s, rewards, terminations, truncations, infos = same_step.step(a)
+    assert truncations.all()
+    assert infos["_final_obs"].tolist() == [True, True] and infos["_final_info"].tolist() == [True, True]
+    for i in range(2):
+        assert_frames_close(infos["final_obs"][i], obs_n[i])  # the last frame of the ended episode
+    restart, *_ = next_step.step(np.array([0, 0]))  # next-step convention: the reset comes one step later
+    np.testing.assert_array_equal(obs_s, restart)
+    obs_s, *_, infos = same_step.step(np.array([0, 0]))
+    assert "final_obs" not in infos
+
+
+def test_disabled_autoreset_and_bad_inputs(tiny_world_model: str) -> None:
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, horizon=1,
+                        autoreset_mode="Disabled")
+    with pytest.raises(ResetNeededError):
+        envs.step(np.array([0, 0]))
+    envs.reset(seed=0)
+    *_, truncations, _ = envs.step(np.array([0, 1]))
+    assert truncations.all()
+    with pytest.raises(ResetNeededError, match="reset_mask"):
+        envs.step(np.array([0, 0]))
+    envs.reset(options={"reset_mask": np.array([True, True])})
+    for bad in (np.array([0, 2]), np.array([0, 1, 1]), np.array([0.0, 1.0]), 1):
+        with pytest.raises(InvalidActionError):
+            envs.step(bad)
+    envs.step(np.array([1, 0]))  # still usable
+    for mask in (np.array([False, False]), np.array([1, 0]), np.array([True])):
+        with pytest.raises(UserError, match="reset_mask"):
+            envs.reset(options={"reset_mask": mask})
+    with pytest.raises(UserError, match="autoreset_mode"):
+        DiffusionWorldVectorEnv(2, tiny_world_model, autoreset_mode="Sometimes")
+
+
+def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cache) -> None:
+    cache = tiny_frame_cache
+    s = int(cache.episode_starts[1])
+    context = np.array(cache.frames[s:s + 4])
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, render_mode="rgb_array")
+    obs, _ = envs.reset(seed=0, options={"context": context})
+    np.testing.assert_array_equal(obs, np.stack([context[-1]] * 2))
+    envs.step(np.array([0, 1]))
+    frames = envs.render()
+    assert len(frames) == 2 and frames[0].shape == (16, 16, 3)

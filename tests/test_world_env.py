@@ -1,0 +1,285 @@
+"""DiffusionWorld-v0 as one Gymnasium env: registration, env checkers, determinism, contexts, frame stacking,
+truncation/termination, bad inputs, the real env with the same stacking, and ``diffusion-world play``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import diffusion_world
+from diffusion_world.envs import DiffusionWorldEnv, InvalidActionError, ResetNeededError, make_real_env
+from diffusion_world.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SB3_SMALL_IMAGE = "minimal resolution for an image is 36x36"  # 16x16 test frames: unavoidable with tiny models
+
+
+def rollout(env: gym.Env, seed: int | None, actions, options=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    obs, _ = env.reset(seed=seed, options=options)
+    frames, rewards, terms = [obs], [], []
+    for a in actions:
+        obs, r, term, trunc, _ = env.step(a)
+        frames.append(obs)
+        rewards.append(r)
+        terms.append(term)
+    return np.stack(frames), np.array(rewards), np.array(terms)
+
+
+def test_registered_and_made_both_ways(tiny_world_model: str) -> None:
+    assert "DiffusionWorld-v0" in gym.registry
+    spec = gym.registry["DiffusionWorld-v0"]
+    assert spec.entry_point == "diffusion_world.envs.world_env:DiffusionWorldEnv"
+    assert spec.vector_entry_point == "diffusion_world.envs.vector_env:DiffusionWorldVectorEnv"
+    env = gym.make("diffusion_world:DiffusionWorld-v0", world_model=tiny_world_model, frame_stack=2,
+                   reset_mode="anywhere", termination_threshold=0.9)
+    assert isinstance(env.unwrapped, DiffusionWorldEnv)
+    json.dumps(env.spec.kwargs)  # recorded kwargs are JSON: the spec can rebuild the env
+    env = gym.make(env.spec)
+    assert env.observation_space.shape == (16, 16, 6)
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)
+    assert env.observation_space == gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(2)
+    # defaults come from the checkpoint's imagination settings
+    core = env.unwrapped.core
+    assert (core.context_frames, core.horizon, core.sampler.num_steps) == (4, 50, 3)
+    assert "dataset" in core.contexts.description
+
+
+@pytest.mark.parametrize("frame_stack", [1, 3])
+def test_gymnasium_check_env_without_warnings(tiny_world_model: str, frame_stack: int) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, frame_stack=frame_stack,
+                   render_mode="rgb_array")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_sb3_check_env(tiny_world_model: str, tiny_box_world_model: str) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    for path in (tiny_world_model, tiny_box_world_model):
+        env = gym.make("DiffusionWorld-v0", world_model=path, frame_stack=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env)
+        assert [str(w.message) for w in caught if SB3_SMALL_IMAGE not in str(w.message)] == []
+
+
+def test_same_seed_same_frames_different_seed_different(tiny_world_model: str) -> None:
+    actions = [0, 1, 1, 0, 1, 0, 0, 1]
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)
+    a = rollout(env, 3, actions)
+    b = rollout(gym.make("DiffusionWorld-v0", world_model=tiny_world_model), 3, actions)  # a fresh env
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    c = rollout(env, 4, actions)
+    assert (a[0][1:] != c[0][1:]).mean() > 0.1  # generated frames differ
+    # an unseeded reset continues the env's generator: a new episode, not a replay
+    d = rollout(env, None, actions)
+    assert not np.array_equal(c[0][1:], d[0][1:])
+    # the model reacts to actions: other actions from the same state give other frames
+    e = rollout(env, 3, [1 - x for x in actions])
+    assert not np.array_equal(a[0][1:], e[0][1:])
+
+
+def test_reset_contexts_from_dataset(tiny_world_model: str, tiny_frame_cache) -> None:
+    """episode_start resets start at an episode's first frames; anywhere resets also elsewhere."""
+    cache = tiny_frame_cache
+    L = 4
+    start_obs = {cache.frames[s + L - 1].tobytes() for s in cache.episode_starts}
+    any_obs = {cache.frames[s].tobytes() for s in range(len(cache.frames))}
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)
+    firsts = [env.reset(seed=s)[0].tobytes() for s in range(12)]
+    assert all(f in start_obs for f in firsts) and len(set(firsts)) > 1
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, reset_mode="anywhere")
+    firsts = [env.reset(seed=s)[0].tobytes() for s in range(12)]
+    assert all(f in any_obs for f in firsts) and any(f not in start_obs for f in firsts)
+
+
+def test_checkpoint_contexts_when_no_dataset(tiny_world_model: str, minari_root: Path) -> None:
+    """With the dataset absent (empty MINARI_DATASETS_PATH) the env falls back to the checkpoint's contexts."""
+    ckpt = torch.load(tiny_world_model, weights_only=True)
+    stored = ckpt["contexts"]["frames"].numpy()  # (3, 8, 16, 16, 3)
+    env = DiffusionWorldEnv(tiny_world_model)
+    assert "checkpoint" in env.core.contexts.description
+    obs, _ = env.reset(seed=0)
+    assert any(np.array_equal(obs, f) for f in stored[:, 3])
+    with pytest.raises(UserError, match="not found"):  # an explicit dataset must exist
+        DiffusionWorldEnv(tiny_world_model, dataset_id=ckpt["dataset"]["dataset_id"])
+
+
+def test_reset_with_options_context(tiny_world_model: str, tiny_frame_cache) -> None:
+    cache = tiny_frame_cache
+    s = int(cache.episode_starts[5])
+    context = np.array(cache.frames[s:s + 5])
+    actions = cache.prev_actions[s + 1:s + 5]  # the 4 actions between the 5 frames
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)
+    options = {"context": context, "actions": actions}
+    a = rollout(env, 0, [1, 0, 1], options)
+    np.testing.assert_array_equal(a[0][0], context[-1])
+    b = rollout(env, 0, [1, 0, 1], options)
+    np.testing.assert_array_equal(a[0], b[0])
+    # L actions (the one that led to each frame) give the same warm-up as L-1 between frames
+    c = rollout(env, 0, [1, 0, 1], {"context": context, "actions": cache.prev_actions[s:s + 5],
+                                    "has_action": cache.has_prev_action[s:s + 5]})
+    np.testing.assert_array_equal(a[0], c[0])
+    other = np.array(cache.frames[int(cache.episode_starts[6]):][:5])
+    d = rollout(env, 0, [1, 0, 1], {"context": other, "actions": actions})
+    assert not np.array_equal(a[0][1:], d[0][1:])
+    with pytest.raises(UserError, match="options\\['context'\\]"):
+        env.reset(options={"context": context[..., :2]})
+    with pytest.raises(UserError, match="options\\['actions'\\]"):
+        env.reset(options={"context": context, "actions": actions[:2]})
+
+
+def test_frame_stack_layout(tiny_world_model: str) -> None:
+    # distinct frames (consecutive 16x16 CartPole frames are often identical, which would hide a wrong order)
+    context = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, frame_stack=3, render_mode="rgb_array")
+    assert env.observation_space.shape == (16, 16, 9)
+    obs, _ = env.reset(seed=0, options={"context": context})
+    for j in range(3):  # the last three context frames, oldest first
+        np.testing.assert_array_equal(obs[..., 3 * j:3 * j + 3], context[1 + j])
+    new, *_ = env.step(0)
+    np.testing.assert_array_equal(new[..., :6], obs[..., 3:])
+    np.testing.assert_array_equal(new[..., 6:], env.render())
+    newer, *_ = env.step(1)
+    np.testing.assert_array_equal(newer[..., :6], new[..., 3:])
+    # a context shorter than the stack repeats its first frame
+    obs, _ = env.reset(seed=0, options={"context": context[:2]})
+    np.testing.assert_array_equal(obs[..., :3], context[0])
+    np.testing.assert_array_equal(obs[..., 3:6], context[0])
+    np.testing.assert_array_equal(obs[..., 6:], context[1])
+
+
+def test_horizon_truncates_and_threshold_terminates(tiny_world_model: str) -> None:
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, horizon=3)
+    env.reset(seed=0)
+    ends = [env.step(0)[2:4] for _ in range(3)]
+    assert ends == [(False, False), (False, False), (False, True)]
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, termination_threshold=0.0)
+    env.reset(seed=0)
+    assert env.step(0)[2] is True
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)  # the fixture's termination head: low
+    env.reset(seed=0)
+    assert not any(env.step(1)[2] for _ in range(5))
+
+
+def test_rejected_actions_leave_the_env_usable(tiny_world_model: str) -> None:
+    env = DiffusionWorldEnv(tiny_world_model)
+    with pytest.raises(ResetNeededError, match="reset"):
+        env.step(0)
+    with pytest.raises(gym.error.ResetNeeded):  # gym.make's order enforcing says the same
+        gym.make("DiffusionWorld-v0", world_model=tiny_world_model).step(0)
+    ref = rollout(DiffusionWorldEnv(tiny_world_model), 7, [1, 0, 1, 1])
+    obs, _ = env.reset(seed=7)
+    frames = [obs]
+    for a in [1, 0, 1, 1]:
+        for bad in (2, -1, 1.0, True, "a", [0, 1], np.array([1]), None):
+            with pytest.raises(InvalidActionError) as info:
+                env.step(bad)
+            assert isinstance(info.value, gym.error.InvalidAction) and isinstance(info.value, UserError)
+            assert "Discrete(2)" in str(info.value)
+        frames.append(env.step(np.int64(a))[0])
+    np.testing.assert_array_equal(np.stack(frames), ref[0])
+
+
+def test_box_actions(tiny_box_world_model: str) -> None:
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_box_world_model)
+    assert env.action_space == gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    env.reset(seed=0)
+    a = env.step(np.array([0.5, -1.0], dtype=np.float64))[0]  # float64 within the bounds is fine
+    for bad in (np.array([1.5, 0.0]), np.array([0.0]), np.array([np.nan, 0.0]), 0.5, np.array(["a", "b"])):
+        with pytest.raises(InvalidActionError):
+            env.step(bad)
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.step([0.5, -1.0])[0], a)
+
+
+def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, tmp_path: Path) -> None:
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="not a readable diffusion_world checkpoint"):
+        DiffusionWorldEnv(str(text))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(Path(tiny_world_model).read_bytes()[:5000])
+    with pytest.raises(UserError, match="checkpoint"):
+        DiffusionWorldEnv(str(corrupt))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(UserError, match="not a diffusion_world checkpoint"):
+        DiffusionWorldEnv(str(other))
+    with pytest.raises(UserError, match="not found"):
+        DiffusionWorldEnv(str(tmp_path / "missing.pt"))
+    with pytest.raises(UserError, match="cartpole"):  # the shipped default is not built into this tree yet
+        gym.make("DiffusionWorld-v0")
+    # a 32x32 model pointed at the 16x16 dataset
+    big = make_tiny_checkpoint(tmp_path / "big.pt", cache=tiny_frame_cache, frame_size=(32, 32),
+                               contexts={})
+    with pytest.raises(UserError, match="16x16 frames but the world model .* 32x32"):
+        DiffusionWorldEnv(str(big), dataset_id=tiny_frame_cache.dataset_id)
+    with pytest.raises(UserError, match="16x16 frames but the world model .* 32x32"):  # no silent fallback
+        DiffusionWorldEnv(str(big))
+    no_contexts = make_tiny_checkpoint(tmp_path / "bare.pt", dataset_id="nowhere/absent-v0", contexts={})
+    with pytest.raises(UserError, match="no reset contexts .* 'nowhere/absent-v0' is not on this machine"):
+        DiffusionWorldEnv(str(no_contexts))
+    for kwargs, match in [({"reset_mode": "middle"}, "reset_mode"), ({"frame_stack": 0}, "frame_stack"),
+                          ({"horizon": 0}, "horizon"), ({"termination_threshold": 2}, "termination_threshold"),
+                          ({"context_frames": 100}, "context_frames"), ({"render_mode": "human"}, "render_mode"),
+                          ({"context_source": "web"}, "context_source")]:
+        with pytest.raises(UserError, match=match):
+            DiffusionWorldEnv(tiny_world_model, **kwargs)
+
+
+def test_make_real_env_stacks_like_imagination(tiny_world_model: str) -> None:
+    imagined = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, frame_stack=2)
+    real = make_real_env(tiny_world_model, frame_stack=2)
+    assert real.observation_space == imagined.observation_space
+    obs, _ = real.reset(seed=0)
+    np.testing.assert_array_equal(obs[..., :3], obs[..., 3:])  # first frame repeated at reset
+    new, *_ = real.step(0)
+    np.testing.assert_array_equal(new[..., :3], obs[..., 3:])
+
+
+def test_lazy_sb3_export() -> None:
+    assert callable(diffusion_world.make_sb3_vec_env)
+    with pytest.raises(AttributeError):
+        diffusion_world.no_such_name  # noqa: B018
+
+
+# --- diffusion-world play -----------------------------------------------------------------------------------
+
+
+def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path) -> None:
+    from diffusion_world.cli import main
+
+    gif = tmp_path / "rollout.gif"
+    assert main(["play", "--world-model", tiny_world_model, "--steps", "5", "--out", str(gif), "--quiet"]) == 0
+    with Image.open(gif) as im:
+        assert im.n_frames == 6 and im.size[0] >= 64  # reset frame + 5 steps, upscaled
+    mp4 = tmp_path / "rollout.mp4"
+    assert main(["play", "--world-model", tiny_world_model, "--steps", "4", "--out", str(mp4), "--quiet"]) == 0
+    import cv2
+
+    cap = cv2.VideoCapture(str(mp4))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+    side = tmp_path / "compare.gif"
+    assert main(["play", "--world-model", tiny_world_model, "--steps", "4", "--out", str(side), "--compare-real",
+                 "--quiet"]) == 0
+    with Image.open(side) as im:
+        assert im.size[0] > 2 * im.size[1]  # real | imagined side by side
+    assert main(["play", "--world-model", tiny_world_model, "--out", str(tmp_path / "x.avi"), "--quiet"]) == 2
