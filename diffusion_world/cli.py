@@ -105,7 +105,33 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train, _add_play]
+def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("benchmark", help="measure a world model: fidelity vs the real data, or speed",
+                       description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
+                                   "regenerated when --out is benchmarks/results.")
+    p.add_argument("suite", choices=["fidelity", "speed"])
+    p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
+    p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
+    p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")
+    p.add_argument("--quick", action="store_true", help="a few minutes instead of the full run")
+    p.add_argument("--short-memory", help="fidelity: a short-memory baseline checkpoint to compare against")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--name", help="result file stem (default: the suite name)")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.bench.run import run_benchmark
+
+        path = run_benchmark(args.suite, args.world_model, args.out, card=args.card, quick=args.quick,
+                             device=args.device, name=args.name, short_memory=args.short_memory)
+        print(path.with_suffix(".md").read_text())
+        print(f"results: {path}")
+        return 0
+
+    return run
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train, _add_play,
+                                                                       _add_benchmark]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

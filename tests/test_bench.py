@@ -1,0 +1,49 @@
+"""Benchmark suites on a tiny world model: they run, write their files, and their numbers are consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffusion_world.bench.fidelity import frame_scores, horizons, run_fidelity, termination_scores
+from diffusion_world.bench.report import make_readme, render
+from diffusion_world.cli import main
+
+
+def test_horizons_and_scores() -> None:
+    assert horizons(16) == [1, 2, 4, 8, 16] and horizons(12) == [1, 2, 4, 8, 12]
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    noisy = np.clip(real.astype(int) + rng.integers(-20, 21, real.shape), 0, 255).astype(np.uint8)
+    psnr_same, ssim_same = frame_scores(real, real)
+    psnr_noisy, ssim_noisy = frame_scores(real, noisy)
+    assert (psnr_same == 100).all() and np.allclose(ssim_same, 1)
+    assert (psnr_noisy < 40).all() and (ssim_noisy < 1).all()
+    t = termination_scores(np.array([[0, 0, 1], [0, 0, 0]], bool), np.array([[0.1, 0.9, 0.8], [0.0, 0.0, 0.0]]))
+    assert (t["precision"], t["recall"], t["positives"]) == (0.5, 1.0, 1)
+    assert t["first_termination_step_error"] == 1.0
+
+
+def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
+    r = run_fidelity(tiny_world_model, tmp_path, horizon=4, num_windows=4, sampler_sweep=(1,), context=2,
+                     progress=False)
+    h = r["headline"]
+    assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "repeat_last_psnr_h16", "short_memory_psnr_h16",
+                      "termination_f1", "reward_mae"}
+    assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
+    # a random-weight model is worse than repeating the last real frame
+    assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
+    assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
+    assert "| 4 |" in render("fidelity", {**r, "machine": {}})
+
+
+@pytest.mark.slow
+def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
+    assert main(["benchmark", "speed", "--world-model", tiny_world_model, "--quick", "--out", str(tmp_path)]) == 0
+    speed = json.loads((tmp_path / "speed_quick.json").read_text())
+    assert speed["headline"]["step_time_ratio_late_vs_early"] > 0 and speed["machine"]["cpu"]
+    make_readme(tmp_path, tmp_path / "README.md")
+    assert "speed_quick" in (tmp_path / "README.md").read_text()
