@@ -111,6 +111,8 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
         cfg = ModelConfig.from_dict(ckpt["model_config"])
         model = DartWorldModel(cfg)
         weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+        if weights is None:
+            raise KeyError("no weights")
         model.load_state_dict({k: v.float() for k, v in weights.items()})
     except (KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: checkpoint does not match this version's model ({e})") from e
@@ -118,3 +120,17 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
     return WorldModel(model=model, config=cfg, dataset=dict(ckpt.get("dataset", {})),
                       imagination=dict(ckpt.get("imagination", {})), contexts=dict(ckpt.get("contexts", {})),
                       path=str(path), step=int(ckpt.get("step", 0)))
+
+
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None) -> Path:
+    """Write a slim copy of a training checkpoint for shipping: EMA weights in fp16, the configs, dataset spec,
+    imagination defaults and reset contexts; no optimiser or RNG state. ``notes`` (command, hardware, ...)
+    are stored under ``"provenance"``."""
+    ckpt = load_checkpoint(src)
+    slim = {k: ckpt[k] for k in ("model_config", "train_config", "dataset", "imagination", "contexts", "step",
+                                 "num_frames_seen", "elapsed_s", "num_parameters") if k in ckpt}
+    slim["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
+    slim["model"] = None
+    slim["provenance"] = dict(notes or {})
+    save_checkpoint(dst, slim)
+    return Path(dst)

@@ -150,3 +150,17 @@ def test_config_from_card_layers(tmp_path: Path) -> None:
     cfg = config_from_card(card, steps=11, out_dir="x")
     assert (cfg.dataset_id, cfg.preset, cfg.steps, cfg.seq_len, cfg.loss.p_mean) == ("a/b-v0", "tiny", 11, 5, -1.0)
     assert cfg.imagination == {"horizon": 9}
+
+
+def test_export_for_inference_is_slim_and_equivalent(tiny_dataset_id: str, tmp_path: Path) -> None:
+    from diffusion_world.checkpoint import export_for_inference
+
+    path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2))
+    slim = export_for_inference(path, tmp_path / "slim.pt", {"command": "test"})
+    assert slim.stat().st_size < 0.4 * path.stat().st_size  # fp16 EMA only, no optimiser
+    full, small = load_world_model(path), load_world_model(slim)
+    for (name, a), b in zip(full.model.state_dict().items(), small.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=2e-3, rtol=2e-3, msg=name)  # fp16 rounding only
+    assert load_checkpoint(slim)["provenance"] == {"command": "test"}
+    with pytest.raises(UserError):
+        load_world_model(slim, use_ema=False)  # the slim file has no raw weights: say so
