@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, load_world_model
 from diffusion_world.diffusion.sampler import (
@@ -253,9 +254,18 @@ class ImaginationCore:
         N = self.num_envs
         self.state = self.model.new_state(N, self.device)
         self.generators = [torch.Generator() for _ in range(N)]
+        self.row_rngs: list[np.random.Generator | None] = [None] * N  # per-row numpy RNG (Gymnasium seeding)
         self.stacks = np.zeros((N, self.frame_stack, H, W, 3), dtype=np.uint8)  # last frames, oldest first
         self.steps = np.zeros(N, dtype=np.int64)  # env steps since each row's reset
         self.needs_reset = np.ones(N, dtype=bool)
+
+    def row_rng(self, i: int | np.integer, seed: int | None) -> np.random.Generator:
+        """Row i's numpy generator: (re)seeded when ``seed`` is given or on first use, else carried on."""
+        rng = self.row_rngs[i]
+        if seed is not None or rng is None:
+            rng, _ = seeding.np_random(seed)
+            self.row_rngs[i] = rng
+        return rng
 
     def _open_contexts(self, dataset_id: str | None, source: str) -> DatasetContexts | CheckpointContexts:
         wm = self.world_model

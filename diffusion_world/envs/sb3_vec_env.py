@@ -16,7 +16,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.utils import seeding
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
@@ -44,21 +43,13 @@ class DiffusionWorldSB3VecEnv(VecEnv):
             raise UserError(f"DiffusionWorldSB3VecEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         self.core = ImaginationCore(world_model, num_envs, **kwargs)
         self.render_mode = render_mode
-        self._row_rngs: list[np.random.Generator | None] = [None] * self.core.num_envs
         self._actions: np.ndarray | None = None
         super().__init__(self.core.num_envs, self.core.observation_space, self.core.action_space)
-
-    def _row_rng(self, i: int | np.integer, seed: int | None) -> np.random.Generator:
-        rng = self._row_rngs[i]
-        if seed is not None or rng is None:
-            rng, _ = seeding.np_random(seed)
-            self._row_rngs[i] = rng
-        return rng
 
     def reset(self) -> VecEnvObs:
         rows = range(self.num_envs)
         contexts = [self.core.context_from_options(self._options[i]) for i in rows]
-        self.core.reset_rows(rows, [self._row_rng(i, self._seeds[i]) for i in rows], contexts)
+        self.core.reset_rows(rows, [self.core.row_rng(i, self._seeds[i]) for i in rows], contexts)
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in rows]
@@ -88,7 +79,7 @@ class DiffusionWorldSB3VecEnv(VecEnv):
             infos[i]["terminal_observation"] = observations[i].copy()
             infos[i]["TimeLimit.truncated"] = bool(result.truncated[i] and not result.terminated[i])
         if len(rows):  # same-step autoreset
-            self.core.reset_rows(rows, [self._row_rng(i, None) for i in rows])
+            self.core.reset_rows(rows, [self.core.row_rng(i, None) for i in rows])
             observations[rows] = self.core.observations(rows)
         return observations, result.rewards.astype(np.float32), dones, infos
 

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -58,15 +57,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._row_rngs: list[np.random.Generator | None] = [None] * self.num_envs
         self._autoreset = np.zeros(self.num_envs, dtype=bool)  # NEXT_STEP: rows whose episode just ended
-
-    def _row_rng(self, i: int | np.integer, seed: int | None) -> np.random.Generator:
-        rng = self._row_rngs[i]
-        if seed is not None or rng is None:
-            rng, _ = seeding.np_random(seed)
-            self._row_rngs[i] = rng
-        return rng
 
     def _contexts(self, options: dict[str, Any] | None, count: int) -> list[Context | None]:
         """``options["context"]``: one context (L, H, W, 3) for every reset sub-env, or one each (n, L, H, W, 3)."""
@@ -103,7 +94,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
                 raise UserError(f"options['reset_mask'] must be a bool array of shape ({N},) with a True entry")
         rows = np.flatnonzero(mask)
         contexts = self._contexts(options, len(rows))
-        self.core.reset_rows(rows, [self._row_rng(i, seeds[i]) for i in rows], contexts)
+        self.core.reset_rows(rows, [self.core.row_rng(i, seeds[i]) for i in rows], contexts)
         self._autoreset[rows] = False
         return self.core.observations(), {}  # sub-envs not reset keep their current observation
 
@@ -126,7 +117,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
             rewards, terminations, truncations = result.rewards, result.terminated, result.truncated
         if resetting is not None:  # NEXT_STEP: the sub-envs that ended last step start over, action ignored
             rows = np.flatnonzero(resetting)
-            core.reset_rows(rows, [self._row_rng(i, None) for i in rows])
+            core.reset_rows(rows, [self.core.row_rng(i, None) for i in rows])
             rewards[rows], terminations[rows], truncations[rows] = 0.0, False, False
         done = terminations | truncations
         observations = core.observations()
@@ -136,7 +127,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
             for i in rows:
                 final_obs[i] = observations[i].copy()
             infos = {"final_obs": final_obs, "_final_obs": done.copy(), "final_info": {}, "_final_info": done.copy()}
-            core.reset_rows(rows, [self._row_rng(i, None) for i in rows])
+            core.reset_rows(rows, [self.core.row_rng(i, None) for i in rows])
             observations[rows] = core.observations(rows)
         elif self.autoreset_mode != AutoresetMode.SAME_STEP:
             self._autoreset = done
