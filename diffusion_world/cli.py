@@ -106,10 +106,10 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("benchmark", help="measure a world model: fidelity vs the real data, or speed",
+    p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer",
                        description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
                                    "regenerated when --out is benchmarks/results.")
-    p.add_argument("suite", choices=["fidelity", "speed"])
+    p.add_argument("suite", choices=["fidelity", "speed", "rl"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
     p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")

@@ -24,6 +24,18 @@ NO_RENDER_ENV_ID = "diffusion_world_test/NoRender-v0"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """Tests use tiny models, which gain nothing from intra-op threads; on a shared 2-core machine two OpenMP
+    threads lose 10-80x whenever another process holds a core (barriers wait for the preempted thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def session_minari_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The session's Minari root, set in the environment for every test."""
     root = tmp_path_factory.mktemp("minari_session")

@@ -47,3 +47,14 @@ def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
     assert speed["headline"]["step_time_ratio_late_vs_early"] > 0 and speed["machine"]["cpu"]
     make_readme(tmp_path, tmp_path / "README.md")
     assert "speed_quick" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_rl_transfer_runs(tiny_world_model: str) -> None:
+    from diffusion_world.bench.rl import run_rl
+
+    r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
+               progress=False)
+    assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
+                                  "random_return_mean"}
+    assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1

@@ -1,4 +1,4 @@
-"""``diffusion-world benchmark {fidelity,speed}``: run one suite, write JSON + Markdown (+ PNG) into ``--out``,
+"""``diffusion-world benchmark {fidelity,speed,rl}``: run one suite, write JSON + Markdown (+ PNG) into ``--out``,
 and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from diffusion_world.bench.common import write_result
 from diffusion_world.bench.report import make_readme, render
 from diffusion_world.errors import UserError
 
-SUITES = ("fidelity", "speed")
+SUITES = ("fidelity", "speed", "rl")
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -36,6 +36,13 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         result = run_speed(world_model, device=device, quick=quick,
                            sampler_steps=int(imagination.get("sampler_steps", 3)))
+    elif suite == "rl":
+        from diffusion_world.bench.rl import run_rl
+
+        if not world_model:
+            raise UserError("benchmark rl needs --world-model")
+        result = run_rl(world_model, agent_steps=2_000 if quick else 20_000, eval_episodes=3 if quick else 10,
+                        horizon=imagination.get("horizon"))
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
