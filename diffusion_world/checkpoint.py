@@ -127,8 +127,9 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: 
     imagination defaults and reset contexts; no optimiser or RNG state. ``notes`` (command, hardware, ...)
     are stored under ``"provenance"``."""
     ckpt = load_checkpoint(src)
-    slim = {k: ckpt[k] for k in ("model_config", "train_config", "dataset", "imagination", "contexts", "step",
-                                 "num_frames_seen", "elapsed_s", "num_parameters") if k in ckpt}
+    keep = ("model_config", "train_config", "dataset", "imagination", "contexts", "step", "num_frames_seen",
+            "elapsed_s", "num_parameters")
+    slim: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
     slim["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     slim["model"] = None
     slim["provenance"] = dict(notes or {})

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     return path
 
 
-def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:  # type: ignore[no-untyped-def]
+def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Best-of-``repeat`` wall time of ``fn()`` in seconds (best-of filters the noise of a shared machine)."""
     for _ in range(warmup):
         fn()

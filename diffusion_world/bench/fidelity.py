@@ -23,7 +23,7 @@ from diffusion_world.diffusion.sampler import SamplerConfig, imagine
 from diffusion_world.errors import UserError
 
 
-def _metrics():  # type: ignore[no-untyped-def]
+def _metrics() -> tuple[Any, Any]:
     try:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -186,7 +186,8 @@ def write_comparison_gif(path: Path, real: np.ndarray, fake: np.ndarray, scale: 
     err = np.abs(real.astype(np.int16) - fake.astype(np.int16)).astype(np.uint8)
     sep = np.full((real.shape[1], 2, 3), 128, np.uint8)
     tiles = [np.concatenate([r, sep, f, sep, e], axis=1) for r, f, e in zip(real, fake, err)]
-    images = [Image.fromarray(t).resize((t.shape[1] * scale, t.shape[0] * scale), Image.NEAREST) for t in tiles]
+    nearest = Image.Resampling.NEAREST
+    images = [Image.fromarray(t).resize((t.shape[1] * scale, t.shape[0] * scale), nearest) for t in tiles]
     images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0)
 
 

@@ -41,7 +41,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     wm = load_world_model(world_model)
     small = min(wm.config.frame_size) < 36
     n_steps = max(16, min(128, agent_steps // num_envs))
-    ppo_kwargs = dict(n_steps=n_steps, batch_size=min(256, n_steps * num_envs), seed=seed, verbose=0,
+    ppo_kwargs: dict[str, Any] = dict(n_steps=n_steps, batch_size=min(256, n_steps * num_envs), seed=seed, verbose=0,
                       policy_kwargs=small_frames_policy_kwargs() if small else None)
     env_kwargs = {"horizon": horizon} if horizon else {}
     say = print if progress else (lambda *a, **k: None)
@@ -64,7 +64,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     real = evaluate(env, lambda o: agent_real.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
     env.action_space.seed(seed)
     rand = evaluate(env, lambda o: env.action_space.sample(), eval_episodes, eval_seed)
-    result = {
+    result: dict[str, Any] = {
         "world_model": str(world_model), "env_spec": wm.dataset.get("env_spec"), "agent_steps": agent_steps,
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination": {**_summary(imag), "train_s": t_imagined},

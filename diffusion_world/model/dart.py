@@ -145,7 +145,7 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_mas
     global _flex_attention_compiled
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    def mask_mod(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
         return frame_mask[q_idx // tokens, kv_idx // tokens]
 
     L = q.shape[-2]
@@ -207,9 +207,9 @@ class CausalConv(nn.Module):
             state.conv[self.name] = past[:, -(self.k - 1):].clone()
             return y + self._past_sum(w_past, past, Fr)
         # step: the temporal sum depends only on the cache, so it is computed once per env step
-        temporal = state.temporal.get(self.name)
-        if temporal is None:
-            temporal = state.temporal[self.name] = self._past_sum(w_past, cache, 1)
+        if self.name not in state.temporal:
+            state.temporal[self.name] = self._past_sum(w_past, cache, 1)
+        temporal = state.temporal[self.name]
         state.pending[self.name] = x
         return y + temporal
 
@@ -359,6 +359,9 @@ class ModelOutput:
 
 
 class DartWorldModel(nn.Module):
+    action_mid: torch.Tensor  # Box actions: (low + high) / 2 and (high - low) / 2 where finite
+    action_half: torch.Tensor
+
     """EDM-preconditioned DART denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` with heads.
 
     Example::

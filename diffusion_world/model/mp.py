@@ -47,6 +47,9 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
 class MPFourier(nn.Module):
     """Random Fourier features of a scalar (the noise level), unit variance. EDM2 App. B.2, `MPFourier`."""
 
+    freqs: torch.Tensor
+    phases: torch.Tensor
+
     def __init__(self, num_channels: int, bandwidth: float = 1.0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)  # fixed, not learned: part of the architecture

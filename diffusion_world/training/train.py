@@ -29,7 +29,7 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, preset_config
-from diffusion_world.model.dart import DartWorldModel, count_parameters
+from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters
 from diffusion_world.model.mp import normalize_weights_
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
 from diffusion_world.training.monitor import Monitor
@@ -140,7 +140,8 @@ def _reset_contexts(cache: FrameCache, episodes: np.ndarray, num: int, length: i
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),  # type: ignore[index]
+            "python": random.getstate()[1]}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -182,7 +183,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if per_step * world * cfg.grad_accum != cfg.batch_size:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by world size {world} x grad_accum "
                         f"{cfg.grad_accum}")
-    attn_backend = cfg.attn_backend if cfg.attn_backend != "auto" else ("flex" if device.type == "cuda" else "sdpa")
+    attn_backend: AttnBackend = (cfg.attn_backend if cfg.attn_backend != "auto"  # type: ignore[assignment]
+                                 else ("flex" if device.type == "cuda" else "sdpa"))
     amp = device.type == "cuda"  # bf16 autocast on CUDA only; fp32 master weights everywhere
 
     # ---- data
@@ -226,7 +228,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         _set_rng_state(ckpt["rng"])
     elif resume and rank == 0:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
-    net: torch.nn.Module = model
+    net: Any = model  # the model, or its DDP / compiled wrapper
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if amp else None)
     if cfg.compile:
