@@ -1,7 +1,9 @@
 """Sample efficiency, the seed's central claim: DART (all T frames of a window supervised in one pass) vs
 last-frame-only supervision (same model, same T, loss on the last frame only), at equal wall-clock on this CPU.
 
-Both runs train in alternating time slices of the same length, so machine load hits them equally. Every
+Three runs train in alternating time slices of the same length, so machine load hits them equally: DART with B
+windows per step, last-frame-only with the same B, and last-frame-only with ``--last-frame-batch`` windows (about
+the same step time as DART, hence the same number of optimiser steps in the budget). Every
 ``--eval-every`` seconds of its own training time each model is scored on the same held-out windows with the
 same noise: the EDM-weighted denoising error of the last frame of the window (what both are trained for) and of
 all frames. Writes ``benchmarks/results/dart_vs_last_frame.json`` and a PNG of the loss-vs-time curves.
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6000, help="CartPole steps to collect")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--last-frame-batch", type=int, default=16, help="windows per step of the 3rd run")
+    parser.add_argument("--preset", default="small")
     parser.add_argument("--seq-len", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS / "dart_vs_last_frame.json")
     args = parser.parse_args()
@@ -74,18 +78,19 @@ def main() -> None:
     train_eps, val_eps = cache.episode_split(0.2, 0)
     train_w = WindowSampler(cache, args.seq_len, train_eps)
     val = tensors(WindowSampler(cache, args.seq_len, val_eps).sample(32, np.random.default_rng(0)))
-    overrides = dict(frame_size=(args.size, args.size), video_attention=(args.size // 2,),
-                     action_space=action_space_to_dict(cache.action_space))
+    overrides = dict(frame_size=(args.size, args.size), action_space=action_space_to_dict(cache.action_space))
     runs = {}
-    for supervision in ("dart", "last_frame"):
+    variants = {"dart": ("dart", args.batch_size), "last_frame": ("last_frame", args.batch_size),
+                f"last_frame_b{args.last_frame_batch}": ("last_frame", args.last_frame_batch)}
+    for name, (supervision, batch) in variants.items():
         torch.manual_seed(0)
-        model = DartWorldModel(preset_config("tiny", **overrides))
+        model = DartWorldModel(preset_config(args.preset, **overrides))
         normalize_weights_(model)
-        runs[supervision] = {"model": model, "opt": torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.99)),
-                             "cfg": LossConfig(supervision=supervision), "time": 0.0, "steps": 0, "frames": 0,
-                             "curve": [], "next_eval": 0.0, "rng": np.random.default_rng(1)}
-    print(f"tiny preset at {args.size}x{args.size}: {count_parameters(runs['dart']['model']) / 1e3:.0f}k parameters; "
-          f"{train_w.num_windows} train windows; budget {args.budget:.0f}s per variant")
+        runs[name] = {"model": model, "opt": torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.99)),
+                      "cfg": LossConfig(supervision=supervision), "batch": batch, "time": 0.0, "steps": 0,
+                      "frames": 0, "curve": [], "next_eval": 0.0, "rng": np.random.default_rng(1)}
+    print(f"{args.preset} preset at {args.size}x{args.size}: {count_parameters(runs['dart']['model']) / 1e6:.2f}M "
+          f"parameters; {train_w.num_windows} train windows; budget {args.budget:.0f}s per variant")
     while any(r["time"] < args.budget for r in runs.values()):
         for name, r in runs.items():
             if r["time"] >= args.budget:
@@ -99,8 +104,8 @@ def main() -> None:
                     r["model"].train()
                     r["next_eval"] += args.eval_every
                 t0 = time.perf_counter()
-                x0, a, has, rew, term = tensors(train_w.sample(args.batch_size, r["rng"]))
-                draw = draw_noise(args.batch_size, args.seq_len, tuple(x0.shape[2:]), r["cfg"],
+                x0, a, has, rew, term = tensors(train_w.sample(r["batch"], r["rng"]))
+                draw = draw_noise(r["batch"], args.seq_len, tuple(x0.shape[2:]), r["cfg"],
                                   torch.Generator().manual_seed(r["steps"]))
                 out = dart_loss(r["model"], x0, a, has, rew, term, draw, r["cfg"], 0.5)
                 out.total.backward()
@@ -110,7 +115,7 @@ def main() -> None:
                 r["time"] += time.perf_counter() - t0
                 r["steps"] += 1
                 r["frames"] += out.num_supervised
-            print(f"{name:10s} {r['time']:6.0f}s {r['steps']:5d} steps {r['frames'] / max(r['time'], 1e-9):7.1f} "
+            print(f"{name:14s} {r['time']:6.0f}s {r['steps']:5d} steps {r['frames'] / max(r['time'], 1e-9):7.1f} "
                   f"supervised frames/s; held-out error (last frame) "
                   f"{r['curve'][-1]['last_frame'] if r['curve'] else float('nan'):.4f}", flush=True)
     for r in runs.values():
@@ -119,11 +124,13 @@ def main() -> None:
                            **heldout_error(r["model"], val, args.seq_len)})
     fps = {k: r["frames"] / r["time"] for k, r in runs.items()}
     result = {
-        "setup": {"preset": "tiny", "frame_size": args.size, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "setup": {"preset": args.preset, "frame_size": args.size, "batch_size": args.batch_size,
+                  "seq_len": args.seq_len,
                   "budget_s": args.budget, "slice_s": args.slice, "dataset": f"CartPole-v1 random, {args.steps} steps",
                   "num_parameters": count_parameters(runs["dart"]["model"])},
-        "runs": {k: {"steps": r["steps"], "supervised_frames": r["frames"], "train_s": r["time"],
-                     "supervised_frames_per_s": fps[k], "curve": r["curve"]} for k, r in runs.items()},
+        "runs": {k: {"batch_size": r["batch"], "steps": r["steps"], "supervised_frames": r["frames"],
+                     "train_s": r["time"], "supervised_frames_per_s": fps[k], "curve": r["curve"]}
+                 for k, r in runs.items()},
         "headline": {
             "dart_vs_last_frame_supervised_fps_ratio": fps["dart"] / fps["last_frame"],
             "expected_ratio_(T+1)/2": (args.seq_len + 1) / 2,
@@ -131,6 +138,8 @@ def main() -> None:
             "final_heldout_error_last_frame_last_frame_only": runs["last_frame"]["curve"][-1]["last_frame"],
             "final_heldout_error_all_frames_dart": runs["dart"]["curve"][-1]["all_frames"],
             "final_heldout_error_all_frames_last_frame_only": runs["last_frame"]["curve"][-1]["all_frames"],
+            **{f"final_heldout_error_{k}": r["curve"][-1]["last_frame"] for k, r in runs.items()},
+            **{f"steps_{k}": r["steps"] for k, r in runs.items()},
         },
     }
     write_result(args.out, result)
