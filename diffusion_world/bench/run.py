@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_world.bench.common import write_result
-from diffusion_world.bench.report import make_readme, render
+from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
 SUITES = ("fidelity", "speed", "rl")
@@ -53,4 +53,5 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     (out / f"{stem}.md").write_text(render(stem, json.loads(path.read_text())))
     if out.resolve().name == "results" and out.resolve().parent.name == "benchmarks":
         make_readme(out, out.parent / "README.md")
+        update_readme_section(out.parent.parent / "README.md", out)
     return path
