@@ -47,7 +47,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "package_version": __version__, "git_commit": git_commit(), "date": datetime.now(UTC).isoformat(),
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "loadavg_at_start": loadavg(),
+        "torch": str(torch.__version__), "python": platform.python_version(), "loadavg_at_start": loadavg(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -1,0 +1,37 @@
+"""Export a training checkpoint as a shipped world model (slim fp16 EMA weights + provenance).
+
+    python scripts/export_shipped.py runs/cartpole_small/checkpoint.pt cartpole \\
+        --note "collect=diffusion-world collect --card envs/cartpole.toml --policy runs/cartpole_expert.zip ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusion_world.bench.common import machine_info
+from diffusion_world.checkpoint import export_for_inference, load_checkpoint
+
+SHIPPED = Path(__file__).resolve().parents[1] / "diffusion_world" / "shipped"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("name")
+    parser.add_argument("--note", action="append", default=[], help="KEY=VALUE provenance notes (repeatable)")
+    args = parser.parse_args()
+    ckpt = load_checkpoint(args.checkpoint)
+    notes = dict(n.split("=", 1) for n in args.note)
+    notes.update({"exported_from_step": ckpt["step"], "training_elapsed_s": ckpt.get("elapsed_s"),
+                  "num_frames_seen": ckpt.get("num_frames_seen"), "machine": machine_info()})
+    out = export_for_inference(args.checkpoint, SHIPPED / f"{args.name}.pt", notes)
+    (SHIPPED / f"{args.name}.json").write_text(json.dumps(
+        {"provenance": notes, "train_config": ckpt["train_config"], "dataset": ckpt["dataset"],
+         "size_bytes": out.stat().st_size}, indent=2, default=str) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.json")
+
+
+if __name__ == "__main__":
+    main()
