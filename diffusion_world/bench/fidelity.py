@@ -99,12 +99,12 @@ def score(real: np.ndarray, fake: np.ndarray, hs: list[int]) -> dict[str, Any]:
     return out
 
 
-def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     pred = probs > threshold
     tp, fp, fn = int((pred & real).sum()), int((pred & ~real).sum()), int((~pred & real).sum())
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    precision = tp / (tp + fp) if tp + fp else None  # undefined (no predicted termination): None in the JSON
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     errors = []
     for r, p in zip(real, pred):  # first-termination step error, where either side terminates
         if r.any() or p.any():
@@ -112,7 +112,7 @@ def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0
             first_p = int(np.argmax(p)) if p.any() else len(p)
             errors.append(abs(first_r - first_p))
     return {"precision": precision, "recall": recall, "f1": f1, "positives": int(real.sum()),
-            "first_termination_step_error": float(np.mean(errors)) if errors else float("nan")}
+            "first_termination_step_error": float(np.mean(errors)) if errors else None}
 
 
 def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,

@@ -1,9 +1,9 @@
 """Memory: does the world model recall a cue shown once, ``n`` steps before it matters? (the "no amnesia" claim)
 
-The env is :class:`~diffusion_world.data.cue_memory_env.CueMemoryEnv`: a colour cue (one of K) fills a patch of
-frame 0, a distractor runs for ``n`` steps under random actions, and at step ``n + 1`` the cue colour reappears.
-In one run, on the same collected data and with the same training budget (optimiser steps and supervised frames
-per step), two models of the same architecture are trained:
+The env is :class:`~diffusion_world.data.cue_memory_env.CueMemoryEnv`: a colour cue (one of K) fills frame 0 (all
+but its timer rows), a distractor runs for ``n`` steps under random actions, and at step ``n + 1`` the cue colour
+reappears. In one run, on the same collected data and with the same training budget (optimiser steps and supervised
+frames per step), two models of the same architecture are trained:
 
 * ours: a context window covering the whole episode (``n + 2`` frames), trained on whole-episode windows;
 * the short-memory baseline (DIAMOND's design): a context window of 4 frames, trained on windows of 5 frames
@@ -12,8 +12,11 @@ per step), two models of the same architecture are trained:
 Each model is reset on the first ``context`` real frames of fresh episodes (seeds never used for collection), the
 cue frame included, and replays the episode's real actions up to the reappearance. The recalled colour is the
 palette colour nearest to the mean colour of the patch in the imagined last frame; accuracy is the fraction of
-episodes where it is the cue. Chance is 1/K. The same models are also evaluated on shorter gaps n' < n (the timer
-in every frame says when the colour comes back, so only the colour has to be remembered).
+episodes where it is the cue. Chance is 1/K.
+
+No accuracy-vs-n sweep: each n needs its own dataset and pair of models (the trainer's windows cannot be longer
+than an episode, so one dataset cannot mix gaps), and a model trained at one n, evaluated at another, tests when
+it reveals the colour as much as whether it remembers it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,10 @@ from diffusion_world.errors import UserError
 # window trains about twice as fast on CPU. Both models share it; only the context window differs.
 MODEL_OVERRIDES: dict[str, Any] = {"channels": [16, 32, 48], "enc_blocks": [0, 1, 1], "video_attention": [4],
                                    "attention_head_dim": 16}
+# Both models learn faster with more training noise levels above sigma = 1, where the colour of the last frame
+# can only come from memory (below, it shows through the noise).
+LOSS_OVERRIDES: dict[str, Any] = {"p_mean": 0.4}
+DEFAULT_STEPS = 1750  # per model; about 12 minutes each on one CPU thread
 SHORT_MEMORY_WINDOW = 4  # DIAMOND conditions on the last 4 frames
 HELDOUT_SEED = 1_000_000  # held-out episodes reset with seeds from here; collection uses seeds 0, 1, 2, ...
 
@@ -157,9 +164,9 @@ def recall(wm: WorldModel, episodes: dict[str, np.ndarray], context: int, num_co
 
 
 def train_pair(dataset_id: str, work_dir: Path, n: int, steps: int, batch_size: int, lr: float,
-               model: dict[str, Any], short_window: int = SHORT_MEMORY_WINDOW, seed: int = 0,
-               progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Train ours (window n+2, whole-episode windows) and the short-memory model with the same budget.
+               model: dict[str, Any], loss: dict[str, Any], short_window: int = SHORT_MEMORY_WINDOW, seed: int = 0,
+               device: str = "auto", progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Train ours (window >= n+2, whole-episode windows) and the short-memory model with the same budget.
 
     The budget is the same number of optimiser steps with the same number of supervised frames per step: the
     short model's windows have ``short_window + 1`` frames, so it gets proportionally more of them per batch.
@@ -167,17 +174,19 @@ def train_pair(dataset_id: str, work_dir: Path, n: int, steps: int, batch_size: 
     from diffusion_world.training.train import TrainConfig, train
 
     episode_frames = n + 2
-    runs = {
+    runs: dict[str, dict[str, Any]] = {
         "ours": {"context_window": max(episode_frames, 32), "seq_len": episode_frames, "batch_size": batch_size},
         "short_memory": {"context_window": short_window, "seq_len": short_window + 1,
                          "batch_size": max(1, round(batch_size * episode_frames / (short_window + 1)))},
     }
     for name, run in runs.items():
+        # Dense SDPA masks: the windows are tiny, and flex attention would compile for each shape on CUDA.
         cfg = TrainConfig(dataset_id=dataset_id, out_dir=str(work_dir / name), preset="tiny",
                           model={**model, "context_window": run["context_window"]}, steps=steps,
-                          batch_size=run["batch_size"], seq_len=run["seq_len"], lr=lr,
+                          batch_size=run["batch_size"], seq_len=run["seq_len"], lr=lr, loss=dict(loss),
                           warmup_steps=min(50, max(1, steps // 4)), eval_every=steps, checkpoint_every=steps,
-                          log_every=max(1, steps // 20), seed=seed, progress=progress)
+                          log_every=max(1, steps // 20), seed=seed, device=device, attn_backend="sdpa",
+                          progress=progress)
         started = time.perf_counter()
         run["checkpoint"] = str(train(cfg))
         run["train_seconds"] = time.perf_counter() - started
@@ -188,16 +197,17 @@ def train_pair(dataset_id: str, work_dir: Path, n: int, steps: int, batch_size: 
 
 def run_memory(out_dir: str | os.PathLike, n: int = 24, quick: bool = False, num_colours: int = 4,
                size: int = 16, num_train_episodes: int | None = None, steps: int | None = None,
-               batch_size: int = 8, lr: float = 2e-3, context: int = 4, num_eval_episodes: int | None = None,
-               sweep: Sequence[int] | None = None, sampler_steps: int = 3, short_window: int = SHORT_MEMORY_WINDOW,
-               model: dict[str, Any] | None = None, datasets_path: str | os.PathLike | None = None,
-               work_dir: str | os.PathLike | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+               batch_size: int = 4, lr: float = 1e-2, context: int = 4, num_eval_episodes: int | None = None,
+               sampler_steps: int = 3, short_window: int = SHORT_MEMORY_WINDOW, model: dict[str, Any] | None = None,
+               loss: dict[str, Any] | None = None, datasets_path: str | os.PathLike | None = None,
+               work_dir: str | os.PathLike | None = None, seed: int = 0, device: str = "auto",
+               progress: bool = True) -> dict[str, Any]:
     """Collect, train ours and the short-memory baseline, measure recall; write ``memory.png`` into ``out_dir``.
 
-    ``quick`` shrinks everything (n=8, a few dozen steps) to a few minutes on 2 CPU cores: it checks that the
-    pipeline runs, its accuracy means nothing. ``datasets_path`` (default: a temporary directory) is the Minari
-    root to collect into; ``work_dir`` (default: temporary) keeps the checkpoints. ``sweep``: the other gaps n'
-    to evaluate the same models at (default: 4, 8, 16 below n; none when quick).
+    ``quick`` shrinks everything (n=8, 30 steps) to a few minutes on 2 CPU cores: it checks that the pipeline runs,
+    its accuracy means nothing. ``datasets_path`` (default: a temporary directory) is the Minari root to collect
+    into; ``work_dir`` (default: temporary) keeps the checkpoints. ``model`` / ``loss``: overrides of the tiny
+    preset / the loss, the same for both models (default: :data:`MODEL_OVERRIDES`, :data:`LOSS_OVERRIDES`).
 
     Example:
         >>> result = run_memory("benchmarks/results", n=24)  # doctest: +SKIP
@@ -206,11 +216,11 @@ def run_memory(out_dir: str | os.PathLike, n: int = 24, quick: bool = False, num
     """
     if quick:
         n = min(n, 8)
-    num_train_episodes = num_train_episodes or (120 if quick else 1000)
-    steps = steps or (30 if quick else 600)
+    num_train_episodes = num_train_episodes or (100 if quick else 1000)
+    steps = steps or (30 if quick else DEFAULT_STEPS)
     num_eval_episodes = num_eval_episodes or (32 if quick else 256)
-    sweep = sorted({m for m in (sweep if sweep is not None else ([] if quick else (4, 8, 16))) if context <= m < n})
     model = dict(MODEL_OVERRIDES if model is None else model)
+    loss = dict(LOSS_OVERRIDES if loss is None else loss)
     if not 1 <= context <= n:
         raise UserError(f"context must be in [1, n={n}] frames (the cue frame and a few after it), got {context}")
     sampler = SamplerConfig(num_steps=sampler_steps)
@@ -225,85 +235,97 @@ def run_memory(out_dir: str | os.PathLike, n: int = 24, quick: bool = False, num
         stack.enter_context(minari_root(datasets_path))
         dataset_id = f"diffusion_world_bench/cue-memory-n{n}-k{num_colours}-{size}px-e{num_train_episodes}-s{seed}-v0"
         collect_cue_memory(dataset_id, n, num_train_episodes, num_colours, size, seed, progress)
-        runs = train_pair(dataset_id, Path(work_dir), n, steps, batch_size, lr, model, short_window, seed, progress)
-        models = {name: load_world_model(run["checkpoint"]) for name, run in runs.items()}
-        by_n: dict[int, dict[str, dict[str, Any]]] = {}
-        examples: dict[str, Any] = {}
-        for gap in [n, *sweep]:
-            episodes = heldout_episodes(gap, num_eval_episodes, num_colours, size)
-            by_n[gap] = {name: recall(wm, episodes, context, num_colours, sampler, seed=seed, progress=progress)
-                         for name, wm in models.items()}
-            if gap == n:
-                examples = {"real": episodes["frames"], "cues": episodes["cues"],
-                            **{name: r["frames"] for name, r in by_n[gap].items()}}
-    chance = 1.0 / num_colours
+        runs = train_pair(dataset_id, Path(work_dir), n, steps, batch_size, lr, model, loss, short_window, seed,
+                          device, progress)
+        eval_device = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+        episodes = heldout_episodes(n, num_eval_episodes, num_colours, size)
+        scores = {}
+        for name, run in runs.items():
+            eval_started = time.perf_counter()
+            wm = load_world_model(run["checkpoint"], device=eval_device)
+            scores[name] = recall(wm, episodes, context, num_colours, sampler, seed=seed, progress=progress)
+            run["eval_seconds"] = time.perf_counter() - eval_started
+        num_parameters = sum(p.numel() for p in wm.model.parameters())
 
     def summary(r: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in r.items() if k not in ("frames", "recalled")}
 
     result: dict[str, Any] = {
-        "headline": {"n": n, "accuracy": by_n[n]["ours"]["accuracy"],
-                     "short_memory_accuracy": by_n[n]["short_memory"]["accuracy"], "chance": chance},
-        "quick": quick, "env": {"id": CUE_MEMORY_ENV_ID, "n": n, "num_colours": num_colours, "frame_size": size,
-                                "colours": list(COLOUR_NAMES[:num_colours])},
+        "headline": {"n": n, "accuracy": scores["ours"]["accuracy"],
+                     "short_memory_accuracy": scores["short_memory"]["accuracy"], "chance": 1.0 / num_colours},
+        "quick": quick,
+        "env": {"id": CUE_MEMORY_ENV_ID, "n": n, "num_colours": num_colours, "frame_size": size,
+                "colours": list(COLOUR_NAMES[:num_colours])},
         "data": {"dataset_id": dataset_id, "train_episodes": num_train_episodes, "policy": "random",
-                 "collect_seed": seed, "heldout_seed": HELDOUT_SEED, "eval_episodes": num_eval_episodes},
-        "evaluation": {"context_frames": context, "sampler_steps": sampler_steps,
-                       "imagined_steps": n + 2 - context, "readout": "nearest palette colour to the patch mean"},
-        "training": {"preset": "tiny", "model_overrides": model, "lr": lr,
+                 "collect_seeds": [seed, seed + num_train_episodes - 1], "heldout_seed": HELDOUT_SEED,
+                 "eval_episodes": num_eval_episodes},
+        "evaluation": {"context_frames": context, "imagined_steps": n + 2 - context, "sampler_steps": sampler_steps,
+                       "readout": "palette colour nearest to the mean colour of the patch in the last frame"},
+        "training": {"preset": "tiny", "model_overrides": model, "loss_overrides": loss, "lr": lr,
+                     "budget": "same optimiser steps and supervised frames per step",
                      **{name: {k: v for k, v in run.items() if k != "checkpoint"} for name, run in runs.items()}},
-        "ours": summary(by_n[n]["ours"]), "short_memory": summary(by_n[n]["short_memory"]),
-        "sweep": {str(gap): {"ours": by_n[gap]["ours"]["accuracy"],
-                             "short_memory": by_n[gap]["short_memory"]["accuracy"]} for gap in sorted(by_n)},
-        "num_parameters": sum(p.numel() for p in models["ours"].model.parameters()),
-        "goal": {"accuracy_at_least": 0.95, "n": 24},
+        "ours": summary(scores["ours"]),
+        "short_memory": summary(scores["short_memory"]),
+        "num_parameters": num_parameters,
+        "goal": {"n": 24, "accuracy_at_least": 0.95},
     }
+    examples = {"real": episodes["frames"], "cues": episodes["cues"],
+                **{name: r["frames"] for name, r in scores.items()}}
     plot_memory(out_dir / ("memory_quick.png" if quick else "memory.png"), result, examples)
     result["seconds"] = time.perf_counter() - started
     return result
 
 
-def plot_memory(path: Path, result: dict[str, Any], examples: dict[str, Any], num_examples: int = 6) -> None:
-    """Accuracy vs gap n (ours, short memory, chance) and example episodes: cue, real and imagined last frames."""
+def plot_memory(path: Path, result: dict[str, Any], examples: dict[str, Any], num_examples: int = 4) -> None:
+    """Recall accuracy (ours, short memory, chance) and example episodes: the real cue, then real and imagined
+    frames up to the reappearance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(12, 4.5), constrained_layout=True)
-    grid = fig.add_gridspec(1, 2, width_ratios=[1, 1.3])
-    ax = fig.add_subplot(grid[0])
-    gaps = [int(g) for g in result["sweep"]]
-    window = result["training"]["short_memory"]["context_window"]
-    for name, label, marker in (("ours", f"ours (window {result['training']['ours']['context_window']})", "o-"),
-                                ("short_memory", f"short memory (window {window})", "s-")):
-        ax.plot(gaps, [result["sweep"][str(g)][name] for g in gaps], marker, label=label)
-    ax.axhline(result["headline"]["chance"], color="grey", ls="--", label="chance")
-    ax.set_xlabel("distractor steps n between cue and reappearance")
-    ax.set_ylabel("recall accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.set_xticks(gaps)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
-    ax.set_title(f"trained at n={result['headline']['n']}, {result['data']['eval_episodes']} held-out episodes")
-
-    # Examples: one row per episode; columns: the cue frame, then the real / ours / short-memory last frame.
-    cues = examples["cues"]
-    rows = [int(np.flatnonzero(cues == c)[0]) for c in np.unique(cues)][:num_examples]
-    rows += [i for i in range(len(cues)) if i not in rows][: num_examples - len(rows)]
-    columns = [("cue (real)", examples["real"][:, 0]), ("last (real)", examples["real"][:, -1]),
-               ("last (ours)", examples["ours"][:, -1]), ("last (short mem.)", examples["short_memory"][:, -1])]
-    sub = grid[1].subgridspec(len(rows), len(columns))
-    for i, row in enumerate(rows):
-        for j, (title, frames) in enumerate(columns):
-            a = fig.add_subplot(sub[i, j])
-            a.imshow(frames[row], interpolation="nearest")
-            a.set_xticks([])
-            a.set_yticks([])
-            if i == 0:
-                a.set_title(title, fontsize=9)
     h = result["headline"]
-    fig.suptitle(f"Memory: recall of a colour cue after n={h['n']} steps: ours {h['accuracy']:.0%}, "
+    fig = plt.figure(figsize=(13, 4.8), constrained_layout=True)
+    grid = fig.add_gridspec(1, 2, width_ratios=[1, 2.6])
+    ax = fig.add_subplot(grid[0])
+    names = [f"ours\n(window {result['training']['ours']['context_window']})",
+             f"short memory\n(window {result['training']['short_memory']['context_window']})"]
+    accs = [result["ours"]["accuracy"], result["short_memory"]["accuracy"]]
+    cis = np.array([result["ours"]["accuracy_ci95"], result["short_memory"]["accuracy_ci95"]])
+    ax.bar(names, accs, yerr=[np.subtract(accs, cis[:, 0]), np.subtract(cis[:, 1], accs)], capsize=6,
+           color=["tab:blue", "tab:orange"])
+    ax.axhline(h["chance"], color="grey", ls="--", label=f"chance (1/{result['env']['num_colours']})")
+    ax.axhline(result["goal"]["accuracy_at_least"], color="tab:green", ls=":", label="goal")
+    for i, a in enumerate(accs):
+        ax.text(i, a + 0.02, f"{a:.0%}", ha="center")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("recall accuracy")
+    ax.set_title(f"n={h['n']}, {result['data']['eval_episodes']} held-out episodes")
+    ax.legend(loc="upper right", fontsize=8)
+
+    # One block per example episode (one per cue colour first): rows real / ours / short memory, columns every
+    # few frames from the cue to the reappearance (the first `context` frames of the model rows are real).
+    cues = examples["cues"]
+    picks = [int(np.flatnonzero(cues == c)[0]) for c in np.unique(cues)][:num_examples]
+    length = examples["real"].shape[1]
+    context = length - examples["ours"].shape[1]
+    shown = sorted({0, *range(context, length, max(1, (length - context) // 6)), length - 2, length - 1})
+    sub = grid[1].subgridspec(3 * len(picks), len(shown), hspace=0.05, wspace=0.05)
+    for b, episode in enumerate(picks):
+        for r, name in enumerate(("real", "ours", "short_memory")):
+            frames = examples[name][episode]
+            if name != "real":
+                frames = np.concatenate([examples["real"][episode, :context], frames])
+            for c, t in enumerate(shown):
+                a = fig.add_subplot(sub[3 * b + r, c])
+                a.imshow(frames[t], interpolation="nearest")
+                a.set_xticks([])
+                a.set_yticks([])
+                if c == 0:
+                    a.set_ylabel(name.replace("_", " "), fontsize=7, rotation=0, ha="right", va="center")
+                if b == 0 and r == 0:
+                    a.set_title(f"t={t}", fontsize=8)
+    fig.suptitle(f"Memory: recall of a colour cue after n={h['n']} distractor steps: ours {h['accuracy']:.0%}, "
                  f"short memory {h['short_memory_accuracy']:.0%}, chance {h['chance']:.0%}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
