@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
+from diffusion_world.bench.rl import evaluate
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.data.collect import load_sb3_model
 from diffusion_world.envs import make_real_env
 from diffusion_world.envs.sb3_vec_env import agent_frame_stack
 from diffusion_world.errors import UserError
-
-
-def episode_returns(env, act, episodes: int, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, total = False, 0.0
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.array(returns)
 
 
 def main() -> None:
@@ -48,10 +34,10 @@ def main() -> None:
     if frame_stack is None:
         raise UserError(f"the agent observes {agent.observation_space}, not {wm.config.frame_size} RGB frames")
     env = make_real_env(wm, frame_stack=frame_stack)
-    agent_returns = episode_returns(env, lambda obs: agent.predict(obs, deterministic=not args.stochastic)[0],
+    agent_returns = evaluate(env, lambda obs: agent.predict(obs, deterministic=not args.stochastic)[0],
                                     args.episodes, args.seed)
     env.action_space.seed(args.seed)
-    random_returns = episode_returns(env, lambda obs: env.action_space.sample(), args.episodes, args.seed)
+    random_returns = evaluate(env, lambda obs: env.action_space.sample(), args.episodes, args.seed)
     env_id = wm.dataset.get("env_spec", {}).get("env_id", "the real env")
     print(f"{env_id}, {args.episodes} episodes, frame_stack={frame_stack}:")
     print(f"  agent  {agent_returns.mean():8.1f} ± {agent_returns.std():.1f}")
