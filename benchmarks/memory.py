@@ -1,6 +1,6 @@
 """Memory benchmark on this machine: recall of a colour cue after n distractor steps, ours vs short memory.
 
-    OMP_NUM_THREADS=1 python benchmarks/memory.py            # the full run (n=24), about 25 minutes on 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/memory.py            # the full run (n=24), about 27 minutes on 2 CPU cores
     OMP_NUM_THREADS=1 python benchmarks/memory.py --quick    # a few minutes: checks the pipeline, not the accuracy
 
 Collects CueMemory episodes into a temporary Minari root, trains both models with the same budget, and writes

@@ -17,11 +17,8 @@ from diffusion_world.data.cue_memory_env import (
     CueMemoryEnv,
     nearest_colour,
     patch_box,
-    register_cue_memory_env,
 )
 from diffusion_world.errors import UserError
-
-register_cue_memory_env()
 
 
 def rollout(env: gym.Env, seed: int, actions: list[int] | None = None) -> tuple[list[np.ndarray], list, dict]:
@@ -31,7 +28,7 @@ def rollout(env: gym.Env, seed: int, actions: list[int] | None = None) -> tuple[
     rng = np.random.default_rng(seed)
     t = 0
     while True:
-        action = actions[t] if actions is not None else int(rng.integers(env.action_space.n))
+        action = actions[t] if actions is not None else int(rng.integers(5))
         frame, reward, terminated, truncated, _ = env.step(action)
         frames.append(frame)
         steps.append((reward, terminated, truncated))
@@ -45,6 +42,7 @@ def patch_mean(frame: np.ndarray) -> np.ndarray:
     return frame[top:bottom, left:right].reshape(-1, 3).astype(np.float64).mean(axis=0)
 
 
+@pytest.mark.filterwarnings("ignore:The minimal resolution for an image")  # SB3's CnnPolicy advice (16x16 frames)
 def test_passes_gymnasium_and_sb3_check_env() -> None:
     check_env(gym.make(CUE_MEMORY_ENV_ID, n=5, render_mode="rgb_array").unwrapped, skip_render_check=False)
     sb3_env_checker = pytest.importorskip("stable_baselines3.common.env_checker")
@@ -103,7 +101,9 @@ def test_pixel_env_frames_are_the_env_frames() -> None:
 
 
 def test_kwargs_are_json_and_invalid_ones_rejected() -> None:
-    json.dumps(gym.make(CUE_MEMORY_ENV_ID, n=3, num_colours=6, frame_size=32).spec.kwargs)
+    spec = gym.make(CUE_MEMORY_ENV_ID, n=3, num_colours=6, frame_size=32).spec
+    assert spec is not None
+    json.dumps(spec.kwargs)
     for kwargs in ({"n": 0}, {"num_colours": 1}, {"num_colours": 99}, {"frame_size": 4}, {"n": 40, "frame_size": 16},
                    {"n": 2.5}):
         with pytest.raises(UserError):

@@ -29,8 +29,9 @@ import gymnasium as gym
 import numpy as np
 
 from diffusion_world.errors import UserError
+from diffusion_world.registration import CUE_MEMORY_ENV_ID  # registered when diffusion_world is imported
 
-CUE_MEMORY_ENV_ID = "diffusion_world/CueMemory-v0"
+__all__ = ["CUE_MEMORY_ENV_ID", "CueMemoryEnv", "nearest_colour", "patch_box"]
 
 # Corners of the RGB cube, the first four a regular tetrahedron (every pair differs by 205 in two channels): the
 # nearest palette colour of a patch mean is unambiguous. The grey background is the cube's centre.
@@ -172,8 +173,3 @@ class CueMemoryEnv(gym.Env[np.ndarray, np.int64]):
         """The current frame (``None`` before the first reset)."""
         return None if self._frame is None else self._frame.copy()
 
-
-def register_cue_memory_env() -> None:
-    """Register ``diffusion_world/CueMemory-v0`` if it is not yet (``registration.py`` will do it at import)."""
-    if CUE_MEMORY_ENV_ID not in gym.registry:
-        gym.register(id=CUE_MEMORY_ENV_ID, entry_point="diffusion_world.data.cue_memory_env:CueMemoryEnv")
