@@ -109,7 +109,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer",
                        description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
                                    "regenerated when --out is benchmarks/results.")
-    p.add_argument("suite", choices=["fidelity", "speed", "rl"])
+    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
     p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")

@@ -1,5 +1,5 @@
-"""``diffusion-world benchmark {fidelity,speed,rl}``: run one suite, write JSON + Markdown (+ PNG) into ``--out``,
-and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
+"""``diffusion-world benchmark {fidelity,memory,speed,rl}``: run one suite, write JSON + Markdown (+ PNG)
+into ``--out``, and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from diffusion_world.bench.common import write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
-SUITES = ("fidelity", "speed", "rl")
+SUITES = ("fidelity", "memory", "speed", "rl")
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -36,6 +36,10 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         result = run_speed(world_model, device=device, quick=quick,
                            sampler_steps=int(imagination.get("sampler_steps", 3)))
+    elif suite == "memory":  # trains its own pair of models on its own env: no --world-model
+        from diffusion_world.bench.memory import run_memory
+
+        result = run_memory(out, quick=quick, device=device)
     elif suite == "rl":
         from diffusion_world.bench.rl import run_rl
 
