@@ -164,3 +164,28 @@ def test_export_for_inference_is_slim_and_equivalent(tiny_dataset_id: str, tmp_p
     assert load_checkpoint(slim)["provenance"] == {"command": "test"}
     with pytest.raises(UserError):
         load_world_model(slim, use_ema=False)  # the slim file has no raw weights: say so
+
+
+def test_training_sees_no_more_frames_than_the_context_window() -> None:
+    """With seq_len > context_window, the loss uses the sliding-window mask the inference cache implies."""
+    from diffusion_world.model.config import preset_config
+    from diffusion_world.model.dart import DartWorldModel
+    from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+
+    torch.manual_seed(0)
+    model = DartWorldModel(preset_config("tiny", context_window=2))
+    for p in model.parameters():
+        if p.ndim == 0:
+            p.data.fill_(1.0)
+    x0 = torch.rand(2, 6, 3, 16, 16) * 2 - 1
+    a = torch.zeros(2, 6, dtype=torch.long)
+    has = torch.ones(2, 6, dtype=torch.bool)
+    z = torch.zeros(2, 6)
+    cfg = LossConfig()
+    draw = draw_noise(2, 6, (3, 16, 16), cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = dart_loss(model, x0, a, has, z, z.bool(), draw, cfg, 0.5).total
+        windowed = dart_loss(model, x0, a, has, z, z.bool(), draw, cfg, 0.5, window=2).total
+        same = dart_loss(model, x0, a, has, z, z.bool(), draw, cfg, 0.5, window=6).total  # window >= T: no-op
+    assert not torch.isclose(full, windowed)  # the window is applied (sliding-window == cache: test_equivalence)
+    assert torch.equal(full, same)

@@ -70,10 +70,11 @@ def draw_noise(batch_size: int, seq_len: int, frame_shape: tuple[int, ...], cfg:
 
 def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
               rewards: torch.Tensor, terminations: torch.Tensor, draw: NoiseDraw, cfg: LossConfig,
-              sigma_data: float, attn_backend: AttnBackend = "sdpa") -> LossOutput:
+              sigma_data: float, attn_backend: AttnBackend = "sdpa", window: int | None = None) -> LossOutput:
     """x0: (B, T, C, H, W) clean frames in [-1, 1]; actions / has_action / rewards / terminations: (B, T).
     ``model`` is a :class:`DartWorldModel` (or its DDP / compiled wrapper). Every term is a mean over
-    samples, so the loss of a batch split in equal parts is the mean of the parts' losses (DDP-exact)."""
+    samples, so the loss of a batch split in equal parts is the mean of the parts' losses (DDP-exact).
+    ``window``: the model's context window, so that training sees no more frames than inference will."""
     B, T = x0.shape[:2]
     dev = x0.device
     idx = noisy_index(T, cfg.supervision).to(dev)
@@ -82,7 +83,7 @@ def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, h
     x_noisy = target + sigma[..., None, None, None] * draw.noise.to(dev)
     x_clean = x0 + sigma_ctx[..., None, None, None] * draw.noise_ctx.to(dev)
     out = model(x_noisy, sigma, x_clean, sigma_ctx, actions, has_action, noisy_index=idx,
-                attn_backend=attn_backend)
+                window=window if window is not None and window < T else None, attn_backend=attn_backend)
     assert out.denoised is not None and out.logvar is not None
     sd = sigma_data
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM lambda(sigma): unit effective loss weight

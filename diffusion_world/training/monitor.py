@@ -77,7 +77,7 @@ class Monitor:
         draw = draw_noise(x0.shape[0], x0.shape[1], tuple(x0.shape[2:]), cfg.loss, gen)
         t = {k: torch.from_numpy(batch[k]).to(device) for k in ("actions", "has_action", "rewards", "terminations")}
         out = dart_loss(model, x0, t["actions"], t["has_action"], t["rewards"], t["terminations"], draw, cfg.loss,
-                        model.cfg.sigma_data, attn_backend)  # type: ignore[arg-type]
+                        model.cfg.sigma_data, attn_backend, window=model.cfg.context_window)  # type: ignore[arg-type]
         row = {"step": step, "val_loss": out.total.item(), "val_diffusion": out.diffusion.item(),
                "val_reward": out.reward.item(), "val_termination": out.termination.item()}
         self._write(row)

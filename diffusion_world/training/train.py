@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = dart_loss(net, batch["x0"][rows], batch["actions"][rows], batch["has_action"][rows],
                                     batch["rewards"][rows], batch["terminations"][rows], draw[rows], cfg.loss,
-                                    model_cfg.sigma_data, attn_backend)
+                                    model_cfg.sigma_data, attn_backend, window=model_cfg.context_window)
                     (out.total / cfg.grad_accum).backward()
                 totals["loss"] += out.total.item() / cfg.grad_accum
                 totals["diffusion"] += out.diffusion.item() / cfg.grad_accum
