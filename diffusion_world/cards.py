@@ -2,9 +2,9 @@
 
 A card holds everything the pipeline needs to know about one environment: ``[env]`` (the real env id and its
 pixel settings), ``[collect]`` (dataset id, size, policy), and the ``[model]``, ``[train]`` and
-``[imagination]`` settings that later stages read. ``[env]`` and ``[collect]`` are validated here; the other
-sections are passed through as plain dicts for their owners to validate. Cards are data: CLI flags given next
-to ``--card`` override them.
+``[imagination]`` settings that later stages read. A ``[collect] policy`` path is relative to the card's
+folder. ``[env]`` and ``[collect]`` are validated here; the other sections are passed through as plain dicts
+for their owners to validate. Cards are data: CLI flags given next to ``--card`` override them.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ def load_card(path: str | os.PathLike) -> Card:
         raise UserError(f"card {str(path)!r} [env]: size must be >= 8 and frame_skip >= 1")
     if collect and not (collect["steps"] >= 1 and 0.0 <= collect["epsilon"] <= 1.0):
         raise UserError(f"card {str(path)!r} [collect]: steps must be >= 1 and epsilon in [0, 1]")
+    if collect and collect["policy"] != "random" and not Path(collect["policy"]).is_absolute():
+        # A policy file named by a card lives next to it (e.g. envs/experts/...), wherever the command runs.
+        collect["policy"] = str(path.parent / collect["policy"])
     sections: dict[str, dict[str, Any]] = {}
     for name in PASS_THROUGH_SECTIONS:
         section = data.get(name, {})

@@ -56,6 +56,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--supervision", choices=["dart", "last_frame"], help="DART (all frames) or the ablation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="autocast precision (default auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
@@ -68,7 +70,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
         cfg = config_from_card(
             args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
-            supervision=args.supervision, device=args.device, compile=args.compile, seed=args.seed,
+            supervision=args.supervision, device=args.device, compile=args.compile,
+            precision=args.precision, seed=args.seed,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)
@@ -115,6 +118,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="a few minutes instead of the full run")
     p.add_argument("--short-memory", help="fidelity: a short-memory baseline checkpoint to compare against")
+    p.add_argument("--dataset-id", help="fidelity: real episodes to compare against (default: the validation "
+                                        "episodes of the model's training dataset; any other dataset counts "
+                                        "as held out in full)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--name", help="result file stem (default: the suite name)")
 
@@ -122,7 +128,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
         from diffusion_world.bench.run import run_benchmark
 
         path = run_benchmark(args.suite, args.world_model, args.out, card=args.card, quick=args.quick,
-                             device=args.device, name=args.name, short_memory=args.short_memory)
+                             device=args.device, name=args.name, short_memory=args.short_memory,
+                             dataset_id=args.dataset_id)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

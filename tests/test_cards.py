@@ -26,7 +26,8 @@ def test_cartpole_card_values() -> None:
     card = load_card(ENVS_DIR / "cartpole.toml")
     assert card.env == {"id": "CartPole-v1", "size": 64, "frame_skip": 1, "env_kwargs": {}}
     assert card.collect["dataset_id"] == "diffusion_world/cartpole-pixels-v0"
-    assert card.collect["policy"] == "random" and card.collect["epsilon"] == 0.0
+    assert card.collect["policy"] == str(ENVS_DIR / "experts" / "cartpole_ppo_state.zip")  # relative to the card
+    assert Path(card.collect["policy"]).is_file() and card.collect["epsilon"] == 0.25
     assert card.train["seq_len"] == 16 and card.train["batch_size"] == 8
     assert card.imagination == {"sampler_steps": 3, "horizon": 500, "context_frames": 4}
 

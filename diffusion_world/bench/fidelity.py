@@ -127,7 +127,12 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         raise UserError("the checkpoint names no dataset: pass --dataset-id")
     cache = FrameCache.open(dataset_id, progress=progress)
     tc = ckpt.get("train_config", {})
-    _, val_eps = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
+    if dataset_id == wm.dataset.get("dataset_id"):  # the training run's own validation episodes
+        _, val_eps = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
+        heldout = "validation split of the training dataset"
+    else:  # a dataset the model never saw (e.g. freshly collected with other seeds): every episode is held out
+        val_eps = np.arange(cache.num_episodes)
+        heldout = "every episode of a dataset the model was not trained on"
     if len(val_eps) == 0:
         raise UserError(f"dataset {dataset_id!r} has no held-out episodes")
     context = context or int(wm.imagination.get("context_frames", 4))
@@ -148,7 +153,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
-        "num_windows": len(starts), "heldout_episodes": len(val_eps), "sampler_steps": default_k,
+        "num_windows": len(starts), "heldout_episodes": len(val_eps), "heldout": heldout, "sampler_steps": default_k,
         "checkpoint_step": wm.step, "horizons": hs,
         "model": score(real, main["frames"], hs),
         "repeat_last_frame": score(real, repeat_last, hs),

@@ -26,7 +26,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusion_world.checkpoint import WorldModel, load_world_model
+from diffusion_world.data.collect import minari_root
 from diffusion_world.data.cue_memory_env import (
     BACKGROUND,
     COLOUR_NAMES,
@@ -56,20 +56,6 @@ LOSS_OVERRIDES: dict[str, Any] = {"p_mean": 0.4}
 DEFAULT_STEPS = 1750  # per model; 12-14 minutes each on one loaded CPU thread (98% recall at n=24)
 SHORT_MEMORY_WINDOW = 4  # DIAMOND conditions on the last 4 frames
 HELDOUT_SEED = 1_000_000  # held-out episodes reset with seeds from here; collection uses seeds 0, 1, 2, ...
-
-
-@contextlib.contextmanager
-def minari_root(root: str | os.PathLike) -> Iterator[None]:
-    """Point Minari (and :class:`FrameCache`) at ``root`` for the duration."""
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def collect_cue_memory(dataset_id: str, n: int, num_episodes: int, num_colours: int = 4, size: int = 16,

@@ -3,6 +3,7 @@ into ``--out``, and regenerate ``README.md`` next to the results directory when 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ SUITES = ("fidelity", "memory", "speed", "rl")
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
                   quick: bool = False, device: str = "cpu", name: str | None = None,
-                  short_memory: str | None = None) -> Path:
+                  short_memory: str | None = None, dataset_id: str | None = None) -> Path:
     out = Path(out)
     imagination: dict[str, Any] = {}
     if card:
@@ -27,7 +28,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if not world_model:
             raise UserError("benchmark fidelity needs --world-model")
-        result = run_fidelity(world_model, out, context=imagination.get("context_frames"),
+        result = run_fidelity(world_model, out, dataset_id=dataset_id, context=imagination.get("context_frames"),
                               horizon=16 if quick else 32, num_windows=8 if quick else 32,
                               sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
                               device=device)
@@ -50,10 +51,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
-    stem = name or (f"{suite}_quick" if quick else suite)
-    path = write_result(out / f"{stem}.json", result)
-    import json
+    return record_result(out, name or (f"{suite}_quick" if quick else suite), result)
 
+
+def record_result(out: str | Path, stem: str, result: dict[str, Any]) -> Path:
+    """Write ``out/stem.json`` (with the machine) and ``out/stem.md``; when ``out`` is ``benchmarks/results``,
+    regenerate ``benchmarks/README.md`` and the README's benchmark block from all result files."""
+    out = Path(out)
+    path = write_result(out / f"{stem}.json", result)
     (out / f"{stem}.md").write_text(render(stem, json.loads(path.read_text())))
     if out.resolve().name == "results" and out.resolve().parent.name == "benchmarks":
         make_readme(out, out.parent / "README.md")

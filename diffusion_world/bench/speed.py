@@ -8,6 +8,7 @@ reward and termination. Random weights unless a checkpoint is given: speed does 
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from diffusion_world.model.config import preset_config
 from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
 from diffusion_world.model.mp import normalize_weights_
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+from diffusion_world.training.train import cpu_has_native_bf16, use_bf16
 
 
 def _sync(dev: torch.device) -> None:
@@ -78,14 +80,21 @@ def uncached_step_time(model: DartWorldModel, B: int, context: int, sampler: Sam
     return best
 
 
+def training_precisions(dev: torch.device) -> list[str]:
+    """The autocast precisions worth timing: bf16 on CUDA; fp32, and bf16 where the CPU has it natively."""
+    if dev.type == "cuda":
+        return ["bf16"]
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
 def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device, repeat: int) -> list[dict]:
-    amp = dev.type == "cuda"
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     x0, a, has = _inputs(model, B, T, dev)
     zeros = torch.zeros(B, T, device=dev)
     rows = []
-    for supervision in ("dart", "last_frame"):
+    for precision, supervision in itertools.product(training_precisions(dev), ("dart", "last_frame")):
+        amp = precision == "bf16"
         lcfg = LossConfig(supervision=supervision)
         best, n = float("inf"), 0
         for r in range(repeat + 1):
@@ -102,7 +111,8 @@ def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device
             if r:
                 best = min(best, time.perf_counter() - t0)
             n = out.num_supervised
-        rows.append({"supervision": supervision, "batch": B, "seq_len": T, "step_s": best, "supervised_frames": n,
+        rows.append({"precision": precision, "supervision": supervision,
+                     "batch": B, "seq_len": T, "step_s": best, "supervised_frames": n,
                      "supervised_frames_per_s": n / best})
     model.eval()
     return rows
@@ -151,7 +161,10 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
     sweep = {r["frames_generated"]: r["step_ms"] for r in result["context_sweep"]}
     late = max(k for k in sweep)
     by_b = {r["batch"]: r["steps_per_s"] for r in result["batch_sweep"]}
-    tr = {r["supervision"]: r["supervised_frames_per_s"] for r in result["training"]}
+    default = "bf16" if use_bf16("auto", dev) else "fp32"  # what `diffusion-world train` uses here
+    tr = {r["supervision"]: r["supervised_frames_per_s"] for r in result["training"] if r["precision"] == default}
+    dart_by_precision = {r["precision"]: r["supervised_frames_per_s"] for r in result["training"]
+                         if r["supervision"] == "dart"}
     result["headline"] = {
         "device": torch.cuda.get_device_name(dev) if amp else "cpu",
         "steps_per_s_batch1": by_b.get(1),
@@ -160,5 +173,8 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
         "cached_vs_uncached_speedup": t_unc / t_c,
         "dart_vs_last_frame_supervised_fps_ratio": tr["dart"] / tr["last_frame"],
         "dart_supervised_frames_per_s": tr["dart"],
+        "training_precision": default,
     }
+    if len(dart_by_precision) == 2:
+        result["headline"]["bf16_vs_fp32_training_speedup"] = dart_by_precision["bf16"] / dart_by_precision["fp32"]
     return result

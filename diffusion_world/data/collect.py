@@ -56,8 +56,9 @@ def validate_dataset_id(dataset_id: str) -> None:
 
 
 def dataset_path(dataset_id: str) -> Path:
-    """Where Minari keeps ``dataset_id``: ``$MINARI_DATASETS_PATH/<id>`` (default ``~/.minari/datasets``)."""
-    return Path(get_dataset_path(dataset_id))
+    """Where Minari keeps ``dataset_id``: ``$MINARI_DATASETS_PATH/<id>`` (default ``~/.minari/datasets``), as an
+    absolute path (Minari mis-joins paths under a relative root)."""
+    return Path(get_dataset_path(dataset_id)).absolute()
 
 
 # --- policies -----------------------------------------------------------------------------------------------
@@ -162,15 +163,17 @@ def make_policy(policy: str, env: gym.Env, epsilon: float = 0.0, seed: int = 0) 
 
 
 @contextlib.contextmanager
-def _minari_root(root: Path) -> Iterator[None]:
-    """Point Minari at another datasets root for the duration (its functions read MINARI_DATASETS_PATH)."""
+def minari_root(root: str | os.PathLike) -> Iterator[None]:
+    """Point Minari (and :class:`~diffusion_world.data.dataset.FrameCache`) at another datasets root for the
+    duration: their functions read MINARI_DATASETS_PATH. The root is made absolute (Minari mis-joins paths under
+    a relative one)."""
     old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(root).absolute())
     try:
         yield
     finally:
         if old is None:
-            del os.environ["MINARI_DATASETS_PATH"]
+            os.environ.pop("MINARI_DATASETS_PATH", None)
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
 
@@ -266,7 +269,7 @@ class _AtomicDatasetWriter:
             self.dataset.update_dataset_from_buffer(buffers)
             return
         # create_dataset_from_buffers writes under MINARI_DATASETS_PATH: point it at the temporary root.
-        with _minari_root(self.tmp_root), warnings.catch_warnings():
+        with minari_root(self.tmp_root), warnings.catch_warnings():
             # Minari warns about every optional field left unset (code permalink, eval env, ...).
             warnings.filterwarnings("ignore", category=UserWarning, module="minari")
             self.dataset = minari.create_dataset_from_buffers(

@@ -42,7 +42,7 @@ _ARRAYS = (
 
 
 def _minari_root() -> Path:
-    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets").absolute()
 
 
 def _fingerprint(data_dir: Path) -> str:

@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     attn_backend: str = "auto"  # auto (flex on CUDA, sdpa elsewhere) | flex | sdpa
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16: AMX/AVX512-BF16) | bf16 | fp32
     log_every: int = 25
     eval_every: int = 500  # validation loss + PNG dashboard
     checkpoint_every: int = 500
@@ -88,6 +89,8 @@ class TrainConfig:
             raise UserError("--device cuda, but torch sees no CUDA device")
         if self.attn_backend not in ("auto", "flex", "sdpa"):
             raise UserError(f"attn_backend must be auto, flex or sdpa, got {self.attn_backend!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.loss.supervision not in ("dart", "last_frame"):
             raise UserError(f"supervision must be 'dart' or 'last_frame', got {self.loss.supervision!r}")
         if not 0 < self.loss.sigma_ctx_min <= self.loss.sigma_ctx_max:
@@ -111,6 +114,21 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then EDM2's inverse square root decay (EDM2 Sec. 2.4, Eq. 16)."""
     lr = cfg.lr / math.sqrt(max(step / cfg.lr_decay_steps, 1))
     return lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (Intel AMX or AVX512-BF16), where oneDNN runs bf16
+    convolutions ~1.7x faster than fp32 (measured on the small preset); elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # private helpers that older/newer torch may not have
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 def _step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -185,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                         f"{cfg.grad_accum}")
     attn_backend: AttnBackend = (cfg.attn_backend if cfg.attn_backend != "auto"  # type: ignore[assignment]
                                  else ("flex" if device.type == "cuda" else "sdpa"))
-    amp = device.type == "cuda"  # bf16 autocast on CUDA only; fp32 master weights everywhere
+    amp = use_bf16(cfg.precision, device)  # bf16 autocast; fp32 master weights, optimiser and EMA everywhere
 
     # ---- data
     cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
@@ -230,7 +248,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
     net: Any = model  # the model, or its DDP / compiled wrapper
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if amp else None)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
     if cfg.compile:
         net = torch.compile(net)
 
