@@ -58,3 +58,20 @@ def test_rl_transfer_runs(tiny_world_model: str) -> None:
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
+
+
+def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Path) -> None:
+    """benchmarks/README.md and the README's benchmark block are exactly what the result files render to:
+    nobody typed a number, and nobody forgot to regenerate after a benchmark run."""
+    from diffusion_world.bench.report import update_readme_section
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks" / "results"
+    assert make_readme(results, tmp_path / "bench.md") == (root / "benchmarks" / "README.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    update_readme_section(readme, results)
+    assert readme.read_text() == (root / "README.md").read_text()
+    for path in results.glob("*.json"):
+        if "headline" in json.loads(path.read_text()):
+            assert f"#### `{path.stem}`" in readme.read_text()

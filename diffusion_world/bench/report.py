@@ -47,7 +47,7 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
               f"error {_f(t['first_termination_step_error'])}.", "",
-              "Sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]), "|---|---|---|"]
+              "| sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]) + " |", "|---|---|---|"]
     for k, s in r["sampler_sweep"].items():
         lines.append(f"| {k} | {s['1']['psnr']['mean']:.2f} | {s[str(r['horizons'][-1])]['psnr']['mean']:.2f} |")
     return "\n".join(lines)
@@ -79,7 +79,40 @@ def generic_markdown(r: dict[str, Any]) -> str:
     return "\n".join(["| key | value |", "|---|---|"] + [f"| {k} | {_f(v, 3)} |" for k, v in flat.items()])
 
 
-RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown}
+def rl_markdown(r: dict[str, Any]) -> str:
+    lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs) for {r['agent_steps']:,} steps; "
+             f"returns over {r['eval_episodes']} real-env episodes with unseen seeds.", "",
+             "| policy | trained in | real-env return (mean ± std) | training time s |", "|---|---|---|---|"]
+    for key, name, where in (("imagination", "PPO", "the world model only"), ("real_trained", "PPO", "the real env"),
+                             ("random", "random", "–")):
+        row = r[key]
+        lines.append(f"| {name} | {where} | {row['mean']:.1f} ± {row['std']:.1f} | {_f(row.get('train_s'), 0)} |")
+    ratio = r.get("headline", {}).get("imagination_vs_real_ratio")
+    lines += ["", f"Imagination / real return ratio: {_f(ratio)}."]
+    return "\n".join(lines)
+
+
+def memory_markdown(r: dict[str, Any]) -> str:
+    h = r["headline"]
+    lines = [f"Recall of a colour cue (one of {round(1 / h['chance'])}) shown only in the first frame, {h['n']} steps "
+             f"later, in imagined rollouts of held-out episodes; chance {h['chance']:.2f}.", "",
+             "| model | context window | accuracy | 95% interval |", "|---|---|---|---|"]
+    for key, name in (("ours", "ours"), ("short_memory", "short memory (DIAMOND-style)")):
+        row = r[key]
+        window = r.get("training", {}).get(key, {}).get("context_window", "–")
+        lo, hi = row["accuracy_ci95"]
+        lines.append(f"| {name} | {window} | {row['accuracy']:.3f} | {lo:.3f}–{hi:.3f} |")
+    return "\n".join(lines)
+
+
+def main_job_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.main_job import summary_table
+
+    return summary_table(r)
+
+
+RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown, "rl": rl_markdown,
+             "memory": memory_markdown, "main_job": main_job_markdown}
 
 
 def render(name: str, r: dict[str, Any]) -> str:
@@ -110,14 +143,15 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     text = readme.read_text()
     if START not in text or END not in text:
         return
-    rows = ["| result | headline | machine |", "|---|---|---|"]
+    parts = []
     for path in sorted(Path(results_dir).glob("*.json")):
         r = json.loads(path.read_text())
         if "headline" not in r:
             continue
-        head = ", ".join(f"{k} = {_f(v, 3)}" for k, v in r["headline"].items())
-        rows.append(f"| `{path.stem}` | {head} | {_machine(r)} |")
-    block = "\n".join([START, "", *rows, "", END])
+        kind = next((k for k in RENDERERS if path.stem.startswith(k) and k != "model_speed"), None)
+        body = RENDERERS[kind](r) if kind else generic_markdown(r)
+        parts.append(f"#### `{path.stem}`\n\n_{_machine(r)}_\n\n{body}\n")
+    block = "\n".join([START, "", *parts, END])
     before, rest = text.split(START, 1)
     readme.write_text(before + block + rest.split(END, 1)[1])
 
