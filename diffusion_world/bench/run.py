@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffusion_world.bench.common import write_result
+from diffusion_world.bench.common import machine_info, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
@@ -18,6 +18,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   quick: bool = False, device: str = "cpu", name: str | None = None,
                   short_memory: str | None = None, dataset_id: str | None = None) -> Path:
     out = Path(out)
+    machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
     imagination: dict[str, Any] = {}
     if card:
         from diffusion_world.cards import load_card
@@ -51,6 +52,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
+    result["machine"] = machine
     return record_result(out, name or (f"{suite}_quick" if quick else suite), result)
 
 

@@ -103,7 +103,7 @@ def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device
             t0 = time.perf_counter()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = dart_loss(model, x0, a, has, zeros, zeros.bool(), draw, lcfg, model.cfg.sigma_data,
-                                "flex" if amp else "sdpa")
+                                "flex" if dev.type == "cuda" else "sdpa")
             out.total.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
