@@ -56,8 +56,6 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--supervision", choices=["dart", "last_frame"], help="DART (all frames) or the ablation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
-    p.add_argument("--terminal-window-fraction", type=float,
-                   help="share of training windows drawn from those ending on a termination (default 0: uniform)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="autocast precision (default auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--seed", type=int)
@@ -73,7 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,
-            precision=args.precision, seed=args.seed, terminal_window_fraction=args.terminal_window_fraction,
+            precision=args.precision, seed=args.seed,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)

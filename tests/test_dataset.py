@@ -170,22 +170,6 @@ def test_non_image_dataset_is_refused(minari_root: Path) -> None:
         FrameCache.open("tt/state-v0", progress=False)
 
 
-def test_terminal_windows_are_oversampled_on_request(tiny_frame_cache: FrameCache) -> None:
-    uniform = WindowSampler(tiny_frame_cache, seq_len=4)
-    oversampled = WindowSampler(tiny_frame_cache, seq_len=4, terminal_fraction=0.5)
-    # the terminal windows are exactly those whose last frame is a termination
-    last = uniform.window_starts + 3
-    assert np.array_equal(uniform.terminal_windows, np.flatnonzero(tiny_frame_cache.terminations[last]))
-    assert uniform.terminal_windows.size > 0
-    base = uniform.terminal_windows.size / uniform.num_windows
-    hits = oversampled.sample(4000, np.random.default_rng(0))["terminations"][:, -1].mean()
-    assert abs(hits - (0.5 + 0.5 * base)) < 0.03  # half the windows swapped for terminal ones
-    plain = uniform.sample(4000, np.random.default_rng(0))["terminations"][:, -1].mean()
-    assert abs(plain - base) < 0.03
-    with pytest.raises(UserError, match="terminal_fraction"):
-        WindowSampler(tiny_frame_cache, seq_len=4, terminal_fraction=1.0)
-
-
 def test_bad_sampler_arguments(tiny_frame_cache: FrameCache) -> None:
     with pytest.raises(UserError, match="no episode"):
         with warnings.catch_warnings():

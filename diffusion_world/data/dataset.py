@@ -311,13 +311,9 @@ class WindowSampler:
         (32, 16, 64, 64, 3)
     """
 
-    def __init__(self, cache: FrameCache, seq_len: int, episodes: np.ndarray | None = None,
-                 terminal_fraction: float = 0.0) -> None:
+    def __init__(self, cache: FrameCache, seq_len: int, episodes: np.ndarray | None = None) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int | np.integer) or seq_len < 1:
             raise UserError(f"seq_len must be an integer >= 1, got {seq_len!r}")
-        if not 0.0 <= terminal_fraction < 1.0:
-            raise UserError(f"terminal_fraction must be in [0, 1), got {terminal_fraction!r}")
-        self.terminal_fraction = float(terminal_fraction)
         self.cache = cache
         self.seq_len = int(seq_len)
         episodes = np.arange(cache.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
@@ -346,20 +342,10 @@ class WindowSampler:
         ).astype(np.int64)
         self.num_windows = int(self.window_starts.shape[0])
         self._steps = np.arange(self.seq_len, dtype=np.int64)
-        # Windows never cross an episode end, so a termination (an episode's last frame) is seen by one window
-        # per terminated episode: uniform sampling almost never shows one (35 in 52k windows for CartPole).
-        last_frames = self.window_starts + self.seq_len - 1
-        self.terminal_windows = np.flatnonzero(np.asarray(cache.terminations)[last_frames]).astype(np.int64)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``batch_size`` windows drawn uniformly (with replacement) over all valid windows; with
-        ``terminal_fraction`` > 0, each window is instead, with that probability, one that ends on a
-        termination (when the episodes have any)."""
-        indices = rng.integers(0, self.num_windows, size=batch_size)
-        if self.terminal_fraction and self.terminal_windows.size:
-            swap = rng.random(batch_size) < self.terminal_fraction
-            indices[swap] = self.terminal_windows[rng.integers(0, self.terminal_windows.size, size=int(swap.sum()))]
-        return self.get(indices)
+        """``batch_size`` windows drawn uniformly (with replacement) over all valid windows."""
+        return self.get(rng.integers(0, self.num_windows, size=batch_size))
 
     def get(self, window_indices: np.ndarray) -> dict[str, np.ndarray]:
         """The windows with the given indices in ``[0, num_windows)``, in that order."""

@@ -56,7 +56,6 @@ class TrainConfig:
     ema_rampup: float = 0.1  # EMA half-life at most this fraction of the steps done so far
     loss: LossConfig = field(default_factory=LossConfig)
     val_fraction: float = 0.1
-    terminal_window_fraction: float = 0.0  # oversample windows ending on a termination (rare in long episodes)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
@@ -90,8 +89,6 @@ class TrainConfig:
             raise UserError("--device cuda, but torch sees no CUDA device")
         if self.attn_backend not in ("auto", "flex", "sdpa"):
             raise UserError(f"attn_backend must be auto, flex or sdpa, got {self.attn_backend!r}")
-        if not 0.0 <= self.terminal_window_fraction < 1.0:
-            raise UserError(f"terminal_window_fraction must be in [0, 1), got {self.terminal_window_fraction!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.loss.supervision not in ("dart", "last_frame"):
@@ -211,7 +208,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- data
     cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
     train_eps, val_eps = cache.episode_split(cfg.val_fraction, cfg.seed)
-    train_windows = WindowSampler(cache, cfg.seq_len, train_eps, terminal_fraction=cfg.terminal_window_fraction)
+    train_windows = WindowSampler(cache, cfg.seq_len, train_eps)
     if train_windows.num_windows == 0:
         raise UserError(f"dataset {cfg.dataset_id!r} has no training episode of at least seq_len={cfg.seq_len} "
                         "frames; lower --seq-len or collect longer episodes")
