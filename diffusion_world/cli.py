@@ -58,6 +58,11 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="autocast precision (default auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
+    p.add_argument("--terminal-fraction", type=float,
+                   help="share of windows drawn from those containing a termination, at any position (default 0)")
+    p.add_argument("--context-window", type=int,
+                   help="override the preset's context window in frames (e.g. 4 for a short-memory baseline)")
+    p.add_argument("--init-from", help="start from another run's checkpoint (weights, optimiser, step count)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
@@ -71,7 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,
-            precision=args.precision, seed=args.seed,
+            precision=args.precision, seed=args.seed, terminal_fraction=args.terminal_fraction,
+            init_from=args.init_from,
+            model_overrides={"context_window": args.context_window} if args.context_window else None,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)

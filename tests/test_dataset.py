@@ -170,6 +170,50 @@ def test_non_image_dataset_is_refused(minari_root: Path) -> None:
         FrameCache.open("tt/state-v0", progress=False)
 
 
+def test_padded_windows_run_past_episode_ends(tiny_frame_cache: FrameCache) -> None:
+    """pad_ends: a window starts at every frame; past the episode's end it repeats the last frame, marked invalid,
+    with no action, reward or termination. Every termination then sits at every window position."""
+    cache, T = tiny_frame_cache, 8
+    sampler = WindowSampler(cache, seq_len=T, pad_ends=True)
+    assert sampler.num_windows == cache.num_frames and sampler.num_excluded_episodes == 0
+    batch = sampler.get(np.arange(sampler.num_windows))
+    frame_episode = np.repeat(np.arange(cache.num_episodes), cache.episode_lengths)
+    ends = (cache.episode_starts + cache.episode_lengths)[frame_episode[batch["window_starts"]]]
+    index = batch["window_starts"][:, None] + np.arange(T)
+    valid = index < ends[:, None]
+    assert np.array_equal(batch["valid"], valid)
+    assert np.array_equal(batch["frames"][valid], cache.frames[index[valid]])
+    last = cache.frames[ends - 1][:, None].repeat(T, axis=1)
+    assert np.array_equal(batch["frames"][~valid], last[~valid])
+    assert not (batch["has_action"][~valid].any() or batch["terminations"][~valid].any())
+    assert (batch["rewards"][~valid] == 0).all() and (batch["actions"][~valid] == 0).all()
+    assert np.array_equal(batch["has_action"][valid], cache.has_prev_action[index[valid]])
+    assert np.array_equal(batch["terminations"][valid], cache.terminations[index[valid]])
+    # the terminal windows: exactly those containing a termination, T per terminated episode, one per position
+    terminated = int(cache.terminations.sum())
+    assert terminated > 0
+    assert np.array_equal(sampler.terminal_windows, np.flatnonzero(batch["terminations"].any(axis=1)))
+    positions = np.argmax(batch["terminations"][sampler.terminal_windows], axis=1)
+    assert np.array_equal(np.bincount(positions, minlength=T), np.full(T, terminated))
+    # without padding, a window never leaves its episode and a termination is always at the last position
+    inner = WindowSampler(cache, seq_len=T)
+    inner_batch = inner.get(inner.terminal_windows)
+    assert inner_batch["valid"].all() and inner_batch["terminations"][:, -1].all()
+
+
+def test_terminal_windows_are_oversampled_on_request(tiny_frame_cache: FrameCache) -> None:
+    plain = WindowSampler(tiny_frame_cache, seq_len=4, pad_ends=True)
+    over = WindowSampler(tiny_frame_cache, seq_len=4, pad_ends=True, terminal_fraction=0.5)
+    base = plain.terminal_windows.size / plain.num_windows
+    for sampler, expected in ((plain, base), (over, 0.5 + 0.5 * base)):
+        batch = sampler.sample(8000, np.random.default_rng(0))
+        assert abs(batch["terminations"].any(axis=1).mean() - expected) < 0.02
+        empirical = batch["terminations"].sum() / batch["valid"].sum()
+        assert abs(empirical - sampler.termination_rate()) < 0.1 * sampler.termination_rate()
+    with pytest.raises(UserError, match="terminal_fraction"):
+        WindowSampler(tiny_frame_cache, seq_len=4, terminal_fraction=1.0)
+
+
 def test_bad_sampler_arguments(tiny_frame_cache: FrameCache) -> None:
     with pytest.raises(UserError, match="no episode"):
         with warnings.catch_warnings():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -79,11 +80,12 @@ def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Pat
 
 
 def test_last_frame_supervision_and_grad_accum(tiny_dataset_id: str, tmp_path: Path) -> None:
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2, grad_accum=2,
+    # without padding after episode ends, so that every window has T supervised frames
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2, grad_accum=2, pad_episode_ends=False,
                    loss={"supervision": "last_frame"}))
     rows = [r for r in metrics(tmp_path / "a") if "loss" in r]
     assert rows[-1]["num_frames_seen"] == 2 * 4  # one supervised frame per window
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=2))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=2, pad_episode_ends=False))
     rows = [r for r in metrics(tmp_path / "b") if "loss" in r]
     assert rows[-1]["num_frames_seen"] == 2 * 4 * 6  # every frame of every window
 
@@ -203,3 +205,57 @@ def test_training_sees_no_more_frames_than_the_context_window() -> None:
         same = dart_loss(model, x0, a, has, z, z.bool(), draw, cfg, 0.5, window=6).total  # window >= T: no-op
     assert not torch.isclose(full, windowed)  # the window is applied (sliding-window == cache: test_equivalence)
     assert torch.equal(full, same)
+
+
+def test_padding_after_an_episode_end_is_masked_out_of_the_loss() -> None:
+    """A window with k real frames and T - k padded ones gives k / T times the loss of the k frames alone
+    (the model is causal, the masks drop the padding), whatever the padded frames contain."""
+    from diffusion_world.model.config import preset_config
+    from diffusion_world.model.dart import DartWorldModel
+    from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+
+    torch.manual_seed(0)
+    model = DartWorldModel(preset_config("tiny"))
+    for p in model.parameters():
+        if p.ndim == 0:
+            p.data.fill_(0.5)  # non-zero gains: every head and block contributes
+    T, k = 6, 4
+    x0 = torch.rand(1, T, 3, 16, 16) * 2 - 1
+    a = torch.randint(0, 2, (1, T))
+    has = torch.ones(1, T, dtype=torch.bool)
+    rew = torch.rand(1, T)
+    term = torch.zeros(1, T, dtype=torch.bool)
+    term[0, k - 1] = True
+    valid = torch.arange(T)[None] < k
+    cfg = LossConfig(termination_pos_weight=3.0)
+    draw = draw_noise(1, T, (3, 16, 16), cfg, torch.Generator().manual_seed(1))
+    short = dataclasses.replace(draw, sigma=draw.sigma[:, :k], sigma_ctx=draw.sigma_ctx[:, :k],
+                                noise=draw.noise[:, :k], noise_ctx=draw.noise_ctx[:, :k])
+    with torch.no_grad():
+        alone = dart_loss(model, x0[:, :k], a[:, :k], has[:, :k], rew[:, :k], term[:, :k], short, cfg, 0.5)
+        garbage = x0.clone()
+        garbage[:, k:] = torch.rand(1, T - k, 3, 16, 16) * 2 - 1
+        for frames in (x0, garbage):
+            padded = dart_loss(model, frames, a, has & valid, rew * valid, term, draw, cfg, 0.5, valid=valid)
+            for name in ("total", "reward", "termination"):
+                torch.testing.assert_close(getattr(padded, name), getattr(alone, name) * k / T, msg=name)
+            assert padded.num_supervised == k
+            torch.testing.assert_close(padded.diffusion, alone.diffusion)  # the logged error: a mean over real frames
+        unmasked = dart_loss(model, garbage, a, has, rew, term, draw, cfg, 0.5)
+    assert not torch.isclose(unmasked.total, alone.total * k / T)  # the mask is what makes them equal
+
+
+def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """--init-from continues another run's weights, optimiser and counters under a new config (here a shorter
+    context window, which holds no parameters); a model of another shape is refused with the reason."""
+    a = train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2))
+    b = train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=3, init_from=str(a), model={"context_window": 2}))
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert cb["step"] == 3 and cb["num_frames_seen"] > ca["num_frames_seen"]
+    assert cb["model_config"]["context_window"] == 2 != ca["model_config"]["context_window"]
+    assert cb["train_config"]["init_from"] == str(a)
+    same = train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=2, init_from=str(a)))  # nothing left to do
+    for name, value in load_checkpoint(a)["model"].items():
+        assert torch.equal(load_checkpoint(same)["model"][name], value), name
+    with pytest.raises(UserError, match="does not fit"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(a), model={"head_channels": 7}))

@@ -4,7 +4,8 @@
 the dataset, keyed by a fingerprint of its files, and reopens them afterwards. Per-frame arrays are aligned
 the way the model consumes them: frame ``i`` comes with the action that *led to it* and the reward/termination
 of that transition (an episode's first frame has none). ``WindowSampler`` draws windows of ``seq_len`` frames
-that never cross an episode boundary; a batch is one fancy-indexing gather, no Python loop.
+of one episode (optionally running past its end, padded and masked); a batch is one fancy-indexing gather, no
+Python loop.
 """
 
 from __future__ import annotations
@@ -296,13 +297,23 @@ def _install(tmp: Path, directory: Path, fingerprint: str) -> None:
 
 
 class WindowSampler:
-    """Windows of ``seq_len`` consecutive frames inside episodes, sampled uniformly over all valid windows.
+    """Windows of ``seq_len`` consecutive frames of one episode, sampled uniformly over all windows.
 
-    Episodes shorter than ``seq_len`` frames are excluded (counted in ``num_excluded_episodes``, with one
-    warning). Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
+    By default a window lies inside its episode, and episodes shorter than ``seq_len`` frames are excluded
+    (counted in ``num_excluded_episodes``, with one warning). With ``pad_ends=True`` a window may start at
+    any frame and run past its episode's end: the positions after the end repeat the last frame, have no
+    action, reward or termination, and are marked ``valid = False`` so that the loss ignores them (the model
+    is causal: they never change the outputs at earlier positions). Then every frame, the terminal one
+    included, appears at every position of a window, and no episode is too short.
+
+    ``terminal_fraction`` > 0 replaces each sampled window, with that probability, by one that contains a
+    termination (drawn uniformly among those; with ``pad_ends`` the termination is equally often at every
+    position). Terminations are one frame per terminated episode, so uniform windows rarely show one.
+
+    Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
     (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``
-    (B, T) float32, ``terminations`` (B, T) bool, ``window_starts`` (B,) int64 (each window's first frame
-    in ``cache.frames``).
+    (B, T) float32, ``terminations`` (B, T) bool, ``valid`` (B, T) bool (the frame belongs to the episode),
+    ``window_starts`` (B,) int64 (each window's first frame in ``cache.frames``).
 
     Example:
         >>> sampler = WindowSampler(cache, seq_len=16, episodes=train_episodes)  # doctest: +SKIP
@@ -311,53 +322,90 @@ class WindowSampler:
         (32, 16, 64, 64, 3)
     """
 
-    def __init__(self, cache: FrameCache, seq_len: int, episodes: np.ndarray | None = None) -> None:
+    def __init__(self, cache: FrameCache, seq_len: int, episodes: np.ndarray | None = None,
+                 pad_ends: bool = False, terminal_fraction: float = 0.0) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int | np.integer) or seq_len < 1:
             raise UserError(f"seq_len must be an integer >= 1, got {seq_len!r}")
+        if not 0.0 <= terminal_fraction < 1.0:
+            raise UserError(f"terminal_fraction must be in [0, 1), got {terminal_fraction!r}")
         self.cache = cache
         self.seq_len = int(seq_len)
+        self.pad_ends = bool(pad_ends)
+        self.terminal_fraction = float(terminal_fraction)
         episodes = np.arange(cache.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
         if episodes.size == 0:
             raise UserError("WindowSampler needs at least one episode")
         lengths = cache.episode_lengths[episodes]
-        long_enough = lengths >= self.seq_len
+        long_enough = np.ones_like(lengths, dtype=bool) if self.pad_ends else lengths >= self.seq_len
         self.episodes = episodes[long_enough]
         self.num_excluded_episodes = int((~long_enough).sum())
         if self.num_excluded_episodes:
             warnings.warn(
                 f"{self.num_excluded_episodes} of {episodes.size} episodes of {cache.dataset_id!r} are "
-                f"shorter than seq_len={self.seq_len} frames and are excluded from sampling",
+                f"shorter than seq_len={self.seq_len} frames and are excluded from sampling (pad_ends=True "
+                "keeps them)",
                 stacklevel=2,
             )
-        counts = lengths[long_enough] - self.seq_len + 1  # windows per episode
+        lengths = lengths[long_enough]
+        counts = lengths if self.pad_ends else lengths - self.seq_len + 1  # windows per episode
         if counts.sum() == 0:
             raise UserError(
                 f"no episode of {cache.dataset_id!r} has {self.seq_len} frames "
-                f"(longest: {int(lengths.max())})"
+                f"(longest: {int(cache.episode_lengths[episodes].max())})"
             )
         # window_starts = concat(arange(start_e, start_e + count_e)), without a Python loop over episodes.
         offsets = np.cumsum(counts) - counts
-        self.window_starts = (
-            np.repeat(cache.episode_starts[self.episodes] - offsets, counts) + np.arange(counts.sum())
-        ).astype(np.int64)
+        starts = cache.episode_starts[self.episodes]
+        self.window_starts = (np.repeat(starts - offsets, counts) + np.arange(counts.sum())).astype(np.int64)
+        self.window_ends = np.repeat(starts + lengths, counts).astype(np.int64)  # one past the episode's end
         self.num_windows = int(self.window_starts.shape[0])
         self._steps = np.arange(self.seq_len, dtype=np.int64)
+        # A termination can only be an episode's last frame: the windows that contain one.
+        last = self.window_ends - 1
+        covers_last = last < self.window_starts + self.seq_len
+        self.terminal_windows = np.flatnonzero(covers_last & np.asarray(cache.terminations)[last]).astype(np.int64)
+        if self.terminal_fraction and not self.terminal_windows.size:
+            warnings.warn(f"terminal_fraction={self.terminal_fraction}, but the episodes of "
+                          f"{cache.dataset_id!r} have no termination: windows are sampled uniformly", stacklevel=2)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``batch_size`` windows drawn uniformly (with replacement) over all valid windows."""
-        return self.get(rng.integers(0, self.num_windows, size=batch_size))
+        """``batch_size`` windows drawn with replacement: uniformly, or with ``terminal_fraction`` of them
+        (in expectation) containing a termination."""
+        indices = rng.integers(0, self.num_windows, size=batch_size)
+        if self.terminal_fraction and self.terminal_windows.size:
+            swap = rng.random(batch_size) < self.terminal_fraction
+            indices[swap] = self.terminal_windows[rng.integers(0, self.terminal_windows.size, size=int(swap.sum()))]
+        return self.get(indices)
+
+    def termination_rate(self) -> float:
+        """The share of terminations among the valid frames that :meth:`sample` yields, in expectation."""
+        valid = np.minimum(self.window_ends - self.window_starts, self.seq_len).astype(np.float64)
+        positives = np.zeros(self.num_windows)
+        positives[self.terminal_windows] = 1.0
+        f = self.terminal_fraction if self.terminal_windows.size else 0.0
+        pos = (1 - f) * positives.mean() + f  # a terminal window has exactly one termination
+        frames = (1 - f) * valid.mean() + (f * valid[self.terminal_windows].mean() if f else 0.0)
+        return float(pos / frames)
 
     def get(self, window_indices: np.ndarray) -> dict[str, np.ndarray]:
         """The windows with the given indices in ``[0, num_windows)``, in that order."""
-        starts = self.window_starts[np.asarray(window_indices, dtype=np.int64)]
+        window_indices = np.asarray(window_indices, dtype=np.int64)
+        starts = self.window_starts[window_indices]
         frame_indices = starts[:, None] + self._steps  # (B, T)
+        ends = self.window_ends[window_indices][:, None]
+        valid = frame_indices < ends
+        frame_indices = np.minimum(frame_indices, ends - 1)  # padding repeats the episode's last frame
         cache = self.cache
+        actions = cache.prev_actions[frame_indices]
+        if not valid.all():
+            actions[~valid] = 0
         return {
             "frames": cache.frames[frame_indices],
-            "actions": cache.prev_actions[frame_indices],
-            "has_action": cache.has_prev_action[frame_indices],
-            "rewards": cache.rewards[frame_indices],
-            "terminations": cache.terminations[frame_indices],
+            "actions": actions,
+            "has_action": cache.has_prev_action[frame_indices] & valid,
+            "rewards": np.where(valid, cache.rewards[frame_indices], np.float32(0)),
+            "terminations": cache.terminations[frame_indices] & valid,
+            "valid": valid,
             "window_starts": starts,
         }
 

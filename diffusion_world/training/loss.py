@@ -70,11 +70,15 @@ def draw_noise(batch_size: int, seq_len: int, frame_shape: tuple[int, ...], cfg:
 
 def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
               rewards: torch.Tensor, terminations: torch.Tensor, draw: NoiseDraw, cfg: LossConfig,
-              sigma_data: float, attn_backend: AttnBackend = "sdpa", window: int | None = None) -> LossOutput:
+              sigma_data: float, attn_backend: AttnBackend = "sdpa", window: int | None = None,
+              valid: torch.Tensor | None = None) -> LossOutput:
     """x0: (B, T, C, H, W) clean frames in [-1, 1]; actions / has_action / rewards / terminations: (B, T).
     ``model`` is a :class:`DartWorldModel` (or its DDP / compiled wrapper). Every term is a mean over
     samples, so the loss of a batch split in equal parts is the mean of the parts' losses (DDP-exact).
-    ``window``: the model's context window, so that training sees no more frames than inference will."""
+    ``window``: the model's context window, so that training sees no more frames than inference will.
+    ``valid`` (B, T) bool: False for the padding after an episode's end (see ``WindowSampler(pad_ends=True)``);
+    those frames count as zero in every term, so each real frame weighs 1 / (B * T) whatever the padding,
+    and a window with k real frames contributes k / T of what the same k frames alone would."""
     B, T = x0.shape[:2]
     dev = x0.device
     idx = noisy_index(T, cfg.supervision).to(dev)
@@ -89,12 +93,16 @@ def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, h
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2  # EDM lambda(sigma): unit effective loss weight
     per_frame = weight * (out.denoised.float() - target.float()).square().mean(dim=(2, 3, 4))  # (B, N)
     logvar = out.logvar.float()  # EDM2 Eq. 21: L / exp(u) + u, where u(sigma) learns log E[L | sigma]
-    diffusion = (per_frame / logvar.exp() + logvar).mean()
+    real = torch.ones(B, T, device=dev) if valid is None else valid.to(dev).float()
+    real_noisy = real[:, idx]
+    diffusion = ((per_frame / logvar.exp() + logvar) * real_noisy).mean()
 
-    valid = has_action.float()  # an episode's first frame has no previous transition and no reward
-    reward_loss = ((out.reward.float() - symlog(rewards.float())).square() * valid).mean()
+    has_reward = has_action.float() * real  # an episode's first frame has no previous transition and no reward
+    reward_loss = ((out.reward.float() - symlog(rewards.float())).square() * has_reward).mean()
     pos_weight = torch.tensor(cfg.termination_pos_weight or 1.0, device=dev)
-    term_loss = F.binary_cross_entropy_with_logits(out.termination_logit.float(), terminations.float(),
-                                                   pos_weight=pos_weight)
+    term_loss = (F.binary_cross_entropy_with_logits(out.termination_logit.float(), terminations.float(),
+                                                    pos_weight=pos_weight, reduction="none") * real).mean()
     total = diffusion + cfg.reward_weight * reward_loss + cfg.termination_weight * term_loss
-    return LossOutput(total, per_frame.mean().detach(), reward_loss.detach(), term_loss.detach(), B * len(idx))
+    num_supervised = int(real_noisy.sum().item())
+    mean_error = (per_frame * real_noisy).sum() / max(num_supervised, 1)
+    return LossOutput(total, mean_error.detach(), reward_loss.detach(), term_loss.detach(), num_supervised)

@@ -75,15 +75,19 @@ class Monitor:
         x0 = frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"]))).to(device)
         gen = torch.Generator().manual_seed(12345)
         draw = draw_noise(x0.shape[0], x0.shape[1], tuple(x0.shape[2:]), cfg.loss, gen)
-        t = {k: torch.from_numpy(batch[k]).to(device) for k in ("actions", "has_action", "rewards", "terminations")}
+        t = {k: torch.from_numpy(batch[k]).to(device)
+             for k in ("actions", "has_action", "rewards", "terminations", "valid")}
         out = dart_loss(model, x0, t["actions"], t["has_action"], t["rewards"], t["terminations"], draw, cfg.loss,
-                        model.cfg.sigma_data, attn_backend, window=model.cfg.context_window)  # type: ignore[arg-type]
+                        model.cfg.sigma_data, attn_backend, window=model.cfg.context_window,  # type: ignore[arg-type]
+                        valid=t["valid"])
         row = {"step": step, "val_loss": out.total.item(), "val_diffusion": out.diffusion.item(),
                "val_reward": out.reward.item(), "val_termination": out.termination.item()}
         self._write(row)
         c = min(DASHBOARD_CONTEXT, x0.shape[1] - 1)
-        fr = torch.from_numpy(np.ascontiguousarray(batch["frames"][:2]))
-        act, has = torch.from_numpy(batch["actions"][:2]), torch.from_numpy(batch["has_action"][:2])
+        # two windows without padding (padded ones only when there are not two others)
+        rows = np.argsort(~batch["valid"].all(axis=1), kind="stable")[:2]
+        fr = torch.from_numpy(np.ascontiguousarray(batch["frames"][rows]))
+        act, has = torch.from_numpy(batch["actions"][rows]), torch.from_numpy(batch["has_action"][rows])
         gens = [torch.Generator().manual_seed(i) for i in range(fr.shape[0])]
         gen_frames = imagine(model, fr[:, :c], act[:, :c], has[:, :c], act[:, c:], gens, SamplerConfig())["frames"]
         self.dashboard(step, fr[:, c:].numpy(), gen_frames.numpy())

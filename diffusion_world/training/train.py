@@ -56,6 +56,9 @@ class TrainConfig:
     ema_rampup: float = 0.1  # EMA half-life at most this fraction of the steps done so far
     loss: LossConfig = field(default_factory=LossConfig)
     val_fraction: float = 0.1
+    pad_episode_ends: bool = True  # windows may run past an episode's end (padded, masked out of the loss)
+    terminal_fraction: float = 0.0  # share of windows drawn from those containing a termination
+    init_from: str = ""  # start from this checkpoint's weights, optimiser, step and counters (same shapes)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
@@ -89,6 +92,8 @@ class TrainConfig:
             raise UserError("--device cuda, but torch sees no CUDA device")
         if self.attn_backend not in ("auto", "flex", "sdpa"):
             raise UserError(f"attn_backend must be auto, flex or sdpa, got {self.attn_backend!r}")
+        if not 0.0 <= self.terminal_fraction < 1.0:
+            raise UserError(f"terminal_fraction must be in [0, 1), got {self.terminal_fraction!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.loss.supervision not in ("dart", "last_frame"):
@@ -143,6 +148,7 @@ def _batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dic
         "has_action": torch.from_numpy(batch["has_action"]).to(device),
         "rewards": torch.from_numpy(batch["rewards"]).to(device),
         "terminations": torch.from_numpy(batch["terminations"]).to(device),
+        "valid": torch.from_numpy(batch["valid"]).to(device),
     }
 
 
@@ -208,15 +214,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- data
     cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
     train_eps, val_eps = cache.episode_split(cfg.val_fraction, cfg.seed)
-    train_windows = WindowSampler(cache, cfg.seq_len, train_eps)
-    if train_windows.num_windows == 0:
-        raise UserError(f"dataset {cfg.dataset_id!r} has no training episode of at least seq_len={cfg.seq_len} "
-                        "frames; lower --seq-len or collect longer episodes")
-    val_windows = WindowSampler(cache, cfg.seq_len, val_eps) if len(val_eps) else None
-    if val_windows is not None and val_windows.num_windows == 0:
-        val_windows = None
-    if cfg.loss.termination_pos_weight is None:  # balance the classes
-        rate = float(cache.terminations.mean()) if cache.num_frames else 0.0
+    train_windows = WindowSampler(cache, cfg.seq_len, train_eps, pad_ends=cfg.pad_episode_ends,
+                                  terminal_fraction=cfg.terminal_fraction)
+    val_windows = None
+    if len(val_eps) and (cfg.pad_episode_ends or (cache.episode_lengths[val_eps] >= cfg.seq_len).any()):
+        val_windows = WindowSampler(cache, cfg.seq_len, val_eps, pad_ends=cfg.pad_episode_ends)
+    if cfg.loss.termination_pos_weight is None:  # balance the classes as the sampler yields them
+        rate = train_windows.termination_rate()
         cfg.loss.termination_pos_weight = float(np.clip((1 - rate) / rate, 1.0, 100.0)) if rate > 0 else 1.0
 
     # ---- model, EMA, optimiser
@@ -244,6 +248,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         opt.load_state_dict(ckpt["optimizer"])
         step, num_frames_seen, elapsed = ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
         _set_rng_state(ckpt["rng"])
+    elif cfg.init_from:
+        step, num_frames_seen, elapsed = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt)
+        if rank == 0:
+            print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames)")
     elif resume and rank == 0:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
     net: Any = model  # the model, or its DDP / compiled wrapper
@@ -289,7 +297,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = dart_loss(net, batch["x0"][rows], batch["actions"][rows], batch["has_action"][rows],
                                     batch["rewards"][rows], batch["terminations"][rows], draw[rows], cfg.loss,
-                                    model_cfg.sigma_data, attn_backend, window=model_cfg.context_window)
+                                    model_cfg.sigma_data, attn_backend, window=model_cfg.context_window,
+                                    valid=batch["valid"][rows])
                     (out.total / cfg.grad_accum).backward()
                 totals["loss"] += out.total.item() / cfg.grad_accum
                 totals["diffusion"] += out.diffusion.item() / cfg.grad_accum
@@ -327,7 +336,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise
     finally:
         monitor.close()
+    if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
+        save()
     return ckpt_path
+
+
+def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module,
+               opt: torch.optim.Optimizer) -> tuple[int, int, float]:
+    """Load another run's weights, EMA, optimiser and counters into a new run whose model config may differ
+    in fields that hold no parameters (e.g. the context window: a short-memory baseline that shares the
+    first part of its training budget with the long-memory model)."""
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise UserError(f"{path} has no optimiser state (an inference export?): --init-from needs a training "
+                        "checkpoint")
+    try:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+    except RuntimeError as e:
+        changed = sorted(k for k, v in model_cfg.items() if ckpt["model_config"].get(k) != v)
+        raise UserError(f"{path} does not fit this model (config differs in {changed}): "
+                        f"{str(e).splitlines()[0]}") from e
+    opt.load_state_dict(ckpt["optimizer"])
+    return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
 
 
 class _nullcontext:
@@ -346,8 +377,10 @@ def train_from_card(card_path: str | os.PathLike, out_dir: str | os.PathLike, re
     return train(cfg, resume=resume)
 
 
-def config_from_card(card_path: str | os.PathLike | None, **overrides: Any) -> TrainConfig:
-    """Build a TrainConfig: defaults < card < overrides (``None`` overrides are ignored)."""
+def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[str, Any] | None = None,
+                     **overrides: Any) -> TrainConfig:
+    """Build a TrainConfig: defaults < card < overrides (``None`` overrides are ignored); ``model_overrides``
+    update single fields of the card's ``[model]`` section."""
     d: dict[str, Any] = {}
     if card_path is not None:
         from diffusion_world.cards import load_card
@@ -372,4 +405,6 @@ def config_from_card(card_path: str | os.PathLike | None, **overrides: Any) -> T
             d.setdefault("loss", {})[k] = v
         else:
             d[k] = v
+    if model_overrides:
+        d["model"] = {**d.get("model", {}), **model_overrides}
     return TrainConfig.from_dict(d)
