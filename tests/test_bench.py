@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffusion_world.bench.fidelity import frame_scores, horizons, run_fidelity, termination_scores
+from diffusion_world.bench.fidelity import (
+    frame_scores,
+    horizons,
+    real_frame_termination_probs,
+    run_fidelity,
+    termination_scores,
+)
 from diffusion_world.bench.report import make_readme, render
 from diffusion_world.cli import main
 
@@ -38,6 +44,30 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
     assert "| 4 |" in render("fidelity", {**r, "machine": {}})
+    assert "Termination head on all" in render("fidelity", {**r, "machine": {}})
+
+
+def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, tiny_frame_cache,
+                                                       one_torch_thread: None) -> None:
+    """Every frame of the episodes once, in order; the one-noisy-frame pass gives the heads of the full pass."""
+    import torch
+
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.diffusion.sampler import frames_to_x
+
+    wm, cache = load_world_model(tiny_world_model), tiny_frame_cache
+    episodes = np.arange(min(3, cache.num_episodes))
+    real, probs = real_frame_termination_probs(wm, cache, episodes, seq_len=4, progress=False)
+    frames = np.concatenate([np.arange(s, s + n) for s, n in zip(cache.episode_starts[episodes],
+                                                                 cache.episode_lengths[episodes])])
+    assert np.array_equal(real, cache.terminations[frames]) and probs.shape == real.shape
+    start, n = int(cache.episode_starts[0]), 4  # the first window, all T frames noisy
+    x = frames_to_x(torch.from_numpy(np.asarray(cache.frames[start: start + n]))[None])
+    sig = torch.full((1, n), 0.002)
+    with torch.no_grad():
+        out = wm.model(x, sig, x, sig, torch.from_numpy(cache.prev_actions[start: start + n])[None],
+                       torch.from_numpy(cache.has_prev_action[start: start + n])[None])
+    np.testing.assert_allclose(torch.sigmoid(out.termination_logit[0]).numpy(), probs[:n], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

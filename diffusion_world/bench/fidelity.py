@@ -2,7 +2,8 @@
 
 From each held-out window the model gets the first ``context`` real frames, then the window's real actions for
 ``horizon`` steps. Per horizon h: PSNR and SSIM of imagined vs real frames (scikit-image), with mean and 95%
-interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error. In the
+interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error; and the
+termination head alone on every real frame of the held-out episodes (teacher-forced, no rollout drift). In the
 same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
 4 frames) trained with the same budget, and the model's own sampler-steps sweep.
 """
@@ -18,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
-from diffusion_world.data.dataset import FrameCache
-from diffusion_world.diffusion.sampler import SamplerConfig, imagine
+from diffusion_world.data.dataset import FrameCache, WindowSampler
+from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
 from diffusion_world.errors import UserError
 
 
@@ -99,6 +100,40 @@ def score(real: np.ndarray, fake: np.ndarray, hs: list[int]) -> dict[str, Any]:
     return out
 
 
+def real_frame_termination(wm: WorldModel, cache: FrameCache, episodes: np.ndarray, seq_len: int = 16,
+                           batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+    """The termination head on every real frame of ``episodes`` (teacher-forced): each episode cut into
+    consecutive windows of ``seq_len`` frames (the last one padded), each frame seeing the real frames before it
+    in its window, at the sampler's final noise level. Scores as :func:`termination_scores`, over frames."""
+    real, probs = real_frame_termination_probs(wm, cache, episodes, seq_len, batch_size, progress)
+    scores = termination_scores(real[None], probs[None])
+    scores.pop("first_termination_step_error")
+    return {**scores, "frames": len(real), "seq_len": seq_len}
+
+
+@torch.no_grad()
+def real_frame_termination_probs(wm: WorldModel, cache: FrameCache, episodes: np.ndarray, seq_len: int = 16,
+                                 batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(real terminations, predicted probabilities), one entry per frame of ``episodes`` in dataset order."""
+    windows = WindowSampler(cache, seq_len, episodes, pad_ends=True)
+    first = np.repeat(cache.episode_starts[windows.episodes], cache.episode_lengths[windows.episodes])
+    chosen = np.flatnonzero((windows.window_starts - first) % seq_len == 0)
+    real, probs = [], []
+    model, device = wm.model, next(wm.model.parameters()).device
+    last = torch.tensor([seq_len - 1], device=device)  # one noisy frame: the heads only read the clean stream
+    for lo in tqdm(range(0, len(chosen), batch_size), desc="termination on real frames", disable=not progress,
+                   leave=False):
+        b = windows.get(chosen[lo: lo + batch_size])
+        x = frames_to_x(torch.from_numpy(np.ascontiguousarray(b["frames"]))).to(device)
+        sigma_ctx = torch.full(x.shape[:2], SamplerConfig().sigma_min, device=device)
+        out = model(x[:, last], sigma_ctx[:, last], x, sigma_ctx, torch.from_numpy(b["actions"]).to(device),
+                    torch.from_numpy(b["has_action"]).to(device), noisy_index=last,
+                    window=min(model.cfg.context_window, seq_len))
+        probs.append(torch.sigmoid(out.termination_logit.float()).cpu().numpy()[b["valid"]])
+        real.append(b["terminations"][b["valid"]])
+    return np.concatenate(real), np.concatenate(probs)
+
+
 def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     pred = probs > threshold
     tp, fp, fn = int((pred & real).sum()), int((pred & ~real).sum()), int((~pred & real).sum())
@@ -159,6 +194,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "repeat_last_frame": score(real, repeat_last, hs),
         "reward_mae": float(np.abs(main["rewards"] - real_rewards).mean()),
         "termination": termination_scores(real_terms, main["termination_probs"]),
+        "termination_real_frames": real_frame_termination(wm, cache, val_eps, int(tc.get("seq_len", 16)),
+                                                          progress=progress),
         "sampler_sweep": {str(k): score(real, by_k[k]["frames"], [1, hs[-1]]) for k in ks},
     }
     if short_memory:

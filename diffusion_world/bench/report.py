@@ -46,8 +46,13 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
-              f"error {_f(t['first_termination_step_error'])}.", "",
-              "| sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]) + " |", "|---|---|---|"]
+              f"error {_f(t['first_termination_step_error'])}.", ""]
+    if "termination_real_frames" in r:  # results from before this metric existed do not have it
+        tf = r["termination_real_frames"]
+        lines += [f"Termination head on all {tf['frames']} real held-out frames (teacher-forced): precision "
+                  f"{_f(tf['precision'])}, recall {_f(tf['recall'])}, F1 {_f(tf['f1'])} ({tf['positives']} "
+                  "terminations).", ""]
+    lines += ["| sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]) + " |", "|---|---|---|"]
     for k, s in r["sampler_sweep"].items():
         lines.append(f"| {k} | {s['1']['psnr']['mean']:.2f} | {s[str(r['horizons'][-1])]['psnr']['mean']:.2f} |")
     return "\n".join(lines)
