@@ -35,7 +35,7 @@ def test_horizons_and_scores() -> None:
 
 def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
     r = run_fidelity(tiny_world_model, tmp_path, horizon=4, num_windows=4, sampler_sweep=(1,), context=2,
-                     progress=False)
+                     short_memory=tiny_world_model, progress=False)
     h = r["headline"]
     assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "repeat_last_psnr_h16", "short_memory_psnr_h16",
                       "termination_f1", "reward_mae"}
@@ -45,6 +45,10 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
     assert "| 4 |" in render("fidelity", {**r, "machine": {}})
     assert "Termination head on all" in render("fidelity", {**r, "machine": {}})
+    # the same checkpoint as its own "baseline", same windows and seeds: the same frames, hence the same scores
+    assert r["short_memory"]["checkpoint_step"] == r["checkpoint_step"]
+    assert r["short_memory"]["4"]["psnr"] == r["model"]["4"]["psnr"] and h["short_memory_psnr_h16"] == h["psnr_h16"]
+    assert "short-memory PSNR" in render("fidelity", {**r, "machine": {}})
 
 
 def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, tiny_frame_cache,

@@ -202,7 +202,9 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         sm = load_world_model(short_memory, device=device)
         sm_out = rollout(sm, cache, starts, min(context, sm.config.context_window), horizon,
                          SamplerConfig(num_steps=default_k), seed=seed, progress=progress)
+        sm_train = load_checkpoint(sm.path).get("train_config", {})
         result["short_memory"] = {"world_model": short_memory, "context_window": sm.config.context_window,
+                                  "checkpoint_step": sm.step, "init_from": sm_train.get("init_from") or None,
                                   **score(real, sm_out["frames"], hs)}
     h16 = str(16) if "16" in result["model"] else str(hs[-1])
     result["headline"] = {

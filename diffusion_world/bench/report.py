@@ -30,9 +30,15 @@ def _machine(r: dict[str, Any]) -> str:
 
 
 def fidelity_markdown(r: dict[str, Any]) -> str:
+    sm = r.get("short_memory")
+    sm_note = ""
+    if sm and sm.get("checkpoint_step") is not None:
+        sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
+                   f"step {sm['checkpoint_step']}" + (" (initialised from a long-window checkpoint, then trained "
+                                                      "with the short window)" if sm.get("init_from") else "") + ".")
     lines = [f"Held-out windows: {r['num_windows']} from {r['heldout_episodes']} episodes of `{r['dataset_id']}`; "
              f"{r['context_frames']} real context frames, then the real actions; K={r['sampler_steps']} Euler "
-             f"steps; checkpoint step {r['checkpoint_step']}.", "",
+             f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else ""),
              "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "")]
