@@ -61,6 +61,15 @@ def plot_loss(path: Path, steps: list[int], values: list[float], title: str) -> 
     plt.close(fig)
 
 
+def _termination_text(f: dict[str, Any]) -> str:
+    tf = f.get("termination_real_frames")  # absent from results recorded before it was measured
+    if not tf:
+        return ""
+    rate = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731  (None: nothing to divide by)
+    return (f"; termination head on the {tf['frames']:,} real frames: recall {rate(tf['recall'])} "
+            f"({tf['positives']} terminations), precision {rate(tf['precision'])}")
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     s = summary["stages"]
     c, t, f, r = s["collect"], s["train"], s["fidelity"], s["rl"]
@@ -72,7 +81,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         ("fidelity (shipped)", f["seconds"],
          f"PSNR h=1 {f['psnr_h1']:.2f} dB, h={f['horizon']} {f['psnr_hmax']:.2f} dB "
          f"(repeat-last-frame {f['repeat_last_psnr_h1']:.2f} / {f['repeat_last_psnr_hmax']:.2f} dB); "
-         f"SSIM h={f['horizon']} {f['ssim_hmax']:.3f}"),
+         f"SSIM h={f['horizon']} {f['ssim_hmax']:.3f}" + _termination_text(f)),
         ("RL (shipped)", r["seconds"],
          f"{r['agent_steps']:,} PPO steps; real-env return: imagination-trained {_fmt(r['imagination_mean'])} "
          f"± {_fmt(r['imagination_std'])}, real-trained {_fmt(r['real_trained_mean'])} "
@@ -185,6 +194,7 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
         "repeat_last_psnr_h1": fid["repeat_last_frame"]["1"]["psnr"]["mean"],
         "repeat_last_psnr_hmax": fid["repeat_last_frame"][hmax]["psnr"]["mean"],
         "reward_mae": fid["reward_mae"], "termination_f1": fid["termination"]["f1"],
+        "termination_real_frames": fid["termination_real_frames"],
     }
 
     say(f"[4/4] PPO for {agent_steps} steps in imagination and in the real env; evaluation in the real env")
