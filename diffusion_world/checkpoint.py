@@ -11,6 +11,7 @@ dicts), ``optimizer``, ``step``, ``num_frames_seen``, ``rng``.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ class WorldModel:
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # frames (N, L, H, W, 3) uint8, actions, ...
     path: str = ""
     step: int = 0
+    termination_pos_weight: float = 1.0  # the loss's weight on positive (terminal) frames during training
+
+    def termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated p(termination) from the head's logits. Training weights terminal frames by
+        ``termination_pos_weight`` (w, to balance rare terminations), which multiplies the odds the head
+        predicts by w; dividing them back out gives the probability the data implies."""
+        return torch.sigmoid(logits.float() - math.log(self.termination_pos_weight))
 
 
 def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -122,7 +130,9 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
     model.to(device).eval().requires_grad_(False)
     return WorldModel(model=model, config=cfg, dataset=dict(ckpt.get("dataset", {})),
                       imagination=dict(ckpt.get("imagination", {})), contexts=dict(ckpt.get("contexts", {})),
-                      path=str(path), step=int(ckpt.get("step", 0)))
+                      path=str(path), step=int(ckpt.get("step", 0)),
+                      termination_pos_weight=float(ckpt.get("train_config", {}).get("loss", {})
+                                                   .get("termination_pos_weight") or 1.0))
 
 
 def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None) -> Path:

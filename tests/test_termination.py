@@ -60,14 +60,14 @@ def edge_walk_dataset(minari_root: Path) -> str:
     return "tt/edge-walk-v0"
 
 
-def termination_probabilities(model, batch: dict) -> np.ndarray:
+def termination_probabilities(wm, batch: dict) -> np.ndarray:
     """Teacher-forced p(termination) at every frame of real windows (clean stream, tiny context noise)."""
     x = frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"])))
     sigma_ctx = torch.full(x.shape[:2], 0.002)
     with torch.no_grad():
-        out = model(x, sigma_ctx, x, sigma_ctx, torch.from_numpy(batch["actions"]),
-                    torch.from_numpy(batch["has_action"]))
-    return torch.sigmoid(out.termination_logit.float()).numpy()
+        out = wm.model(x, sigma_ctx, x, sigma_ctx, torch.from_numpy(batch["actions"]),
+                       torch.from_numpy(batch["has_action"]))
+    return wm.termination_probability(out.termination_logit).numpy()  # calibrated, as the env uses it
 
 
 def test_termination_head_learns_the_frame_not_the_window_position(edge_walk_dataset: str, tmp_path: Path) -> None:
@@ -76,17 +76,18 @@ def test_termination_head_learns_the_frame_not_the_window_position(edge_walk_dat
                       batch_size=8, seq_len=T, lr=1e-2, warmup_steps=10, eval_every=10_000, checkpoint_every=10_000,
                       log_every=50, progress=False, precision="fp32", val_fraction=0.25, terminal_fraction=0.25,
                       ema_halflife_steps=20)
-    model = load_world_model(train(cfg)).model
+    wm = load_world_model(train(cfg))
+    assert wm.termination_pos_weight > 1  # terminations are the rare class
     cache = FrameCache.open(edge_walk_dataset, progress=False)
     _, val = cache.episode_split(cfg.val_fraction, cfg.seed)
     windows = WindowSampler(cache, T, val, pad_ends=True)
     assert windows.terminal_windows.size >= 10 * T
     terminal = windows.get(windows.terminal_windows)
-    p_terminal = termination_probabilities(model, terminal)[terminal["terminations"]]
+    p_terminal = termination_probabilities(wm, terminal)[terminal["terminations"]]
     positions = np.argmax(terminal["terminations"], axis=1)
     full = windows.get(np.arange(windows.num_windows))
     full = {k: v[full["valid"].all(axis=1) & ~full["terminations"].any(axis=1)] for k, v in full.items()}
-    p_last = termination_probabilities(model, full)[:, -1]  # non-terminal frames at the last position
+    p_last = termination_probabilities(wm, full)[:, -1]  # non-terminal frames at the last position
     early = positions < T - 1
     assert (p_terminal[early] > 0.5).mean() >= 0.9, p_terminal[early]  # fires wherever the termination is
     assert (p_terminal[~early] > 0.5).mean() >= 0.9, p_terminal[~early]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -114,6 +115,10 @@ def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -
     assert not wm.model.training
     ckpt = load_checkpoint(path)
     assert ckpt["train_config"]["preset"] == "tiny" and ckpt["package_version"]
+    w = ckpt["train_config"]["loss"]["termination_pos_weight"]
+    assert wm.termination_pos_weight == w > 1  # the class balance the loss used...
+    # ...is divided back out of the predicted odds: logit log(w) is even odds
+    assert float(wm.termination_probability(torch.tensor(math.log(w)))) == pytest.approx(0.5)
     assert not list(tmp_path.glob(".checkpoint.pt.*"))  # no temporary files left behind
 
 

@@ -196,7 +196,8 @@ class ImaginationCore:
         frame_stack: frames per observation, stacked on the channel axis.
         device: torch device of the model.
         reset_mode: ``"episode_start"`` (contexts are episode starts) or ``"anywhere"`` (any window).
-        termination_threshold: an episode terminates when the predicted probability exceeds it.
+        termination_threshold: an episode terminates when the predicted probability (calibrated:
+            :meth:`WorldModel.termination_probability`) exceeds it.
 
     Example::
 
@@ -412,7 +413,8 @@ class ImaginationCore:
             self.generators, self.sampler, self.sigmas)
         frames = x_to_frames(x).cpu().numpy()  # (N, H, W, 3)
         rewards = symexp(reward.float()).cpu().numpy().astype(np.float64)
-        terminated = torch.sigmoid(termination_logit.float()).cpu().numpy() > self.termination_threshold
+        terminated = self.world_model.termination_probability(termination_logit).cpu().numpy() > (
+            self.termination_threshold)
         self.steps += 1
         truncated = self.steps >= self.horizon
         self.stacks[:, :-1] = self.stacks[:, 1:]
