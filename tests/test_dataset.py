@@ -219,6 +219,8 @@ def test_bad_sampler_arguments(tiny_frame_cache: FrameCache) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             WindowSampler(tiny_frame_cache, seq_len=10_000)
+    with pytest.raises(UserError, match="longest"):  # padding does not make a window longer than any episode ok
+        WindowSampler(tiny_frame_cache, seq_len=10_000, pad_ends=True)
     with pytest.raises(UserError, match="seq_len"):
         WindowSampler(tiny_frame_cache, seq_len=0)
     with pytest.raises(UserError, match="val_fraction"):

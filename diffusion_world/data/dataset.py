@@ -336,6 +336,9 @@ class WindowSampler:
         if episodes.size == 0:
             raise UserError("WindowSampler needs at least one episode")
         lengths = cache.episode_lengths[episodes]
+        if self.seq_len > lengths.max():  # even with padding: such windows would be mostly padding
+            raise UserError(f"no episode of {cache.dataset_id!r} has {self.seq_len} frames "
+                            f"(longest: {int(lengths.max())}); lower seq_len")
         long_enough = np.ones_like(lengths, dtype=bool) if self.pad_ends else lengths >= self.seq_len
         self.episodes = episodes[long_enough]
         self.num_excluded_episodes = int((~long_enough).sum())
@@ -348,11 +351,6 @@ class WindowSampler:
             )
         lengths = lengths[long_enough]
         counts = lengths if self.pad_ends else lengths - self.seq_len + 1  # windows per episode
-        if counts.sum() == 0:
-            raise UserError(
-                f"no episode of {cache.dataset_id!r} has {self.seq_len} frames "
-                f"(longest: {int(cache.episode_lengths[episodes].max())})"
-            )
         # window_starts = concat(arange(start_e, start_e + count_e)), without a Python loop over episodes.
         offsets = np.cumsum(counts) - counts
         starts = cache.episode_starts[self.episodes]

@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     train_windows = WindowSampler(cache, cfg.seq_len, train_eps, pad_ends=cfg.pad_episode_ends,
                                   terminal_fraction=cfg.terminal_fraction)
     val_windows = None
-    if len(val_eps) and (cfg.pad_episode_ends or (cache.episode_lengths[val_eps] >= cfg.seq_len).any()):
+    if len(val_eps) and (cache.episode_lengths[val_eps] >= cfg.seq_len).any():
         val_windows = WindowSampler(cache, cfg.seq_len, val_eps, pad_ends=cfg.pad_episode_ends)
     if cfg.loss.termination_pos_weight is None:  # balance the classes as the sampler yields them
         rate = train_windows.termination_rate()
