@@ -67,7 +67,7 @@ def _termination_text(f: dict[str, Any]) -> str:
         return ""
     rate = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731  (None: nothing to divide by)
     return (f"; termination head on the {tf['frames']:,} real frames: recall {rate(tf['recall'])} "
-            f"({tf['positives']} terminations), precision {rate(tf['precision'])}")
+            f"(real terminations: {tf['positives']}), precision {rate(tf['precision'])}")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
