@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from diffusion_world.bench.fidelity import (
+    foreground_retention,
     frame_scores,
     horizons,
     real_frame_termination_probs,
     run_fidelity,
+    static_background,
     termination_scores,
 )
 from diffusion_world.bench.report import make_readme, render
@@ -37,8 +39,8 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     r = run_fidelity(tiny_world_model, tmp_path, horizon=4, num_windows=4, sampler_sweep=(1,), context=2,
                      short_memory=tiny_world_model, progress=False)
     h = r["headline"]
-    assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "repeat_last_psnr_h16", "short_memory_psnr_h16",
-                      "termination_f1", "reward_mae"}
+    assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "foreground_retention_h16", "repeat_last_psnr_h16",
+                      "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
     # a random-weight model is worse than repeating the last real frame
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
@@ -49,6 +51,25 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert r["short_memory"]["checkpoint_step"] == r["checkpoint_step"]
     assert r["short_memory"]["4"]["psnr"] == r["model"]["4"]["psnr"] and h["short_memory_psnr_h16"] == h["psnr_h16"]
     assert "short-memory PSNR" in render("fidelity", {**r, "machine": {}})
+    assert r["foreground_retention"]["short_memory"] == r["foreground_retention"]["model"]
+    assert "foreground retention" in render("fidelity", {**r, "machine": {}})
+
+
+def test_foreground_retention() -> None:
+    """Objects drawn as in reality score 1, faded into the background 0, at half contrast about half; faint
+    noise on the background counts for nothing."""
+    rng = np.random.default_rng(0)
+    background = np.full((8, 8, 3), 255, np.uint8)
+    real = np.repeat(background[None, None], 3, axis=1).repeat(2, axis=0)  # (N=2, h=3, 8, 8, 3)
+    real[:, :, 2:4, 3, :] = 0  # a 2-pixel black "pole" in every frame
+    assert static_background(np.concatenate([real[0], np.repeat(background[None], 4, 0)])).min() == 255
+    faded = real.copy()
+    faded[:, 1, 2:4, 3, :] = 128  # drawn at half contrast at h=2
+    faded[:, 2] = background  # gone at h=3
+    noisy = np.clip(faded.astype(np.int16) + rng.integers(-3, 4, faded.shape), 0, 255).astype(np.uint8)
+    r = foreground_retention(real, noisy, background, [1, 2, 3])
+    assert r["1"] == pytest.approx(1.0, abs=0.02) and r["2"] == pytest.approx(0.5, abs=0.02) and r["3"] == 0.0
+    assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
 
 
 def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, tiny_frame_cache,
@@ -87,12 +108,14 @@ def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_rl_transfer_runs(tiny_world_model: str) -> None:
     from diffusion_world.bench.rl import run_rl
+    from diffusion_world.checkpoint import load_world_model
 
     r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
                progress=False)
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
+    assert r["checkpoint_step"] == load_world_model(tiny_world_model).step
 
 
 def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 From each held-out window the model gets the first ``context`` real frames, then the window's real actions for
 ``horizon`` steps. Per horizon h: PSNR and SSIM of imagined vs real frames (scikit-image), with mean and 95%
 interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error; and the
-termination head alone on every real frame of the held-out episodes (teacher-forced, no rollout drift). In the
+termination head alone on every real frame of the held-out episodes (teacher-forced, no rollout drift);
+foreground retention (how much of the moving objects an imagined frame still draws: thin objects that fade over a
+rollout cost little PSNR on a mostly static screen, so PSNR alone hides them). In the
 same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
 4 frames) trained with the same budget, and the model's own sampler-steps sweep.
 """
@@ -55,6 +57,31 @@ def heldout_windows(cache: FrameCache, episodes: np.ndarray, length: int, num: i
         offset = n - length if i % 2 == 0 else int(rng.integers(0, n - length + 1))
         starts.append(first + offset)
     return np.array(starts, dtype=np.int64)
+
+
+def static_background(frames: np.ndarray) -> np.ndarray:
+    """Per-pixel median of (N, H, W, 3) uint8 frames: the static scene, with the moving objects removed."""
+    return np.median(np.asarray(frames), axis=0).astype(np.uint8)
+
+
+def foreground_mass(frames: np.ndarray, background: np.ndarray, threshold: int = 30) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (...,): summed |frame - background| (over channels, in units of 255) of the pixels
+    that differ from the background by more than ``threshold`` (summed over channels), so that faint
+    sampling noise on the background counts for nothing and a drawn object counts in full."""
+    d = np.abs(np.asarray(frames, np.int16) - background.astype(np.int16)).sum(-1)
+    return np.where(d > threshold, d, 0).sum(axis=(-1, -2)) / 255.0
+
+
+def foreground_retention(real: np.ndarray, fake: np.ndarray, background: np.ndarray,
+                         hs: list[int]) -> dict[str, float | None]:
+    """real, fake: (N, H, h, w, 3). Per horizon: foreground mass of the imagined frames over that of the real
+    ones (summed over windows). 1: objects drawn as strongly as in reality; 0: all faded into the background;
+    None where the real frames have no foreground."""
+    out: dict[str, float | None] = {}
+    for h in hs:
+        m_real = foreground_mass(real[:, h - 1], background).sum()
+        out[str(h)] = float(foreground_mass(fake[:, h - 1], background).sum() / m_real) if m_real > 0 else None
+    return out
 
 
 def _mean_ci(values: np.ndarray) -> dict[str, float]:
@@ -177,6 +204,9 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     real_rewards = cache.rewards[idx][:, context:]
     real_terms = cache.terminations[idx][:, context:]
     hs = horizons(horizon)
+    rng = np.random.default_rng(seed)
+    background = static_background(cache.frames[np.sort(rng.choice(cache.num_frames, min(512, cache.num_frames),
+                                                                     replace=False))])
     default_k = int(wm.imagination.get("sampler_steps", 3))
     ks = sorted(set(sampler_sweep) | {default_k})
 
@@ -192,6 +222,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "checkpoint_step": wm.step, "horizons": hs,
         "model": score(real, main["frames"], hs),
         "repeat_last_frame": score(real, repeat_last, hs),
+        "foreground_retention": {"model": foreground_retention(real, main["frames"], background, hs),
+                                 "repeat_last_frame": foreground_retention(real, repeat_last, background, hs)},
         "reward_mae": float(np.abs(main["rewards"] - real_rewards).mean()),
         "termination": termination_scores(real_terms, main["termination_probs"]),
         "termination_real_frames": real_frame_termination(wm, cache, val_eps, int(tc.get("seq_len", 16)),
@@ -206,11 +238,13 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         result["short_memory"] = {"world_model": short_memory, "context_window": sm.config.context_window,
                                   "checkpoint_step": sm.step, "init_from": sm_train.get("init_from") or None,
                                   **score(real, sm_out["frames"], hs)}
+        result["foreground_retention"]["short_memory"] = foreground_retention(real, sm_out["frames"], background, hs)
     h16 = str(16) if "16" in result["model"] else str(hs[-1])
     result["headline"] = {
         "psnr_h1": result["model"]["1"]["psnr"]["mean"],
         "psnr_h16": result["model"][h16]["psnr"]["mean"],
         "ssim_h16": result["model"][h16]["ssim"]["mean"],
+        "foreground_retention_h16": result["foreground_retention"]["model"][h16],
         "repeat_last_psnr_h16": result["repeat_last_frame"][h16]["psnr"]["mean"],
         "short_memory_psnr_h16": result["short_memory"][h16]["psnr"]["mean"] if short_memory else None,
         "termination_f1": result["termination"]["f1"],
@@ -242,7 +276,8 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     hs = result["horizons"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fg = result.get("foreground_retention")
+    fig, axes = plt.subplots(1, 3 if fg else 2, figsize=(16 if fg else 11, 4), constrained_layout=True)
     series = [("world model", result["model"]), ("repeat last frame", result["repeat_last_frame"])]
     if "short_memory" in result:
         series.append((f"short memory ({result['short_memory']['context_window']} frames)", result["short_memory"]))
@@ -255,6 +290,17 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("steps after the real context")
         ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if fg:
+        ax = axes[2]
+        names = {"model": "world model", "repeat_last_frame": "repeat last frame", "short_memory": "short memory"}
+        for key, values in fg.items():
+            ax.plot(hs, [np.nan if values[str(h)] is None else values[str(h)] for h in hs], "o-", label=names[key])
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("steps after the real context")
+        ax.set_ylabel("foreground retention")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, K={result['sampler_steps']})")

@@ -31,6 +31,7 @@ def _machine(r: dict[str, Any]) -> str:
 
 def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
+    fg = r.get("foreground_retention")  # results from before this metric existed do not have it
     sm_note = ""
     if sm and sm.get("checkpoint_step") is not None:
         sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
@@ -40,15 +41,22 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
              f"{r['context_frames']} real context frames, then the real actions; K={r['sampler_steps']} Euler "
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
-             + (" short-memory PSNR |" if "short_memory" in r else ""),
-             "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "")]
+             + (" short-memory PSNR |" if "short_memory" in r else "")
+             + (" foreground retention |" if fg else ""),
+             "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")]
     for h in r["horizons"]:
         m, b = r["model"][str(h)], r["repeat_last_frame"][str(h)]
         row = (f"| {h} | {m['psnr']['mean']:.2f} ± {m['psnr']['ci95']:.2f} | {m['ssim']['mean']:.3f} "
                f"| {b['psnr']['mean']:.2f} | {b['ssim']['mean']:.3f} |")
         if "short_memory" in r:
             row += f" {r['short_memory'][str(h)]['psnr']['mean']:.2f} |"
+        if fg:
+            row += f" {_f(fg['model'][str(h)])} |"
         lines.append(row)
+    if fg:
+        lines += ["", "Foreground retention: how strongly the imagined frame draws what differs from the static "
+                  "background (per-pixel median of the dataset), relative to the real frame; 1 = as strongly, "
+                  "0 = faded away."]
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
@@ -92,7 +100,9 @@ def generic_markdown(r: dict[str, Any]) -> str:
 
 def rl_markdown(r: dict[str, Any]) -> str:
     lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs) for {r['agent_steps']:,} steps; "
-             f"returns over {r['eval_episodes']} real-env episodes with unseen seeds.", "",
+             f"returns over {r['eval_episodes']} real-env episodes with unseen seeds"
+             + (f"; world model at training step {r['checkpoint_step']}." if r.get("checkpoint_step") is not None
+                else "."), "",
              "| policy | trained in | real-env return (mean ± std) | training time s |", "|---|---|---|---|"]
     for key, name, where in (("imagination", "PPO", "the world model only"), ("real_trained", "PPO", "the real env"),
                              ("random", "random", "–")):

@@ -65,7 +65,8 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     env.action_space.seed(seed)
     rand = evaluate(env, lambda o: env.action_space.sample(), eval_episodes, eval_seed)
     result: dict[str, Any] = {
-        "world_model": str(world_model), "env_spec": wm.dataset.get("env_spec"), "agent_steps": agent_steps,
+        "world_model": str(world_model), "checkpoint_step": wm.step, "env_spec": wm.dataset.get("env_spec"),
+        "agent_steps": agent_steps,
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination": {**_summary(imag), "train_s": t_imagined},
         "real_trained": {**_summary(real), "train_s": t_real},
