@@ -56,6 +56,10 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--supervision", choices=["dart", "last_frame"], help="DART (all frames) or the ablation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument("--attn-backend", choices=["auto", "flex", "sdpa"],
+                   help="video attention in training (default auto: FlexAttention on CUDA, dense-mask SDPA elsewhere)")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop after this much wall-clock time (checkpoint saved; --resume continues)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="autocast precision (default auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--terminal-fraction", type=float,
@@ -76,7 +80,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,
-            precision=args.precision, seed=args.seed, terminal_fraction=args.terminal_fraction,
+            attn_backend=args.attn_backend, max_minutes=args.max_minutes, precision=args.precision, seed=args.seed,
+            terminal_fraction=args.terminal_fraction,
             init_from=args.init_from,
             model_overrides={"context_window": args.context_window} if args.context_window else None,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,

@@ -107,6 +107,22 @@ def test_interrupt_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkey
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
 
+def test_max_minutes_stops_saves_and_resumes_exactly(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:
+    """A spent wall-clock budget stops after the current step with a checkpoint; --resume then ends where an
+    uninterrupted run ends."""
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "once", steps=3))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "budget", steps=3, max_minutes=1e-9))
+    assert load_checkpoint(tmp_path / "budget" / "checkpoint.pt")["step"] == 1
+    assert "stopped at step 1 after --max-minutes" in capsys.readouterr().out
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "budget", steps=3), resume=True)
+    a = load_checkpoint(tmp_path / "once" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 3
+    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    with pytest.raises(UserError, match="max_minutes"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "bad", max_minutes=-1))
+
+
 def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -> None:
     path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
     wm = load_world_model(path)

@@ -44,6 +44,7 @@ class TrainConfig:
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig fields
     steps: int = 20_000  # optimiser steps
+    max_minutes: float = 0.0  # > 0: stop (and save) after this much wall-clock time in the training loop
     batch_size: int = 8  # windows per optimiser step, over all ranks and micro-batches
     grad_accum: int = 1
     seq_len: int = 16  # T
@@ -84,6 +85,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise UserError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if not 0 < self.lr < 1:
             raise UserError(f"lr must be in (0, 1), got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -278,6 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     # ---- the loop
     frame_shape = (model_cfg.image_channels, *model_cfg.frame_size)
+    t_loop = time.monotonic()
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -329,6 +333,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
+            if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
+                if step % cfg.checkpoint_every and step != cfg.steps:
+                    save()
+                if rank == 0:
+                    print(f"stopped at step {step} after --max-minutes {cfg.max_minutes:g}: checkpoint saved to "
+                          f"{ckpt_path} (continue with --resume)")
+                break
     except KeyboardInterrupt:
         save()
         if rank == 0:
@@ -339,6 +350,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
     return ckpt_path
+
+
+def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world: int) -> bool:
+    """Whether the wall-clock budget is spent; with several processes, rank 0's clock decides for all (so
+    every rank stops after the same step)."""
+    out = time.monotonic() - t_start > max_minutes * 60
+    if world == 1:
+        return out
+    flag = torch.tensor([float(out)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module,

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Train the CartPole world model on one CUDA GPU of a machine with PyTorch but no network, inside a fixed
+# wall-clock budget, and bring back everything worth keeping as one file, OUT/gpu_results.tgz (< 16 MB: logs,
+# metrics, dashboard, the exported model, benchmark results):
+#
+#   bash scripts/gpu_carry.sh                          # first, on a machine with network (fills .carry/, 13 MB;
+#                                                      # rerun it after a local smoke test: that builds a 700 MB
+#                                                      # frame cache inside .carry/)
+#   OUT=/tmp/gpu_out TOTAL_S=560 bash scripts/gpu_train.sh    # then, on the GPU machine, from the repo root
+#
+# Steps: install the carried wheels; check the CUDA paths against their references (tests/test_cuda.py, without
+# the slow torch.compile test); build the frame cache; train `diffusion-world train --card envs/cartpole.toml
+# --device cuda` for what is left of TOTAL_S after reserving time for the rest; export the fp16 EMA model; the
+# speed benchmark on CUDA; the fidelity benchmark of the new model. A step that fails or runs out of time is
+# logged in OUT and the script goes on.
+#
+#   OUT       where gpu_results.tgz goes (default gpu_out); the files themselves are in WORK (default /tmp/gpu_work)
+#   TOTAL_S   wall-clock budget of the whole script in seconds (default 560)
+#   BATCH     windows per optimiser step (default 64)
+#   INIT      optional: a training checkpoint to continue from (--init-from)
+#   DEVICE    cuda (default); cpu only to smoke-test this script on a machine without a GPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+FINAL=${OUT:-gpu_out}; TOTAL_S=${TOTAL_S:-560}; BATCH=${BATCH:-64}; INIT=${INIT:-}; DEVICE=${DEVICE:-cuda}
+OUT=${WORK:-/tmp/gpu_work}
+START=$(date +%s)
+left() { echo $((TOTAL_S - ($(date +%s) - START))); }
+mkdir -p "$OUT/bench" "$FINAL"
+pack() { tar czf "$FINAL/gpu_results.tgz" -C "$OUT" . 2>/dev/null; }
+trap pack EXIT  # whatever happens, what exists comes back
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .carry/whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD MINARI_DATASETS_PATH=$PWD/.carry/minari PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" >> "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+echo "== CUDA equivalence tests ($(left) s left)"
+timeout 90 python3 -m pytest -q -m gpu tests/test_cuda.py -k "not compile" -p no:cacheprovider \
+  > "$OUT/cuda_tests.log" 2>&1
+tail -3 "$OUT/cuda_tests.log"
+ATTN=flex
+SUMMARY=$(tail -1 "$OUT/cuda_tests.log")  # pytest's last line: "N passed in ..." or "... failed ..."
+[[ $SUMMARY == *passed* && $SUMMARY != *failed* && $SUMMARY != *error* ]] || ATTN=sdpa
+
+echo "== frame cache ($(left) s left)"
+python3 -c "from diffusion_world.data.dataset import FrameCache; print(FrameCache.open('diffusion_world/cartpole-pixels-v0', progress=False))"
+
+RESERVE=150  # export + speed + fidelity
+MINUTES=$(python3 -c "print(max(0.5, ($(left) - $RESERVE - 30) / 60))")
+echo "== train for $MINUTES min, batch $BATCH, attention $ATTN"
+# shellcheck disable=SC2086
+python3 -m diffusion_world.cli train --card envs/cartpole.toml --out runs/gpu --device "$DEVICE" --batch-size "$BATCH" \
+  --steps 1000000 --max-minutes "$MINUTES" --attn-backend "$ATTN" --eval-every 500 --checkpoint-every 500 \
+  --quiet ${INIT:+--init-from "$INIT"} 2>&1 | tee "$OUT/train.log" | tail -4
+cp runs/gpu/metrics.jsonl runs/gpu/dashboard.png "$OUT/" 2>/dev/null
+pack
+
+echo "== export ($(left) s left)"
+python3 scripts/export_shipped.py runs/gpu/checkpoint.pt cartpole_gpu \
+  --note "train=OUT=... bash scripts/gpu_train.sh (diffusion-world train --card envs/cartpole.toml --device $DEVICE --batch-size $BATCH --max-minutes $MINUTES --attn-backend $ATTN)" \
+  --note "hardware=$(head -2 "$OUT/gpu.txt" | tail -1)" > "$OUT/export.log" 2>&1
+cp diffusion_world/shipped/cartpole_gpu.pt diffusion_world/shipped/cartpole_gpu.json "$OUT/" 2>/dev/null
+cat "$OUT/export.log"
+
+echo "== speed benchmark on $DEVICE ($(left) s left)"
+timeout $(( $(left) > 150 ? 60 : 30 )) python3 -m diffusion_world.cli benchmark speed --quick --device "$DEVICE" \
+  --world-model diffusion_world/shipped/cartpole_gpu.pt --card envs/cartpole.toml --out "$OUT/bench" \
+  > "$OUT/speed.log" 2>&1
+tail -2 "$OUT/speed.log"
+
+echo "== fidelity of the new model ($(left) s left)"
+timeout $(( $(left) - 10 > 10 ? $(left) - 10 : 10 )) python3 -m diffusion_world.cli benchmark fidelity \
+  --device "$DEVICE" --world-model diffusion_world/shipped/cartpole_gpu.pt --card envs/cartpole.toml \
+  --out "$OUT/bench" > "$OUT/fidelity.log" 2>&1
+tail -2 "$OUT/fidelity.log"
+echo "== done in $(( $(date +%s) - START )) s"
