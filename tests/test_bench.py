@@ -56,8 +56,8 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
 
 
 def test_foreground_retention() -> None:
-    """Objects drawn as in reality score 1, faded into the background 0, at half contrast about half; faint
-    noise on the background counts for nothing."""
+    """Objects drawn as in reality score 1, faded into the background 0, at half contrast about half, drawn
+    elsewhere 0; faint noise and extra marks count for nothing."""
     rng = np.random.default_rng(0)
     background = np.full((8, 8, 3), 255, np.uint8)
     real = np.repeat(background[None, None], 3, axis=1).repeat(2, axis=0)  # (N=2, h=3, 8, 8, 3)
@@ -69,6 +69,14 @@ def test_foreground_retention() -> None:
     noisy = np.clip(faded.astype(np.int16) + rng.integers(-3, 4, faded.shape), 0, 255).astype(np.uint8)
     r = foreground_retention(real, noisy, background, [1, 2, 3])
     assert r["1"] == pytest.approx(1.0, abs=0.02) and r["2"] == pytest.approx(0.5, abs=0.02) and r["3"] == 0.0
+    moved = real.copy()
+    moved[:, :, 2:4, 3, :] = 255
+    moved[:, 0, 2:4, 4, :] = 0  # one pixel off: still in place (within the radius)
+    moved[:, 1, 2:4, 7, :] = 0  # four pixels off: drawn elsewhere, counts for nothing
+    moved[:, 2, 6, :, :] = 0  # a line the real frame does not have, plus the real object
+    moved[:, 2, 2:4, 3, :] = 0
+    r = foreground_retention(real, moved, background, [1, 2, 3])
+    assert r["1"] == pytest.approx(1.0) and r["2"] == 0.0 and r["3"] == pytest.approx(1.0)
     assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
 
 

@@ -64,23 +64,39 @@ def static_background(frames: np.ndarray) -> np.ndarray:
     return np.median(np.asarray(frames), axis=0).astype(np.uint8)
 
 
-def foreground_mass(frames: np.ndarray, background: np.ndarray, threshold: int = 30) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (...,): summed |frame - background| (over channels, in units of 255) of the pixels
-    that differ from the background by more than ``threshold`` (summed over channels), so that faint
-    sampling noise on the background counts for nothing and a drawn object counts in full."""
+def _foreground(frames: np.ndarray, background: np.ndarray, threshold: int) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., H, W): |frame - background| summed over channels, in units of 255, zero
+    where it is at most ``threshold`` (faint sampling noise on the background counts for nothing)."""
     d = np.abs(np.asarray(frames, np.int16) - background.astype(np.int16)).sum(-1)
-    return np.where(d > threshold, d, 0).sum(axis=(-1, -2)) / 255.0
+    return np.where(d > threshold, d, 0) / 255.0
 
 
-def foreground_retention(real: np.ndarray, fake: np.ndarray, background: np.ndarray,
-                         hs: list[int]) -> dict[str, float | None]:
-    """real, fake: (N, H, h, w, 3). Per horizon: foreground mass of the imagined frames over that of the real
-    ones (summed over windows). 1: objects drawn as strongly as in reality; 0: all faded into the background;
-    None where the real frames have no foreground."""
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Boolean (..., H, W) mask grown by r pixels (a (2r+1)^2 square)."""
+    H, W = mask.shape[-2:]
+    padded = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(r, r), (r, r)])
+    out = np.zeros_like(mask)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= padded[..., dy:dy + H, dx:dx + W]
+    return out
+
+
+def foreground_retention(real: np.ndarray, fake: np.ndarray, background: np.ndarray, hs: list[int],
+                         threshold: int = 30, radius: int = 2) -> dict[str, float | None]:
+    """real, fake: (N, H, h, w, 3). Per horizon: how strongly the imagined frames draw the real frames' moving
+    objects where they are: foreground mass of the imagined frame within ``radius`` pixels of the real
+    foreground, over that of the real frame (summed over windows). 1: the objects drawn as strongly as in
+    reality, in place; 0: faded into the background or drawn elsewhere. Marks the real frame does not have
+    count for nothing, so noise cannot make up for a faded object. None where the real frames have no
+    foreground."""
     out: dict[str, float | None] = {}
     for h in hs:
-        m_real = foreground_mass(real[:, h - 1], background).sum()
-        out[str(h)] = float(foreground_mass(fake[:, h - 1], background).sum() / m_real) if m_real > 0 else None
+        fg_real = _foreground(real[:, h - 1], background, threshold)
+        near = _dilate(fg_real > 0, radius)
+        m_real = fg_real.sum()
+        m_fake = (_foreground(fake[:, h - 1], background, threshold) * near).sum()
+        out[str(h)] = float(m_fake / m_real) if m_real > 0 else None
     return out
 
 

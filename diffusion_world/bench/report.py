@@ -54,9 +54,10 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
             row += f" {_f(fg['model'][str(h)])} |"
         lines.append(row)
     if fg:
-        lines += ["", "Foreground retention: how strongly the imagined frame draws what differs from the static "
-                  "background (per-pixel median of the dataset), relative to the real frame; 1 = as strongly, "
-                  "0 = faded away."]
+        lines += ["", "Foreground retention: how strongly the imagined frame draws the real frame's moving objects "
+                  "(what differs from the static background, the dataset's per-pixel median) within 2 pixels of "
+                  "where they are, relative to the real frame; 1 = as strongly and in place, 0 = faded away or "
+                  "drawn elsewhere."]
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
