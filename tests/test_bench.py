@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffusion_world.bench.fidelity import (
+    foreground_recall,
     foreground_retention,
     frame_scores,
     horizons,
@@ -39,7 +40,8 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     r = run_fidelity(tiny_world_model, tmp_path, horizon=4, num_windows=4, sampler_sweep=(1,), context=2,
                      short_memory=tiny_world_model, progress=False)
     h = r["headline"]
-    assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "foreground_retention_h16", "repeat_last_psnr_h16",
+    assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "foreground_retention_h16", "foreground_recall_h16",
+                      "repeat_last_psnr_h16",
                       "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
     # a random-weight model is worse than repeating the last real frame
@@ -52,6 +54,8 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert r["short_memory"]["4"]["psnr"] == r["model"]["4"]["psnr"] and h["short_memory_psnr_h16"] == h["psnr_h16"]
     assert "short-memory PSNR" in render("fidelity", {**r, "machine": {}})
     assert r["foreground_retention"]["short_memory"] == r["foreground_retention"]["model"]
+    assert r["foreground_recall"]["short_memory"] == r["foreground_recall"]["model"]
+    assert all(v is None or 0 <= v <= 1 for v in r["foreground_recall"]["model"].values())
     assert "foreground retention" in render("fidelity", {**r, "machine": {}})
 
 
@@ -77,6 +81,15 @@ def test_foreground_retention() -> None:
     moved[:, 2, 2:4, 3, :] = 0
     r = foreground_retention(real, moved, background, [1, 2, 3])
     assert r["1"] == pytest.approx(1.0) and r["2"] == 0.0 and r["3"] == pytest.approx(1.0)
+    # recall: pixels, not contrast; a half-contrast object is still drawn, a vanished one is not
+    r = foreground_recall(real, noisy, background, [1, 2, 3])
+    assert (r["1"], r["2"], r["3"]) == (1.0, 1.0, 0.0)
+    r = foreground_recall(real, moved, background, [1, 2, 3])
+    assert (r["1"], r["2"], r["3"]) == (1.0, 0.0, 1.0)
+    half = real.copy()
+    half[:, :, 3, 3, :] = 255  # one of the object's two pixels gone: half recalled at radius 0, all at radius 1
+    assert foreground_recall(real, half, background, [1], radius=0)["1"] == 0.5
+    assert foreground_recall(real, half, background, [1], radius=1)["1"] == 1.0
     assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
 
 

@@ -100,6 +100,21 @@ def foreground_retention(real: np.ndarray, fake: np.ndarray, background: np.ndar
     return out
 
 
+def foreground_recall(real: np.ndarray, fake: np.ndarray, background: np.ndarray, hs: list[int],
+                      threshold: int = 30, radius: int = 1) -> dict[str, float | None]:
+    """real, fake: (N, H, h, w, 3). Per horizon: the share of the real frames' foreground pixels (moving objects)
+    that the imagined frame also draws, within ``radius`` pixels. Unlike :func:`foreground_retention` every
+    pixel counts the same whatever its contrast, so a thin low-contrast object (CartPole's pole) weighs as much
+    as its size, and values stay within [0, 1]. None where the real frames have no foreground."""
+    out: dict[str, float | None] = {}
+    for h in hs:
+        real_fg = _foreground(real[:, h - 1], background, threshold) > 0
+        fake_fg = _dilate(_foreground(fake[:, h - 1], background, threshold) > 0, radius)
+        n = real_fg.sum()
+        out[str(h)] = float((real_fg & fake_fg).sum() / n) if n > 0 else None
+    return out
+
+
 def _mean_ci(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
@@ -240,6 +255,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "repeat_last_frame": score(real, repeat_last, hs),
         "foreground_retention": {"model": foreground_retention(real, main["frames"], background, hs),
                                  "repeat_last_frame": foreground_retention(real, repeat_last, background, hs)},
+        "foreground_recall": {"model": foreground_recall(real, main["frames"], background, hs),
+                              "repeat_last_frame": foreground_recall(real, repeat_last, background, hs)},
         "reward_mae": float(np.abs(main["rewards"] - real_rewards).mean()),
         "termination": termination_scores(real_terms, main["termination_probs"]),
         "termination_real_frames": real_frame_termination(wm, cache, val_eps, int(tc.get("seq_len", 16)),
@@ -255,12 +272,14 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                                   "checkpoint_step": sm.step, "init_from": sm_train.get("init_from") or None,
                                   **score(real, sm_out["frames"], hs)}
         result["foreground_retention"]["short_memory"] = foreground_retention(real, sm_out["frames"], background, hs)
+        result["foreground_recall"]["short_memory"] = foreground_recall(real, sm_out["frames"], background, hs)
     h16 = str(16) if "16" in result["model"] else str(hs[-1])
     result["headline"] = {
         "psnr_h1": result["model"]["1"]["psnr"]["mean"],
         "psnr_h16": result["model"][h16]["psnr"]["mean"],
         "ssim_h16": result["model"][h16]["ssim"]["mean"],
         "foreground_retention_h16": result["foreground_retention"]["model"][h16],
+        "foreground_recall_h16": result["foreground_recall"]["model"][h16],
         "repeat_last_psnr_h16": result["repeat_last_frame"][h16]["psnr"]["mean"],
         "short_memory_psnr_h16": result["short_memory"][h16]["psnr"]["mean"] if short_memory else None,
         "termination_f1": result["termination"]["f1"],
@@ -311,12 +330,15 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
     if fg:
         ax = axes[2]
         names = {"model": "world model", "repeat_last_frame": "repeat last frame", "short_memory": "short memory"}
-        for key, values in fg.items():
-            ax.plot(hs, [np.nan if values[str(h)] is None else values[str(h)] for h in hs], "o-", label=names[key])
+        for (metric, style), series_by_model in ((("retention", "o-"), fg),
+                                                  (("recall", "s--"), result.get("foreground_recall", {}))):
+            for i, (key, values) in enumerate(series_by_model.items()):
+                ax.plot(hs, [np.nan if values[str(h)] is None else values[str(h)] for h in hs], style,
+                        color=f"C{i}", label=f"{names[key]}: {metric}")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("steps after the real context")
-        ax.set_ylabel("foreground retention")
+        ax.set_ylabel("foreground retention / recall")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, K={result['sampler_steps']})")

@@ -31,7 +31,8 @@ def _machine(r: dict[str, Any]) -> str:
 
 def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
-    fg = r.get("foreground_retention")  # results from before this metric existed do not have it
+    fg = r.get("foreground_retention")  # results from before these metrics existed do not have them
+    rc = r.get("foreground_recall")
     sm_note = ""
     if sm and sm.get("checkpoint_step") is not None:
         sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
@@ -42,8 +43,9 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else "")
-             + (" foreground retention |" if fg else ""),
-             "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")]
+             + (" foreground retention |" if fg else "") + (" foreground recall |" if rc else ""),
+             "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")
+             + ("---|" if rc else "")]
     for h in r["horizons"]:
         m, b = r["model"][str(h)], r["repeat_last_frame"][str(h)]
         row = (f"| {h} | {m['psnr']['mean']:.2f} ± {m['psnr']['ci95']:.2f} | {m['ssim']['mean']:.3f} "
@@ -52,12 +54,19 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
             row += f" {r['short_memory'][str(h)]['psnr']['mean']:.2f} |"
         if fg:
             row += f" {_f(fg['model'][str(h)])} |"
+        if rc:
+            row += f" {_f(rc['model'][str(h)])} (repeat-last {_f(rc['repeat_last_frame'][str(h)])}) |"
         lines.append(row)
     if fg:
         lines += ["", "Foreground retention: how strongly the imagined frame draws the real frame's moving objects "
                   "(what differs from the static background, the dataset's per-pixel median) within 2 pixels of "
                   "where they are, relative to the real frame; 1 = as strongly and in place, 0 = faded away or "
-                  "drawn elsewhere."]
+                  "drawn elsewhere, above 1 = drawn thicker or darker (or, repeating the last frame, also where "
+                  "the objects were)."]
+    if rc:
+        lines += ["", "Foreground recall: the share of the real frame's object pixels that the imagined frame also "
+                  "draws (within 1 pixel), every pixel counting the same: a thin, faint object that fades away "
+                  "shows here even when a bold one dominates the retention."]
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
