@@ -123,6 +123,27 @@ def test_max_minutes_stops_saves_and_resumes_exactly(tiny_dataset_id: str, tmp_p
         train(tiny_cfg(tiny_dataset_id, tmp_path / "bad", max_minutes=-1))
 
 
+def test_sigterm_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM (pre-emption, `kill`) stops like Ctrl-C, with a checkpoint; the handler is restored afterwards."""
+    import signal
+
+    from diffusion_world.training import monitor
+
+    real_log = monitor.Monitor.log
+
+    def log(self, step, *a, **kw):  # type: ignore[no-untyped-def]
+        real_log(self, step, *a, **kw)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(monitor.Monitor, "log", log)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=10))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -> None:
     path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
     wm = load_world_model(path)

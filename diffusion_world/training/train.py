@@ -15,6 +15,8 @@ import dataclasses
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +284,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- the loop
     frame_shape = (model_cfg.image_channels, *model_cfg.frame_size)
     t_loop = time.monotonic()
+    # SIGTERM (a scheduler's pre-emption, `kill`, a job's time limit) stops like Ctrl-C: checkpoint, then exit
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -347,9 +352,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise
     finally:
         monitor.close()
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
     return ckpt_path
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world: int) -> bool:
