@@ -6,7 +6,8 @@ is plain tensors, numbers, strings, lists and dicts, never pickled code.
 Keys: ``format``, ``format_version``, ``package_version``, ``model_config`` (dict), ``train_config`` (dict),
 ``dataset`` (id, frame size, action space, pixel-env spec), ``imagination`` (env defaults from the card),
 ``contexts`` (a few real episode starts so the env works without the dataset), ``model`` / ``ema`` (state
-dicts), ``optimizer``, ``step``, ``num_frames_seen``, ``rng``.
+dicts), ``optimizer``, ``step``, ``num_frames_seen``, ``rng``; optionally ``termination_classifier`` (config,
+state dict and fit report of a :class:`~diffusion_world.model.termination.TerminationClassifier`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
+from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
 
 FORMAT = "diffusion_world.checkpoint"
 FORMAT_VERSION = 1
@@ -99,11 +101,23 @@ class WorldModel:
     path: str = ""
     step: int = 0
     termination_pos_weight: float = 1.0  # the loss's weight on positive (terminal) frames during training
+    termination_classifier: TerminationClassifier | None = None  # scores frames; replaces the head when present
 
-    def termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated p(termination) from the head's logits. Training weights terminal frames by
-        ``termination_pos_weight`` (w, to balance rare terminations), which multiplies the odds the head
-        predicts by w; dividing them back out gives the probability the data implies."""
+    def termination_probability(self, logits: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """p(termination) of generated frames. With a :attr:`termination_classifier`, the classifier's on
+        ``frames`` ((..., C, H, W) in [-1, 1], the frames the logits came with; required then). Otherwise the
+        head's ``logits``, calibrated: training weights terminal frames by ``termination_pos_weight`` (w, to
+        balance rare terminations), which multiplies the odds the head predicts by w; dividing them back out
+        gives the probability the data implies."""
+        if self.termination_classifier is not None:
+            if frames is None:
+                raise ValueError("this world model scores terminations with its classifier: pass the frames")
+            device = next(self.termination_classifier.parameters()).device
+            return torch.sigmoid(self.termination_classifier(frames.to(device)).float()).to(frames.device)
+        return self.head_termination_probability(logits)
+
+    def head_termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's own termination head, calibrated (see :meth:`termination_probability`)."""
         return torch.sigmoid(logits.float() - math.log(self.termination_pos_weight))
 
 
@@ -128,23 +142,37 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
     except (KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: checkpoint does not match this version's model ({e})") from e
     model.to(device).eval().requires_grad_(False)
+    classifier = None
+    if ckpt.get("termination_classifier") is not None:
+        try:
+            tc = ckpt["termination_classifier"]
+            classifier = TerminationClassifier(TerminationClassifierConfig.from_dict(tc["config"]))
+            classifier.load_state_dict({k: v.float() for k, v in tc["state_dict"].items()})
+        except (KeyError, RuntimeError, TypeError) as e:
+            raise UserError(f"{path}: termination classifier does not match this version's ({e})") from e
+        classifier.to(device).eval().requires_grad_(False)
     return WorldModel(model=model, config=cfg, dataset=dict(ckpt.get("dataset", {})),
                       imagination=dict(ckpt.get("imagination", {})), contexts=dict(ckpt.get("contexts", {})),
                       path=str(path), step=int(ckpt.get("step", 0)),
                       termination_pos_weight=float(ckpt.get("train_config", {}).get("loss", {})
-                                                   .get("termination_pos_weight") or 1.0))
+                                                   .get("termination_pos_weight") or 1.0),
+                      termination_classifier=classifier)
 
 
 def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None) -> Path:
     """Write a slim copy of a training checkpoint for shipping: EMA weights in fp16, the configs, dataset spec,
-    imagination defaults and reset contexts; no optimiser or RNG state. ``notes`` (command, hardware, ...)
-    are stored under ``"provenance"``."""
+    imagination defaults, reset contexts and the termination classifier if any (fp16); no optimiser or RNG
+    state. ``notes`` (command, hardware, ...) are stored under ``"provenance"``."""
     ckpt = load_checkpoint(src)
     keep = ("model_config", "train_config", "dataset", "imagination", "contexts", "step", "num_frames_seen",
             "elapsed_s", "num_parameters")
     slim: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
     slim["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     slim["model"] = None
+    if ckpt.get("termination_classifier") is not None:
+        tc = ckpt["termination_classifier"]
+        slim["termination_classifier"] = {**tc, "state_dict": {k: v.half() if v.is_floating_point() else v
+                                                               for k, v in tc["state_dict"].items()}}
     slim["provenance"] = dict(notes or {})
     save_checkpoint(dst, slim)
     return Path(dst)

@@ -93,6 +93,36 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("fit-termination", help="train a frame-level termination classifier into a world model",
+                       description="Trains a small CNN on real frames (training split of the checkpoint's dataset "
+                                   "and of each --extra-dataset-id) to tell terminal frames, and stores it in the "
+                                   "checkpoint: the env then scores every imagined frame with it instead of the "
+                                   "model's termination head. Validation scores go to termination.json.")
+    p.add_argument("checkpoint", help="a world-model checkpoint (training checkpoint or export)")
+    p.add_argument("--out", help="where to write the checkpoint (default: in place)")
+    p.add_argument("--extra-dataset-id", action="append", default=[], metavar="DATASET_ID",
+                   help="also train on this dataset's training split (same env; repeatable): e.g. random play, "
+                        "which terminates far more often than expert data")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps, default 3000")
+    p.add_argument("--batch-size", type=int, default=256, help="frames per step, default 256")
+    p.add_argument("--lr", type=float, default=1e-3, help="default 1e-3")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.training.termination import TerminationFitConfig, fit_termination, format_report
+
+        cfg = TerminationFitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        report = fit_termination(args.checkpoint, args.out, args.extra_dataset_id, cfg, device=args.device,
+                                 progress=not args.quiet)
+        print(format_report(report))
+        return 0
+
+    return run
+
+
 def _add_play(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("play", help="write an imagined rollout of a world model as a GIF or MP4")
     p.add_argument("--world-model", default="cartpole", help="checkpoint path or shipped name (default: cartpole)")
@@ -121,18 +151,18 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer",
+    p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer, terminations",
                        description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
                                    "regenerated when --out is benchmarks/results.")
-    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl"])
+    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
     p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="a few minutes instead of the full run")
     p.add_argument("--short-memory", help="fidelity: a short-memory baseline checkpoint to compare against")
-    p.add_argument("--dataset-id", help="fidelity: real episodes to compare against (default: the validation "
-                                        "episodes of the model's training dataset; any other dataset counts "
-                                        "as held out in full)")
+    p.add_argument("--dataset-id", help="fidelity / termination: real episodes to compare against (default: the "
+                                        "validation episodes of the model's training dataset; any other "
+                                        "dataset counts as held out in full)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--name", help="result file stem (default: the suite name)")
 
@@ -149,7 +179,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train, _add_play,
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train,
+                                                                       _add_fit_termination, _add_play,
                                                                        _add_benchmark]
 
 

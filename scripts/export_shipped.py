@@ -29,6 +29,7 @@ def main() -> None:
     out = export_for_inference(args.checkpoint, SHIPPED / f"{args.name}.pt", notes)
     (SHIPPED / f"{args.name}.json").write_text(json.dumps(
         {"provenance": notes, "train_config": ckpt["train_config"], "dataset": ckpt["dataset"],
+         "termination_classifier": (ckpt.get("termination_classifier") or {}).get("report"),
          "size_bytes": out.stat().st_size}, indent=2, default=str) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.json")
 

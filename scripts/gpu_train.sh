@@ -56,6 +56,14 @@ python3 -m diffusion_world.cli train --card envs/cartpole.toml --out runs/gpu --
 cp runs/gpu/metrics.jsonl runs/gpu/dashboard.png "$OUT/" 2>/dev/null
 pack
 
+EXTRA=diffusion_world/cartpole-random-v0
+if [ -d ".carry/minari/$EXTRA" ]; then
+  echo "== termination classifier ($(left) s left)"
+  timeout 120 python3 -m diffusion_world.cli fit-termination runs/gpu/checkpoint.pt --extra-dataset-id "$EXTRA" \
+    --device "$DEVICE" --quiet > "$OUT/termination.log" 2>&1 || echo "fit-termination failed: see termination.log"
+  tail -5 "$OUT/termination.log"
+fi
+
 echo "== export ($(left) s left)"
 python3 scripts/export_shipped.py runs/gpu/checkpoint.pt cartpole_gpu \
   --note "train=OUT=... bash scripts/gpu_train.sh (diffusion-world train --card envs/cartpole.toml --device $DEVICE --batch-size $BATCH --max-minutes $MINUTES --attn-backend $ATTN)" \

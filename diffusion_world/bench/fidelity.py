@@ -144,7 +144,7 @@ def rollout(wm: WorldModel, cache: FrameCache, starts: np.ndarray, context: int,
         out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens, sampler)
         frames.append(out["frames"].numpy())
         rewards.append(out["rewards"].numpy())
-        terms.append(wm.termination_probability(out["termination_logits"]).numpy())
+        terms.append(wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy())
     return {"frames": np.concatenate(frames), "rewards": np.concatenate(rewards),
             "termination_probs": np.concatenate(terms)}
 
@@ -187,7 +187,7 @@ def real_frame_termination_probs(wm: WorldModel, cache: FrameCache, episodes: np
         out = model(x[:, last], sigma_ctx[:, last], x, sigma_ctx, torch.from_numpy(b["actions"]).to(device),
                     torch.from_numpy(b["has_action"]).to(device), noisy_index=last,
                     window=min(model.cfg.context_window, seq_len))
-        probs.append(wm.termination_probability(out.termination_logit).cpu().numpy()[b["valid"]])
+        probs.append(wm.termination_probability(out.termination_logit, x).cpu().numpy()[b["valid"]])
         real.append(b["terminations"][b["valid"]])
     return np.concatenate(real), np.concatenate(probs)
 

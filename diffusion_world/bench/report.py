@@ -136,6 +136,12 @@ def memory_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def termination_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.bench.termination import termination_markdown as render_termination
+
+    return render_termination(r)
+
+
 def main_job_markdown(r: dict[str, Any]) -> str:
     from diffusion_world.main_job import summary_table
 
@@ -143,7 +149,7 @@ def main_job_markdown(r: dict[str, Any]) -> str:
 
 
 RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown, "rl": rl_markdown,
-             "memory": memory_markdown, "main_job": main_job_markdown}
+             "memory": memory_markdown, "main_job": main_job_markdown, "termination": termination_markdown}
 
 
 def render(name: str, r: dict[str, Any]) -> str:

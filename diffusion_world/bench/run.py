@@ -1,4 +1,4 @@
-"""``diffusion-world benchmark {fidelity,memory,speed,rl}``: run one suite, write JSON + Markdown (+ PNG)
+"""``diffusion-world benchmark {fidelity,memory,speed,rl,termination}``: run one suite, write JSON + Markdown (+ PNG)
 into ``--out``, and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from diffusion_world.bench.common import machine_info, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
-SUITES = ("fidelity", "memory", "speed", "rl")
+SUITES = ("fidelity", "memory", "speed", "rl", "termination")
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -42,6 +42,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         from diffusion_world.bench.memory import run_memory
 
         result = run_memory(out, quick=quick, device=device)
+    elif suite == "termination":
+        from diffusion_world.bench.termination import run_termination
+
+        if not world_model:
+            raise UserError("benchmark termination needs --world-model")
+        result = run_termination(world_model, dataset_id=dataset_id, context=imagination.get("context_frames"),
+                                 max_episodes=16 if quick else 128, sampler_steps=imagination.get("sampler_steps"),
+                                 device=device)
     elif suite == "rl":
         from diffusion_world.bench.rl import run_rl
 

@@ -413,7 +413,7 @@ class ImaginationCore:
             self.generators, self.sampler, self.sigmas)
         frames = x_to_frames(x).cpu().numpy()  # (N, H, W, 3)
         rewards = symexp(reward.float()).cpu().numpy().astype(np.float64)
-        terminated = self.world_model.termination_probability(termination_logit).cpu().numpy() > (
+        terminated = self.world_model.termination_probability(termination_logit, x).cpu().numpy() > (
             self.termination_threshold)
         self.steps += 1
         truncated = self.steps >= self.horizon

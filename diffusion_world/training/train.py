@@ -241,6 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     "observation_shape": list(cache.observation_space.shape)}
     contexts = _reset_contexts(cache, val_eps if len(val_eps) else train_eps, cfg.num_contexts, cfg.context_length)
     step, num_frames_seen, elapsed = 0, 0, 0.0
+    extra: dict[str, Any] = {}  # carried over on resume: a termination classifier sees frames, not this model
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["model_config"] != model_cfg.to_dict():
@@ -253,6 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         opt.load_state_dict(ckpt["optimizer"])
         step, num_frames_seen, elapsed = ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
         _set_rng_state(ckpt["rng"])
+        extra = {k: ckpt[k] for k in ("termination_classifier",) if ckpt.get(k) is not None}
     elif cfg.init_from:
         step, num_frames_seen, elapsed = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt)
         if rank == 0:
@@ -274,7 +276,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "imagination": dict(cfg.imagination), "contexts": contexts,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "num_frames_seen": num_frames_seen, "elapsed_s": elapsed, "rng": _rng_state(),
-            "num_parameters": count_parameters(model),
+            "num_parameters": count_parameters(model), **extra,
         })
 
     monitor = Monitor(out_dir, cfg, total_steps=cfg.steps, start_step=step, enabled=rank == 0)

@@ -1,0 +1,126 @@
+"""Does the imagined env end an episode when the real one does?
+
+For each terminated held-out episode: its real frames up to ``context`` before the last ``horizon`` steps warm
+the model up, then the episode's real actions are replayed until its real terminal frame, and the step at which
+the imagined episode first terminates (p > 0.5) is compared with the real one. On time: within ``tolerance``
+steps of it; early: before that; missed: not by the real terminal step. The same is scored for the model's own
+termination head on the same imagined frames (when a frame classifier replaces it) and for the classifier on the
+real frames (what perfect frames would give).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
+from diffusion_world.data.dataset import FrameCache
+from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
+from diffusion_world.errors import UserError
+
+
+def _first_step(terminated: np.ndarray) -> int | None:
+    hits = np.flatnonzero(terminated)
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def score_first_steps(first: list[int | None], real: list[int], tolerance: int) -> dict[str, Any]:
+    """On-time / early / missed shares and the mean |step error| where the imagined episode terminated."""
+    n = len(real)
+    on_time = sum(f is not None and abs(f - r) <= tolerance for f, r in zip(first, real))
+    early = sum(f is not None and f < r - tolerance for f, r in zip(first, real))
+    errors = [abs(f - r) for f, r in zip(first, real) if f is not None]
+    return {"episodes": n, "on_time": on_time / n if n else None, "early": early / n if n else None,
+            "missed": (n - on_time - early) / n if n else None,
+            "mean_abs_step_error": float(np.mean(errors)) if errors else None}
+
+
+@torch.no_grad()
+def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
+                    horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
+                    seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    wm: WorldModel = load_world_model(world_model, device=device)
+    dataset_id = dataset_id or wm.dataset.get("dataset_id")
+    if not dataset_id:
+        raise UserError("the checkpoint names no dataset: pass --dataset-id")
+    cache = FrameCache.open(dataset_id, progress=progress)
+    tc = load_checkpoint(wm.path).get("train_config", {})
+    if dataset_id == wm.dataset.get("dataset_id"):
+        _, episodes = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
+        heldout = "validation split of the training dataset"
+    else:
+        episodes = np.arange(cache.num_episodes)
+        heldout = "every episode of a dataset the model was not trained on"
+    context = int(context or wm.imagination.get("context_frames", 4))
+    K = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
+    ends = cache.episode_starts[episodes] + cache.episode_lengths[episodes] - 1
+    ok = np.asarray(cache.terminations)[ends] & (cache.episode_lengths[episodes] >= context + 1)
+    episodes, ends = episodes[ok], ends[ok]
+    if not len(episodes):
+        raise UserError(f"no terminated held-out episode of {dataset_id!r} has {context + 1} frames")
+    rng = np.random.default_rng(seed)
+    if len(episodes) > max_episodes:
+        keep = np.sort(rng.choice(len(episodes), max_episodes, replace=False))
+        episodes, ends = episodes[keep], ends[keep]
+    starts = np.maximum(cache.episode_starts[episodes], ends - context - horizon + 1)
+    steps = ends - starts - context + 1  # imagined steps up to and including the real terminal frame
+
+    sampler = SamplerConfig(num_steps=K)
+    rows: dict[str, list[int | None]] = {"imagined": [], "imagined_head": [], "real_frames": []}
+    real: list[int] = []
+    has_classifier = wm.termination_classifier is not None
+    groups = {int(h): np.flatnonzero(steps == h) for h in np.unique(steps)}
+    for h, members in tqdm(groups.items(), desc="termination rollouts", disable=not progress, leave=False):
+        for lo in range(0, len(members), 16):
+            sel = members[lo: lo + 16]
+            idx = starts[sel, None] + np.arange(context + h)
+            fr = torch.from_numpy(np.asarray(cache.frames[idx]))
+            act = torch.from_numpy(cache.prev_actions[idx])
+            has = torch.from_numpy(cache.has_prev_action[idx])
+            gens = [torch.Generator().manual_seed(seed + int(i)) for i in sel]
+            out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens,
+                          sampler)
+            p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
+            p_head = wm.head_termination_probability(out["termination_logits"]).numpy()
+            p_real = (wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
+                      if has_classifier else None)
+            for j in range(len(sel)):
+                rows["imagined"].append(_first_step(p[j] > 0.5))
+                rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
+                if p_real is not None:
+                    rows["real_frames"].append(_first_step(p_real[j] > 0.5))
+                real.append(h)
+    result: dict[str, Any] = {
+        "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
+        "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,
+        "termination_source": "classifier" if has_classifier else "head",
+        "imagined": score_first_steps(rows["imagined"], real, tolerance),
+    }
+    if has_classifier:
+        result["imagined_head"] = score_first_steps(rows["imagined_head"], real, tolerance)
+        result["real_frames"] = score_first_steps(rows["real_frames"], real, tolerance)
+    result["headline"] = {"episodes": len(real), "on_time": result["imagined"]["on_time"],
+                          "early": result["imagined"]["early"], "missed": result["imagined"]["missed"]}
+    return result
+
+
+def termination_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.bench.report import _f
+
+    lines = [f"{r['imagined']['episodes']} terminated episodes ({r['heldout']}, `{r['dataset_id']}`): "
+             f"{r['context_frames']} real context frames, then the real actions for up to {r['horizon']} steps, to "
+             f"the real terminal frame; K={r['sampler_steps']}; checkpoint step {r['checkpoint_step']}. On time: "
+             f"the imagined episode terminates within {r['tolerance']} steps of the real one.", "",
+             "| terminations from | on time | early | missed | mean abs step error |", "|---|---|---|---|---|"]
+    names = {"imagined": f"imagined frames, {r['termination_source']}",
+             "imagined_head": "imagined frames, the model's head", "real_frames": "real frames, classifier"}
+    for key, name in names.items():
+        if key in r:
+            s = r[key]
+            lines.append(f"| {name} | {_f(s['on_time'])} | {_f(s['early'])} | {_f(s['missed'])} "
+                         f"| {_f(s['mean_abs_step_error'], 1)} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,169 @@
+"""The frame-level termination classifier: it learns terminal frames from real data, the env and the benchmarks
+use it in place of the model's head, and it survives export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from test_termination import edge_walk_dataset  # noqa: F401  (fixture)
+from worldmodel_fixtures import make_tiny_checkpoint
+
+from diffusion_world.checkpoint import export_for_inference, load_checkpoint, load_world_model, save_checkpoint
+from diffusion_world.data.dataset import FrameCache
+from diffusion_world.diffusion.sampler import frames_to_x
+from diffusion_world.errors import UserError
+from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
+from diffusion_world.training.termination import TerminationFitConfig, fit_termination, format_report, roc_auc
+
+
+def test_roc_auc_matches_pairwise_counting() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.2
+    scores = rng.integers(0, 20, 300).astype(float)  # many ties
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert roc_auc(labels, scores) == pytest.approx(pairwise)
+    assert roc_auc(labels, np.where(labels, 1.0, 0.0)) == 1.0
+    assert roc_auc(np.zeros(5, bool), np.arange(5.0)) is None
+
+
+def test_classifier_shapes_and_bad_frames() -> None:
+    for size in ((16, 16), (64, 64), (24, 40)):
+        model = TerminationClassifier(TerminationClassifierConfig(frame_size=size))
+        assert model(torch.zeros(2, 5, 3, *size)).shape == (2, 5)
+    with pytest.raises(UserError, match="expects frames of shape"):
+        model(torch.zeros(2, 3, 16, 16))
+
+
+def test_fit_learns_held_out_terminal_frames(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache)
+    before = load_checkpoint(src)
+    report = fit_termination(src, tmp_path / "out" / "wm.pt", cfg=TerminationFitConfig(steps=300, batch_size=64),
+                             progress=False)
+    val = report["val"][edge_walk_dataset]
+    assert val["positives"] >= 10, format_report(report)
+    assert val["recall"] >= 0.9 and val["precision"] >= 0.9 and val["auc"] > 0.99, format_report(report)
+    assert (tmp_path / "out" / "termination.json").exists()
+
+    # the checkpoint is the source plus the classifier; WorldModel scores real held-out frames with it
+    after = load_checkpoint(tmp_path / "out" / "wm.pt")
+    assert set(after) - set(before) == {"termination_classifier"}
+    wm = load_world_model(tmp_path / "out" / "wm.pt")
+    _, val_eps = cache.episode_split(0.2, 0)
+    idx = np.concatenate([np.arange(cache.episode_starts[e], cache.episode_starts[e] + cache.episode_lengths[e])
+                          for e in val_eps])
+    p = wm.termination_probability(torch.zeros(len(idx)), frames_to_x(np.asarray(cache.frames[idx]))).numpy()
+    real = cache.terminations[idx]
+    assert (p[real] > 0.5).mean() == pytest.approx(val["recall"])
+    with pytest.raises(ValueError, match="pass the frames"):
+        wm.termination_probability(torch.zeros(3))
+
+
+def test_fit_refuses_a_dataset_of_another_frame_size(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
+    from test_termination import EDGE_ENV_ID
+
+    from diffusion_world.data.collect import collect
+
+    collect(EDGE_ENV_ID, "tt/edge-walk-8px-v0", steps=100, size=8, seed=1, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=FrameCache.open(edge_walk_dataset, progress=False))
+    with pytest.raises(UserError, match=r"does not match the world model's: frames \(8, 8\)"):
+        fit_termination(src, extra_datasets=["tt/edge-walk-8px-v0"], cfg=TerminationFitConfig(steps=1),
+                        progress=False)
+
+
+def _with_classifier(src: str, dst: Path, bias: float) -> Path:
+    """A copy of ``src`` whose termination classifier says ``bias`` (as a logit) for every frame."""
+    ckpt = load_checkpoint(src)
+    cfg = TerminationClassifierConfig(frame_size=tuple(ckpt["dataset"]["frame_size"]))
+    model = TerminationClassifier(cfg)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.fill_(bias)
+    ckpt["termination_classifier"] = {"config": cfg.to_dict(), "state_dict": model.state_dict(), "report": {}}
+    save_checkpoint(dst, ckpt)
+    return dst
+
+
+@pytest.mark.parametrize("bias, terminated", [(8.0, True), (-8.0, False)])
+def test_env_terminates_when_the_classifier_says_so(tiny_world_model: str, tmp_path: Path, bias: float,
+                                                    terminated: bool) -> None:
+    # the tiny model's head alone never terminates (its bias is -6); the classifier decides
+    env = gym.make("DiffusionWorld-v0", world_model=str(_with_classifier(tiny_world_model, tmp_path / "c.pt", bias)))
+    env.reset(seed=0)
+    _, _, term, trunc, _ = env.step(0)
+    assert term is terminated and trunc is False
+    env.close()
+
+
+def test_export_keeps_the_classifier(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache)
+    ckpt = load_checkpoint(src)
+    ckpt["ema"] = ckpt["model"]
+    save_checkpoint(src, ckpt)
+    fit_termination(src, cfg=TerminationFitConfig(steps=20, batch_size=32), progress=False)
+    export_for_inference(src, tmp_path / "slim.pt")
+    full, slim = load_world_model(src), load_world_model(tmp_path / "slim.pt")
+    x = frames_to_x(np.array(cache.frames[:64]))
+    assert slim.termination_classifier is not None
+    torch.testing.assert_close(slim.termination_probability(torch.zeros(64), x),
+                               full.termination_probability(torch.zeros(64), x), atol=2e-3, rtol=0)
+
+
+def test_resumed_training_keeps_the_classifier(tiny_dataset_id: str, tmp_path: Path) -> None:
+    from diffusion_world.training.train import TrainConfig, train
+
+    def cfg(steps: int) -> TrainConfig:
+        return TrainConfig(dataset_id=tiny_dataset_id, out_dir=str(tmp_path), preset="tiny", steps=steps,
+                           batch_size=2, seq_len=4, eval_every=1000, progress=False, precision="fp32")
+
+    path = train(cfg(1))
+    fit_termination(path, cfg=TerminationFitConfig(steps=5, batch_size=16), progress=False)
+    clf = load_checkpoint(path)["termination_classifier"]
+    train(cfg(2), resume=True)
+    after = load_checkpoint(path)
+    assert after["step"] == 2
+    for name, t in clf["state_dict"].items():
+        assert torch.equal(after["termination_classifier"]["state_dict"][name], t)
+
+
+def test_score_first_steps() -> None:
+    from diffusion_world.bench.termination import score_first_steps
+
+    s = score_first_steps([5, 1, None, 9], [6, 6, 6, 8], tolerance=2)
+    assert s == {"episodes": 4, "on_time": 0.5, "early": 0.25, "missed": 0.25, "mean_abs_step_error": 7 / 3}
+
+
+@pytest.mark.parametrize("bias", [8.0, -8.0])
+def test_termination_benchmark(edge_walk_dataset: str, tmp_path: Path, bias: float) -> None:  # noqa: F811
+    """A classifier that always (never) fires: every imagined and real-frame episode terminates at the first
+    step (none does); the head of the tiny model never fires. Episodes whose real end is within tolerance of
+    step 1 count as on time."""
+    from diffusion_world.bench.report import render
+    from diffusion_world.bench.termination import run_termination
+
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache, imagination={"context_frames": 2,
+                                                                             "sampler_steps": 1})
+    r = run_termination(str(_with_classifier(str(src), tmp_path / "c.pt", bias)), horizon=6, tolerance=1,
+                        progress=False)
+    n = r["imagined"]["episodes"]
+    assert n >= 10 and r["termination_source"] == "classifier"
+    _, val = cache.episode_split(0.2, 0)
+    ends = cache.episode_starts[val] + cache.episode_lengths[val] - 1
+    lengths = cache.episode_lengths[val][cache.terminations[ends] & (cache.episode_lengths[val] >= 3)]
+    steps = np.minimum(lengths - 2, 6)  # imagined steps up to the real terminal frame
+    assert n == len(steps)
+    if bias > 0:
+        for key in ("imagined", "real_frames"):
+            assert r[key]["on_time"] == pytest.approx(np.mean(steps <= 2))
+            assert r[key]["early"] == pytest.approx(np.mean(steps > 2))
+    else:
+        assert r["imagined"]["missed"] == r["real_frames"]["missed"] == 1.0
+    assert r["imagined_head"]["missed"] == 1.0
+    assert "| imagined frames, classifier |" in render("termination", r)
