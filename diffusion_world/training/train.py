@@ -241,7 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     "observation_shape": list(cache.observation_space.shape)}
     contexts = _reset_contexts(cache, val_eps if len(val_eps) else train_eps, cfg.num_contexts, cfg.context_length)
     step, num_frames_seen, elapsed = 0, 0, 0.0
-    extra: dict[str, Any] = {}  # carried over on resume: a termination classifier sees frames, not this model
+    extra: dict[str, Any] = {}  # carried over (resume, init-from): a termination classifier sees frames, not the model
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["model_config"] != model_cfg.to_dict():
@@ -256,7 +256,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         _set_rng_state(ckpt["rng"])
         extra = {k: ckpt[k] for k in ("termination_classifier",) if ckpt.get(k) is not None}
     elif cfg.init_from:
-        step, num_frames_seen, elapsed = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt)
+        step, num_frames_seen, elapsed, extra = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt,
+                                                           cache.env_spec)
         if rank == 0:
             print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames)")
     elif resume and rank == 0:
@@ -377,10 +378,12 @@ def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world
 
 
 def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module,
-               opt: torch.optim.Optimizer) -> tuple[int, int, float]:
+               opt: torch.optim.Optimizer, env_spec: dict[str, Any] | None = None
+               ) -> tuple[int, int, float, dict[str, Any]]:
     """Load another run's weights, EMA, optimiser and counters into a new run whose model config may differ
     in fields that hold no parameters (e.g. the context window: a short-memory baseline that shares the
-    first part of its training budget with the long-memory model)."""
+    first part of its training budget with the long-memory model). Also returns what the new run carries
+    over: the termination classifier, when the new run's frames come from the same pixel env (``env_spec``)."""
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt:
         raise UserError(f"{path} has no optimiser state (an inference export?): --init-from needs a training "
@@ -393,7 +396,10 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
         raise UserError(f"{path} does not fit this model (config differs in {changed}): "
                         f"{str(e).splitlines()[0]}") from e
     opt.load_state_dict(ckpt["optimizer"])
-    return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
+    same_env = env_spec is not None and ckpt.get("dataset", {}).get("env_spec") == env_spec
+    extra = {"termination_classifier": ckpt["termination_classifier"]} if (
+        same_env and ckpt.get("termination_classifier") is not None) else {}
+    return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0), extra
 
 
 class _nullcontext:
