@@ -66,7 +66,7 @@ def _termination_text(f: dict[str, Any]) -> str:
     if not tf:
         return ""
     rate = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731  (None: nothing to divide by)
-    return (f"; termination head on the {tf['frames']:,} real frames: recall {rate(tf['recall'])} "
+    return (f"; terminations teacher-forced on the {tf['frames']:,} real frames: recall {rate(tf['recall'])} "
             f"(real terminations: {tf['positives']}), precision {rate(tf['precision'])}")
 
 

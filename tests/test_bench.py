@@ -48,7 +48,7 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
     assert "| 4 |" in render("fidelity", {**r, "machine": {}})
-    assert "Termination head on all" in render("fidelity", {**r, "machine": {}})
+    assert "Terminations on all" in render("fidelity", {**r, "machine": {}})
     # the same checkpoint as its own "baseline", same windows and seeds: the same frames, hence the same scores
     assert r["short_memory"]["checkpoint_step"] == r["checkpoint_step"]
     assert r["short_memory"]["4"]["psnr"] == r["model"]["4"]["psnr"] and h["short_memory_psnr_h16"] == h["psnr_h16"]

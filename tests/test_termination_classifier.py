@@ -115,21 +115,22 @@ def test_export_keeps_the_classifier(edge_walk_dataset: str, tmp_path: Path) -> 
                                full.termination_probability(torch.zeros(64), x), atol=2e-3, rtol=0)
 
 
-def test_resumed_training_keeps_the_classifier(tiny_dataset_id: str, tmp_path: Path) -> None:
+def test_resumed_and_init_from_training_keep_the_classifier(tiny_dataset_id: str, tmp_path: Path) -> None:
     from diffusion_world.training.train import TrainConfig, train
 
-    def cfg(steps: int) -> TrainConfig:
-        return TrainConfig(dataset_id=tiny_dataset_id, out_dir=str(tmp_path), preset="tiny", steps=steps,
-                           batch_size=2, seq_len=4, eval_every=1000, progress=False, precision="fp32")
+    def cfg(steps: int, out: str = "run", **kw: object) -> TrainConfig:
+        return TrainConfig(dataset_id=tiny_dataset_id, out_dir=str(tmp_path / out), preset="tiny", steps=steps,
+                           batch_size=2, seq_len=4, eval_every=1000, progress=False, precision="fp32", **kw)
 
     path = train(cfg(1))
     fit_termination(path, cfg=TerminationFitConfig(steps=5, batch_size=16), progress=False)
     clf = load_checkpoint(path)["termination_classifier"]
     train(cfg(2), resume=True)
-    after = load_checkpoint(path)
-    assert after["step"] == 2
-    for name, t in clf["state_dict"].items():
-        assert torch.equal(after["termination_classifier"]["state_dict"][name], t)
+    started = train(cfg(3, "started", init_from=str(path)))  # a new run from this one, same pixel env
+    for ckpt, step in ((load_checkpoint(path), 2), (load_checkpoint(started), 3)):
+        assert ckpt["step"] == step
+        for name, t in clf["state_dict"].items():
+            assert torch.equal(ckpt["termination_classifier"]["state_dict"][name], t)
 
 
 def test_score_first_steps() -> None:

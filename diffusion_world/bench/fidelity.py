@@ -3,7 +3,8 @@
 From each held-out window the model gets the first ``context`` real frames, then the window's real actions for
 ``horizon`` steps. Per horizon h: PSNR and SSIM of imagined vs real frames (scikit-image), with mean and 95%
 interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error; and the
-termination head alone on every real frame of the held-out episodes (teacher-forced, no rollout drift);
+termination scoring alone (the model's classifier if it has one, else its head) on every real frame of the held-out
+episodes (teacher-forced, no rollout drift);
 foreground retention (how much of the moving objects an imagined frame still draws: thin objects that fade over a
 rollout cost little PSNR on a mostly static screen, so PSNR alone hides them). In the
 same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
@@ -160,9 +161,10 @@ def score(real: np.ndarray, fake: np.ndarray, hs: list[int]) -> dict[str, Any]:
 
 def real_frame_termination(wm: WorldModel, cache: FrameCache, episodes: np.ndarray, seq_len: int = 16,
                            batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
-    """The termination head on every real frame of ``episodes`` (teacher-forced): each episode cut into
-    consecutive windows of ``seq_len`` frames (the last one padded), each frame seeing the real frames before it
-    in its window, at the sampler's final noise level. Scores as :func:`termination_scores`, over frames."""
+    """Termination probabilities (classifier or head) on every real frame of ``episodes`` (teacher-forced): each
+    episode cut into consecutive windows of ``seq_len`` frames (the last one padded), each frame seeing the real
+    frames before it in its window, at the sampler's final noise level. Scores as :func:`termination_scores`,
+    over frames."""
     real, probs = real_frame_termination_probs(wm, cache, episodes, seq_len, batch_size, progress)
     scores = termination_scores(real[None], probs[None])
     scores.pop("first_termination_step_error")

@@ -73,7 +73,8 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
               f"error {_f(t['first_termination_step_error'])}.", ""]
     if "termination_real_frames" in r:  # results from before this metric existed do not have it
         tf = r["termination_real_frames"]
-        lines += [f"Termination head on all {tf['frames']} real held-out frames (teacher-forced): precision "
+        lines += [f"Terminations on all {tf['frames']} real held-out frames (teacher-forced; the model's termination "
+                  f"classifier when it has one, else its head): precision "
                   f"{_f(tf['precision'])}, recall {_f(tf['recall'])}, F1 {_f(tf['f1'])} ({tf['positives']} "
                   "terminations).", ""]
     lines += ["| sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]) + " |", "|---|---|---|"]
