@@ -40,6 +40,24 @@ def _add_collect(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _add_combine(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("combine", help="merge Minari datasets of one env into a new one (lossless)",
+                       description="Merge local Minari datasets of the same env into a new dataset, keeping the "
+                                   "frames bit for bit (minari.combine_datasets re-encodes them as lossy JPEG).")
+    p.add_argument("dataset_ids", nargs="+", metavar="DATASET_ID", help="the datasets to merge, in order")
+    p.add_argument("--out-id", required=True, help="the new dataset's id NAMESPACE/NAME-vN")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.data.collect import combine
+
+        ds = combine(args.dataset_ids, args.out_id)
+        print(f"{args.out_id}: {ds.total_episodes} episodes, {ds.total_steps} steps "
+              f"(from {', '.join(args.dataset_ids)})")
+        return 0
+
+    return run
+
+
 def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("train", help="train a DART world model on a Minari image dataset",
                        description="Train (or resume) a world model. Settings: defaults < --card < flags. "
@@ -179,7 +197,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_train,
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_combine, _add_train,
                                                                        _add_fit_termination, _add_play,
                                                                        _add_benchmark]
 

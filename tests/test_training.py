@@ -301,3 +301,15 @@ def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
         assert torch.equal(load_checkpoint(same)["model"][name], value), name
     with pytest.raises(UserError, match="does not fit"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(a), model={"head_channels": 7}))
+
+
+def test_attention_backend_resolution() -> None:
+    from diffusion_world.training.train import resolve_attn_backend
+
+    assert resolve_attn_backend("auto", "cpu", 32) == "sdpa"  # FlexAttention has no CPU backward
+    assert resolve_attn_backend("auto", "cuda", 32) == "flex"
+    assert resolve_attn_backend("auto", "cuda", 8) == "sdpa"  # CUDA flex kernels need >= 16 channels per head
+    assert resolve_attn_backend("sdpa", "cuda", 32) == "sdpa"
+    assert resolve_attn_backend("flex", "cpu", 8) == "flex"  # the eager reference runs any width (tests)
+    with pytest.raises(UserError, match="attention_head_dim is 8"):
+        resolve_attn_backend("flex", "cuda", 8)

@@ -419,6 +419,63 @@ def collect(
     return minari.load_dataset(dataset_id)
 
 
+def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset:
+    """Merge local Minari datasets of the same env into a new one, losslessly and atomically.
+
+    ``minari.combine_datasets`` (Minari 0.5) re-encodes image observations as JPEG: on CartPole 64x64 frames
+    that changes 12% of the pixel values, by up to 80 levels, and a world model trained on them learns the
+    artefacts. This writes raw frames (gzip, as :func:`collect` does) into a hidden temporary root and renames
+    the finished dataset into place. Episodes keep their order: all of the first dataset, then the next.
+
+    Example:
+        >>> combine(["me/cartpole-pixels-v0", "me/cartpole-random-v0"], "me/cartpole-mixed-v0")  # doctest: +SKIP
+    """
+    from minari.dataset.minari_storage import MinariStorage
+    from minari.utils import validate_datasets_to_combine
+
+    validate_dataset_id(new_dataset_id)
+    if len(dataset_ids) < 2:
+        raise UserError(f"combine needs at least two datasets, got {dataset_ids!r}")
+    if dataset_path(new_dataset_id).exists():
+        raise UserError(f"dataset {new_dataset_id!r} already exists at {dataset_path(new_dataset_id)}")
+    local = set(minari.list_local_datasets())
+    missing = [d for d in dataset_ids if d not in local]
+    if missing:
+        raise UserError(f"no local Minari dataset {missing} (local: {sorted(local)})")
+    sources = [minari.load_dataset(d) for d in dataset_ids]
+    for d, ds in zip(dataset_ids[1:], sources[1:]):
+        if ds.observation_space != sources[0].observation_space or ds.action_space != sources[0].action_space:
+            raise UserError(f"{d!r} has observation/action spaces {ds.observation_space} / {ds.action_space}, "
+                            f"{dataset_ids[0]!r} has {sources[0].observation_space} / {sources[0].action_space}")
+    try:
+        env_spec = validate_datasets_to_combine(sources)
+    except ValueError as e:
+        raise UserError(f"cannot combine {dataset_ids}: {e}") from e
+    tmp_root = dataset_path("") / f".diffusion_world-combine-{uuid.uuid4().hex[:12]}"
+    try:
+        data_dir = tmp_root / new_dataset_id / "data"
+        data_dir.mkdir(parents=True)
+        storage = MinariStorage.new(data_dir, env_spec=env_spec, observation_space=sources[0].observation_space,
+                                    action_space=sources[0].action_space, data_format="hdf5", jpeg_encoding=False)
+        storage.update_metadata({"dataset_id": new_dataset_id, "combined_datasets": list(dataset_ids),
+                                 "minari_version": minari.__version__})
+        for ds in sources:
+            storage.update_from_storage(ds.storage)
+        _compress_frames(data_dir / "main_data.hdf5")
+        storage.update_metadata({"dataset_size": storage.get_size()})
+        match = DATASET_ID_RE.fullmatch(new_dataset_id)
+        namespace = match.group("namespace") if match else None
+        if namespace is not None and namespace not in list_local_namespaces():
+            create_namespace(namespace)
+        try:
+            os.rename(tmp_root / new_dataset_id, dataset_path(new_dataset_id))
+        except OSError as e:
+            raise UserError(f"dataset {new_dataset_id!r} appeared at {dataset_path(new_dataset_id)} meanwhile") from e
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return minari.load_dataset(new_dataset_id)
+
+
 def collect_from_args(args: argparse.Namespace) -> minari.MinariDataset:
     """The ``diffusion-world collect`` command: flags override ``--card`` values, which override defaults."""
     env_cfg: dict[str, Any] = {}

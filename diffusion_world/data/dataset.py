@@ -206,6 +206,20 @@ def _cache_matches(directory: Path, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("format") == CACHE_FORMAT_VERSION
 
 
+def _jpeg_encoded(dataset: Any) -> bool:
+    """Whether the first episode's frames are stored as JPEG bytes (Minari writes image spaces of at least
+    32x32 that way when its storage says ``jpeg_encoding``; smaller ones stay raw)."""
+    import h5py
+
+    path = Path(dataset.storage.data_path) / "main_data.hdf5"
+    try:
+        with h5py.File(path, "r") as f:
+            first = next(iter(f.values()))
+            return first["observations"].dtype.kind == "O"
+    except (OSError, KeyError, StopIteration, TypeError):
+        return False
+
+
 def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool) -> None:
     import minari
 
@@ -214,6 +228,10 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     except (ValueError, FileNotFoundError, KeyError, AssertionError) as e:
         raise UserError(f"cannot read Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from e
     obs_space = _check_image_space(dataset_id, dataset.observation_space)
+    if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
+        warnings.warn(f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn "
+                      "the compression artefacts. Collect without --jpeg, or merge datasets with "
+                      "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).", stacklevel=3)
     action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
     indices = np.asarray(dataset.episode_indices, dtype=np.int64)
     if indices.size == 0:

@@ -120,6 +120,21 @@ class TrainConfig:
         return cls(**d)
 
 
+FLEX_MIN_HEAD_DIM = 16  # FlexAttention's CUDA kernels (torch 2.11: "NYI: embedding dimension ... at least 16")
+
+
+def resolve_attn_backend(requested: str, device_type: str, head_dim: int) -> AttnBackend:
+    """The video attention used in training: ``auto`` is FlexAttention on CUDA when the heads are wide enough
+    for its kernels, else the dense-mask SDPA reference; an explicit ``flex`` that cannot run is refused."""
+    flex_ok = head_dim >= FLEX_MIN_HEAD_DIM
+    if requested == "flex" and device_type == "cuda" and not flex_ok:
+        raise UserError(f"--attn-backend flex needs attention heads of >= {FLEX_MIN_HEAD_DIM} channels on CUDA; "
+                        f"this model's attention_head_dim is {head_dim} (use sdpa)")
+    if requested == "auto":
+        return "flex" if device_type == "cuda" and flex_ok else "sdpa"
+    return requested  # type: ignore[return-value]
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then EDM2's inverse square root decay (EDM2 Sec. 2.4, Eq. 16)."""
     lr = cfg.lr / math.sqrt(max(step / cfg.lr_decay_steps, 1))
@@ -141,14 +156,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
-def _step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+def _step_rng(seed: int, step: int, device: torch.device | str = "cpu") -> tuple[np.random.Generator, torch.Generator]:
+    """The step's window sampler RNG and its noise generator, on the training device (the same seed gives
+    the same noise on the same kind of device, so a resumed run repeats the uninterrupted one)."""
     rng = np.random.default_rng([seed, step])
-    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
 
 
 def _batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "x0": frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"]))).to(device),
+    return {  # frames travel as uint8 (4x fewer bytes) and become floats on the device
+        "x0": frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"])).to(device)),
         "actions": torch.from_numpy(batch["actions"]).to(device),
         "has_action": torch.from_numpy(batch["has_action"]).to(device),
         "rewards": torch.from_numpy(batch["rewards"]).to(device),
@@ -212,8 +229,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if per_step * world * cfg.grad_accum != cfg.batch_size:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by world size {world} x grad_accum "
                         f"{cfg.grad_accum}")
-    attn_backend: AttnBackend = (cfg.attn_backend if cfg.attn_backend != "auto"  # type: ignore[assignment]
-                                 else ("flex" if device.type == "cuda" else "sdpa"))
     amp = use_bf16(cfg.precision, device)  # bf16 autocast; fp32 master weights, optimiser and EMA everywhere
 
     # ---- data
@@ -231,6 +246,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- model, EMA, optimiser
     model_cfg = preset_config(cfg.preset, frame_size=tuple(cache.frame_size),
                               action_space=action_space_to_dict(cache.action_space), **cfg.model)
+    attn_backend = resolve_attn_backend(cfg.attn_backend, device.type, model_cfg.attention_head_dim)
     torch.manual_seed(cfg.seed)
     model = DartWorldModel(model_cfg).to(device)
     normalize_weights_(model)
@@ -296,7 +312,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             lr = learning_rate(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            rng, gen = _step_rng(cfg.seed, step)
+            rng, gen = _step_rng(cfg.seed, step, device)
             batch = _batch_to_tensors(train_windows.sample(cfg.batch_size, rng), device)
             draw = draw_noise(cfg.batch_size, cfg.seq_len, frame_shape, cfg.loss, gen)
             totals = {"loss": 0.0, "diffusion": 0.0, "reward": 0.0, "termination": 0.0}

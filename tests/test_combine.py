@@ -1,0 +1,74 @@
+"""combine(): merging datasets keeps every frame bit for bit (where minari.combine_datasets re-encodes them as
+JPEG), episodes in order, refuses bad input; a JPEG-encoded dataset warns when it is cached for training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+
+from diffusion_world.cli import main
+from diffusion_world.data.collect import collect, combine
+from diffusion_world.data.dataset import FrameCache
+from diffusion_world.errors import UserError
+
+
+def _episodes(dataset: minari.MinariDataset) -> list:
+    return list(dataset.iterate_episodes())
+
+
+def test_combine_is_lossless_and_keeps_order(minari_root: Path) -> None:
+    # 32x32: Minari JPEG-encodes images from that size on, so its own combine would change the frames
+    a = collect("CartPole-v1", "tt/a-v0", steps=40, size=32, seed=1, progress=False)
+    b = collect("CartPole-v1", "tt/b-v0", steps=25, size=32, seed=50, progress=False)
+    merged = combine(["tt/a-v0", "tt/b-v0"], "tt/ab-v0")
+    assert merged.total_episodes == a.total_episodes + b.total_episodes
+    assert merged.total_steps == 65
+    assert merged.storage.metadata["jpeg_encoding"] is False
+    assert merged.storage.metadata["combined_datasets"] == ["tt/a-v0", "tt/b-v0"]
+    for got, want in zip(_episodes(merged), _episodes(a) + _episodes(b)):
+        for field in ("observations", "actions", "rewards", "terminations", "truncations"):
+            assert np.array_equal(getattr(got, field), getattr(want, field)), field
+    assert merged.recover_environment().spec.kwargs == a.recover_environment().spec.kwargs
+    # and Minari's own combine is lossy on the same data (why combine() exists)
+    theirs = minari.combine_datasets([a, b], "tt/ab-minari-v0")
+    first = _episodes(theirs)[0].observations
+    assert np.abs(first.astype(int) - _episodes(a)[0].observations.astype(int)).max() > 0
+
+
+def test_combine_refuses_bad_input(minari_root: Path) -> None:
+    collect("CartPole-v1", "tt/c-v0", steps=10, size=16, progress=False)
+    collect("CartPole-v1", "tt/d-v0", steps=10, size=24, progress=False)
+    with pytest.raises(UserError, match="at least two"):
+        combine(["tt/c-v0"], "tt/x-v0")
+    with pytest.raises(UserError, match="no local Minari dataset"):
+        combine(["tt/c-v0", "tt/nope-v0"], "tt/x-v0")
+    with pytest.raises(UserError, match="spaces"):
+        combine(["tt/c-v0", "tt/d-v0"], "tt/x-v0")
+    with pytest.raises(UserError, match="already exists"):
+        combine(["tt/c-v0", "tt/c-v0"], "tt/d-v0")
+    assert not (minari_root / "tt/x-v0").exists()
+    assert not [p for p in minari_root.iterdir() if p.name.startswith(".diffusion_world-combine")]
+
+
+def test_combine_cli(minari_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    collect("CartPole-v1", "tt/e-v0", steps=10, size=8, seed=3, progress=False)
+    assert main(["combine", "tt/e-v0", "tt/e-v0", "--out-id", "tt/ee-v0"]) == 0
+    assert "tt/ee-v0: " in capsys.readouterr().out
+    assert minari.load_dataset("tt/ee-v0").total_steps == 20
+    assert main(["combine", "tt/e-v0", "--out-id", "tt/f-v0"]) == 2
+    assert "at least two" in capsys.readouterr().err
+
+
+def test_jpeg_dataset_warns_when_cached(minari_root: Path) -> None:
+    collect("CartPole-v1", "tt/lossy-v0", steps=10, size=32, lossless=False, progress=False)
+    collect("CartPole-v1", "tt/exact-v0", steps=10, size=32, progress=False)
+    with pytest.warns(UserWarning, match="JPEG-encoded"):
+        FrameCache.open("tt/lossy-v0", progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FrameCache.open("tt/exact-v0", progress=False)
