@@ -63,6 +63,25 @@ def main() -> None:
 
         collect(args.env, "bench/jpeg-v0", steps=args.steps, size=args.size, lossless=False, progress=False)
         jpeg_bytes = dir_bytes(Path(root) / "bench/jpeg-v0/data")
+        # What lossy storage does to the frames (same seeds, same frames before encoding), and what merging
+        # datasets does: Minari's combine_datasets re-encodes them, diffusion-world combine keeps them.
+        import minari
+
+        from diffusion_world.data.collect import combine
+
+        exact = np.concatenate([e.observations for e in dataset.iterate_episodes()]).astype(np.int16)
+        jpeg = np.concatenate([e.observations for e in minari.load_dataset("bench/jpeg-v0").iterate_episodes()])
+        minari.combine_datasets([dataset, dataset], "bench/minari-combined-v0")
+        combine(["bench/lossless-v0", "bench/lossless-v0"], "bench/combined-v0")
+
+        def changed(dataset_id: str) -> tuple[float, int]:
+            frames = np.concatenate([e.observations for e in minari.load_dataset(dataset_id).iterate_episodes()])
+            diff = np.abs(frames[: len(exact)].astype(np.int16) - exact)
+            return float((diff > 0).mean()), int(diff.max())
+
+        jpeg_diff = np.abs(jpeg.astype(np.int16) - exact)
+        minari_combine_changed = changed("bench/minari-combined-v0")
+        combine_changed = changed("bench/combined-v0")
 
         start = time.perf_counter()
         cache = FrameCache.open("bench/lossless-v0", progress=False)
@@ -90,6 +109,11 @@ def main() -> None:
         "disk_mb_per_10k_frames_lossless": round(lossless_bytes * per_10k, 2),
         "disk_mb_per_10k_frames_jpeg": round(jpeg_bytes * per_10k, 2),
         "disk_mb_per_10k_frames_uncompressed": round(args.size * args.size * 3 * 10_000 / 1e6, 2),
+        "jpeg_changed_value_fraction": round(float((jpeg_diff > 0).mean()), 4),
+        "jpeg_max_abs_error": int(jpeg_diff.max()),
+        "minari_combine_changed_value_fraction": round(minari_combine_changed[0], 4),
+        "minari_combine_max_abs_error": minari_combine_changed[1],
+        "diffusion_world_combine_changed_value_fraction": round(combine_changed[0], 4),
         "cache_build_seconds": round(cache_build_seconds, 3),
         "cache_build_frames_per_s": round(num_frames / cache_build_seconds, 1),
         "cache_reopen_seconds": round(cache_reopen_seconds, 4),
