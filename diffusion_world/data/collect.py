@@ -424,8 +424,9 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
 
     ``minari.combine_datasets`` (Minari 0.5) re-encodes image observations as JPEG (on CartPole 64x64 frames it
     changes 13.8% of the pixel values, by up to 83 levels: ``benchmarks/data_pipeline.py``), and a world model
-    trained on them learns the artefacts. This writes raw frames (gzip, as :func:`collect` does) into a hidden temporary root and renames
-    the finished dataset into place. Episodes keep their order: all of the first dataset, then the next.
+    trained on them learns the artefacts. This writes raw frames (gzip, as :func:`collect` does) into a hidden
+    temporary root and renames the finished dataset into place. Episodes keep their order: all of the first
+    dataset, then the next.
 
     Example:
         >>> combine(["me/cartpole-pixels-v0", "me/cartpole-random-v0"], "me/cartpole-mixed-v0")  # doctest: +SKIP
