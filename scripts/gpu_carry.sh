@@ -31,13 +31,6 @@ for ds in "$DATASET" $EXTRA; do  # the HDF5 file and metadata only (the frame ca
 done
 echo "$DATASET" > .carry/dataset_id
 if [ -n "$INIT" ]; then
-  python3 - "$INIT" <<'PY'
-import sys, torch
-c = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
-c["ema"] = dict(c["model"])  # the same tensors: saved once
-c["optimizer"] = {"state": {}, "param_groups": c["optimizer"]["param_groups"]}  # Adam restarts its moments
-torch.save(c, ".carry/init.pt")
-print(f"init: step {c['step']}, termination classifier: {c.get('termination_classifier') is not None}")
-PY
+  python3 scripts/gpu_join.py slim "$INIT" .carry/init.pt
 fi
 du -sh .carry/*

@@ -64,15 +64,8 @@ wait $TESTS; tail -3 "$OUT/cuda_tests.log"
 pack
 # The training checkpoint, to go on from it elsewhere, in files of < 16 MB each (what the device tool brings
 # back): raw weights, EMA weights, the rest; the Adam moments stay behind. Reassembled by
-# `python scripts/gpu_join.py OUT runs/x/checkpoint.pt`.
-python3 - "$FINAL" <<'PY'
-import sys, torch
-c = torch.load("runs/gpu/checkpoint.pt", map_location="cpu", weights_only=True)
-torch.save(c.pop("model"), f"{sys.argv[1]}/ckpt_model.pt")
-torch.save(c.pop("ema"), f"{sys.argv[1]}/ckpt_ema.pt")
-c["optimizer"] = {"state": {}, "param_groups": c["optimizer"]["param_groups"]}
-torch.save(c, f"{sys.argv[1]}/ckpt_rest.pt")
-PY
+# `python scripts/gpu_join.py join OUT runs/x/checkpoint.pt`.
+python3 scripts/gpu_join.py split runs/gpu/checkpoint.pt "$FINAL"
 
 EXTRA=diffusion_world/cartpole-random-v0
 HAS_CLF=$(python3 -c "import torch; print(torch.load('runs/gpu/checkpoint.pt', weights_only=True, map_location='cpu').get('termination_classifier') is not None)" 2>/dev/null)
