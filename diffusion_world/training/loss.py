@@ -59,8 +59,8 @@ def noisy_index(T: int, supervision: str) -> torch.Tensor:
 
 def draw_noise(batch_size: int, seq_len: int, frame_shape: tuple[int, ...], cfg: LossConfig,
                generator: torch.Generator) -> NoiseDraw:
-    """The step's noise levels and noise, drawn on ``generator``'s device (on a GPU, a CPU generator would spend
-    most of the step: 0.5 s for the 50M normals of a 128-window batch of 64x64 frames)."""
+    """The step's noise levels and noise, drawn on ``generator``'s device (training on a GPU, a CPU generator
+    spent most of the step on the 50M normals of a 128-window batch of 64x64 frames)."""
     N = len(noisy_index(seq_len, cfg.supervision))
     B, T = batch_size, seq_len
     dev = generator.device
