@@ -122,6 +122,13 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--extra-dataset-id", action="append", default=[], metavar="DATASET_ID",
                    help="also train on this dataset's training split (same env; repeatable): e.g. random play, "
                         "which terminates far more often than expert data")
+    p.add_argument("--imagined-episodes", type=int, default=0, metavar="N",
+                   help="also train on the world model's own imagined frames: it replays the last 16 steps of N "
+                        "training episodes per dataset from their real context, each frame labelled with the real "
+                        "episode's termination at that step, so the classifier fires on imagined frames where the "
+                        "real episode ends (default 0: real frames only)")
+    p.add_argument("--imagined-fraction", type=float, default=0.5,
+                   help="share of each batch drawn from the imagined frames, default 0.5")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps, default 3000")
     p.add_argument("--batch-size", type=int, default=256, help="frames per step, default 256")
     p.add_argument("--lr", type=float, default=1e-3, help="default 1e-3")
@@ -132,7 +139,9 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.training.termination import TerminationFitConfig, fit_termination, format_report
 
-        cfg = TerminationFitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        cfg = TerminationFitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                   imagined_episodes=args.imagined_episodes,
+                                   imagined_fraction=args.imagined_fraction)
         report = fit_termination(args.checkpoint, args.out, args.extra_dataset_id, cfg, device=args.device,
                                  progress=not args.quiet)
         print(format_report(report))
@@ -169,10 +178,11 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer, terminations",
+    p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer, terminations, "
+                                                "action response",
                        description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
                                    "regenerated when --out is benchmarks/results.")
-    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination"])
+    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination", "control"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
     p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")

@@ -168,3 +168,33 @@ def test_termination_benchmark(edge_walk_dataset: str, tmp_path: Path, bias: flo
         assert r["imagined"]["missed"] == r["real_frames"]["missed"] == 1.0
     assert r["imagined_head"]["missed"] == 1.0
     assert "| imagined frames, classifier |" in render("termination", r)
+
+
+def test_fit_on_imagined_frames(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
+    """The world model replays the end of every training (validation) episode from its real context; each imagined
+    frame carries the real frame's termination label, so every terminated episode contributes exactly one positive,
+    its last frame; the report scores the imagined validation rollouts separately."""
+    from diffusion_world.training.termination import imagined_frames
+
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache, imagination={"context_frames": 2,
+                                                                             "sampler_steps": 1})
+    cfg = TerminationFitConfig(steps=20, batch_size=32, imagined_episodes=1000, imagined_horizon=5)
+    split = cache.episode_split(0.2, 0)
+    out = imagined_frames(src, [cache], [split], cfg, progress=False)
+    for name, eps in zip(("train", "val"), split):
+        eps = eps[cache.episode_lengths[eps] >= 3]
+        ends = cache.episode_starts[eps] + cache.episode_lengths[eps] - 1
+        assert len(out[name]["frames"]) == len(out[name]["labels"]) == np.minimum(cache.episode_lengths[eps] - 2,
+                                                                                    5).sum()
+        assert out[name]["labels"].sum() == cache.terminations[ends].sum() > 0
+        assert out[name]["frames"].dtype == np.uint8 and out[name]["frames"].shape[1:] == (16, 16, 3)
+
+    report = fit_termination(src, tmp_path / "out.pt", cfg=cfg, progress=False)
+    im = report["imagined"]
+    assert im["train_frames"] == len(out["train"]["labels"]) and im["train_terminations"] > 0
+    assert report["val"]["imagined rollouts of the validation episodes"]["frames"] == len(out["val"]["labels"])
+    assert "imagined frames" in format_report(report)
+    with pytest.raises(UserError, match="imagined"):
+        fit_termination(src, tmp_path / "bad.pt", cfg=TerminationFitConfig(imagined_episodes=5, imagined_fraction=1.0),
+                        progress=False)

@@ -143,6 +143,12 @@ def termination_markdown(r: dict[str, Any]) -> str:
     return render_termination(r)
 
 
+def control_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.bench.control import control_markdown as render_control
+
+    return render_control(r)
+
+
 def main_job_markdown(r: dict[str, Any]) -> str:
     from diffusion_world.main_job import summary_table
 
@@ -150,7 +156,8 @@ def main_job_markdown(r: dict[str, Any]) -> str:
 
 
 RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown, "rl": rl_markdown,
-             "memory": memory_markdown, "main_job": main_job_markdown, "termination": termination_markdown}
+             "memory": memory_markdown, "main_job": main_job_markdown, "termination": termination_markdown,
+             "control": control_markdown}
 
 
 def render(name: str, r: dict[str, Any]) -> str:

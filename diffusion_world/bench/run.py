@@ -1,5 +1,6 @@
-"""``diffusion-world benchmark {fidelity,memory,speed,rl,termination}``: run one suite, write JSON + Markdown (+ PNG)
-into ``--out``, and regenerate ``README.md`` next to the results directory when it is ``benchmarks/results``."""
+"""``diffusion-world benchmark {fidelity,memory,speed,rl,termination,control}``: run one suite, write JSON +
+Markdown (+ PNG) into ``--out``, and regenerate ``README.md`` next to the results directory when it is
+``benchmarks/results``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from diffusion_world.bench.common import machine_info, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
-SUITES = ("fidelity", "memory", "speed", "rl", "termination")
+SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control")
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -50,6 +51,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result = run_termination(world_model, dataset_id=dataset_id, context=imagination.get("context_frames"),
                                  max_episodes=16 if quick else 128, sampler_steps=imagination.get("sampler_steps"),
                                  device=device)
+    elif suite == "control":
+        from diffusion_world.bench.control import run_control
+
+        if not world_model:
+            raise UserError("benchmark control needs --world-model")
+        result = run_control(world_model, out, num_starts=8 if quick else 32, horizon=8 if quick else 12,
+                             context=imagination.get("context_frames"), sampler_steps=imagination.get("sampler_steps"),
+                             device=device)
     elif suite == "rl":
         from diffusion_world.bench.rl import run_rl
 

@@ -10,6 +10,7 @@ real frames (what perfect frames would give).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,35 @@ def score_first_steps(first: list[int | None], real: list[int], tolerance: int) 
             "mean_abs_step_error": float(np.mean(errors)) if errors else None}
 
 
+def end_windows(cache: FrameCache, episodes: np.ndarray, context: int, horizon: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """For each episode (of at least ``context + 1`` frames): the first frame of the window of ``context`` real
+    frames and then up to ``horizon`` steps that ends on the episode's last frame, and its number of steps."""
+    ends = cache.episode_starts[episodes] + cache.episode_lengths[episodes] - 1
+    starts = np.maximum(cache.episode_starts[episodes], ends - context - horizon + 1)
+    return starts, ends - starts - context + 1
+
+
+def imagine_windows(wm: WorldModel, cache: FrameCache, starts: np.ndarray, steps: np.ndarray, context: int,
+                    sampler: SamplerConfig, seed: int = 0, progress: bool = True, batch_size: int = 16,
+                    desc: str = "rollouts") -> Iterator[tuple[np.ndarray, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Replay the real actions of each window (``starts``, ``steps`` as from :func:`end_windows`) from its first
+    ``context`` real frames, in batches of windows with the same number of steps. Yields the windows' positions
+    in ``starts``, their real frames (b, context + h, H, W, 3) and :func:`imagine`'s output; window i's sampler
+    noise comes from seed ``seed + i``."""
+    groups = {int(h): np.flatnonzero(steps == h) for h in np.unique(steps)}
+    for h, members in tqdm(groups.items(), desc=desc, disable=not progress, leave=False):
+        for lo in range(0, len(members), batch_size):
+            sel = members[lo: lo + batch_size]
+            idx = starts[sel, None] + np.arange(context + h)
+            fr = torch.from_numpy(np.asarray(cache.frames[idx]))
+            act = torch.from_numpy(cache.prev_actions[idx])
+            has = torch.from_numpy(cache.has_prev_action[idx])
+            gens = [torch.Generator().manual_seed(seed + int(i)) for i in sel]
+            yield sel, fr, imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:],
+                                   gens, sampler)
+
+
 @torch.no_grad()
 def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
                     horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
@@ -64,35 +94,25 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     rng = np.random.default_rng(seed)
     if len(episodes) > max_episodes:
         keep = np.sort(rng.choice(len(episodes), max_episodes, replace=False))
-        episodes, ends = episodes[keep], ends[keep]
-    starts = np.maximum(cache.episode_starts[episodes], ends - context - horizon + 1)
-    steps = ends - starts - context + 1  # imagined steps up to and including the real terminal frame
-
+        episodes = episodes[keep]
+    starts, steps = end_windows(cache, episodes, context, horizon)
     sampler = SamplerConfig(num_steps=K)
     rows: dict[str, list[int | None]] = {"imagined": [], "imagined_head": [], "real_frames": []}
     real: list[int] = []
     has_classifier = wm.termination_classifier is not None
-    groups = {int(h): np.flatnonzero(steps == h) for h in np.unique(steps)}
-    for h, members in tqdm(groups.items(), desc="termination rollouts", disable=not progress, leave=False):
-        for lo in range(0, len(members), 16):
-            sel = members[lo: lo + 16]
-            idx = starts[sel, None] + np.arange(context + h)
-            fr = torch.from_numpy(np.asarray(cache.frames[idx]))
-            act = torch.from_numpy(cache.prev_actions[idx])
-            has = torch.from_numpy(cache.has_prev_action[idx])
-            gens = [torch.Generator().manual_seed(seed + int(i)) for i in sel]
-            out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens,
-                          sampler)
-            p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
-            p_head = wm.head_termination_probability(out["termination_logits"]).numpy()
-            p_real = (wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
-                      if has_classifier else None)
-            for j in range(len(sel)):
-                rows["imagined"].append(_first_step(p[j] > 0.5))
-                rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
-                if p_real is not None:
-                    rows["real_frames"].append(_first_step(p_real[j] > 0.5))
-                real.append(h)
+    for sel, fr, out in imagine_windows(wm, cache, starts, steps, context, sampler, seed, progress,
+                                        desc="termination rollouts"):
+        h = fr.shape[1] - context
+        p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
+        p_head = wm.head_termination_probability(out["termination_logits"]).numpy()
+        p_real = (wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
+                  if has_classifier else None)
+        for j in range(len(sel)):
+            rows["imagined"].append(_first_step(p[j] > 0.5))
+            rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
+            if p_real is not None:
+                rows["real_frames"].append(_first_step(p_real[j] > 0.5))
+            real.append(h)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
         "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,

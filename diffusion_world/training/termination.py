@@ -6,6 +6,14 @@ that of each extra dataset of the same env, frame size and action space. Extra d
 terminates rarely (35 of the 60k CartPole frames), random play every ~20 steps. Frames are drawn uniformly from
 all of them, the loss is plain binary cross-entropy, so the classifier's probability is the data's. Every
 validation split is scored (ROC AUC, precision / recall at p > 0.5) and the report is stored with the weights.
+
+Imagined frames (``imagined_episodes`` > 0): the env applies the classifier to *imagined* frames, which differ
+from real ones (an under-trained model tilts CartPole's pole less and draws it blurred), so a classifier that
+only saw real frames misses terminations there. The world model in the checkpoint then replays the last up to
+``imagined_horizon`` steps of that many training episodes per dataset from their real context frames, and each
+imagined frame is labelled with the real frame's termination at the same step: the classifier learns to fire
+where the real episode ends. A share ``imagined_fraction`` of every batch is drawn from these frames. Imagined
+rollouts of the validation episodes are scored separately.
 """
 
 from __future__ import annotations
@@ -37,10 +45,16 @@ class TerminationFitConfig:
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
+    imagined_episodes: int = 0  # per dataset; 0: real frames only
+    imagined_fraction: float = 0.5
+    imagined_horizon: int = 16
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise UserError(f"bad termination-classifier settings: {self}")
+        if self.imagined_episodes < 0 or self.imagined_horizon < 1 or not 0 < self.imagined_fraction < 1:
+            raise UserError(f"bad imagined-frame settings (imagined_episodes >= 0, imagined_horizon >= 1, "
+                            f"0 < imagined_fraction < 1): {self}")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -94,6 +108,46 @@ def score_classifier(logits: np.ndarray, terminations: np.ndarray) -> dict[str, 
     return {"frames": int(len(terminations)), "auc": roc_auc(terminations, logits), **scores}
 
 
+def imagined_frames(checkpoint: str | os.PathLike, caches: list[FrameCache],
+                    splits: list[tuple[np.ndarray, np.ndarray]], cfg: TerminationFitConfig, device: str = "cpu",
+                    progress: bool = True) -> dict[str, Any]:
+    """The checkpoint's world model replays the last ``cfg.imagined_horizon`` steps of up to
+    ``cfg.imagined_episodes`` episodes per dataset and split from their real context frames: ``{"train": {"frames":
+    (n, H, W, 3) uint8, "labels": (n,) bool}, "val": {...}, "seconds": float}``, labels being the real frames'
+    terminations at the same steps."""
+    from diffusion_world.bench.termination import end_windows, imagine_windows
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.diffusion.sampler import SamplerConfig
+
+    t0 = time.monotonic()
+    wm = load_world_model(checkpoint, device=device)
+    context = int(wm.imagination.get("context_frames", 4))
+    sampler = SamplerConfig(num_steps=int(wm.imagination.get("sampler_steps", 3)))
+    rng = np.random.default_rng(cfg.seed)
+    out: dict[str, Any] = {}
+    for split in (0, 1):
+        frames, labels = [], []
+        for cache, eps in zip(caches, (s[split] for s in splits)):
+            eps = eps[cache.episode_lengths[eps] >= context + 1]
+            if len(eps) > cfg.imagined_episodes:
+                eps = np.sort(rng.choice(eps, cfg.imagined_episodes, replace=False))
+            starts, steps = end_windows(cache, eps, context, cfg.imagined_horizon)
+            for sel, _, res in imagine_windows(wm, cache, starts, steps, context, sampler, cfg.seed, progress,
+                                               desc=f"imagined {('training', 'validation')[split]} rollouts"):
+                idx = starts[sel, None] + np.arange(context, context + res["frames"].shape[1])
+                frames.append(res["frames"].reshape(-1, *res["frames"].shape[2:]).numpy())
+                labels.append(cache.terminations[idx].reshape(-1))
+        h, w = caches[0].frame_size
+        out[("train", "val")[split]] = {
+            "frames": np.concatenate(frames) if frames else np.zeros((0, h, w, 3), np.uint8),
+            "labels": np.concatenate(labels).astype(bool) if labels else np.zeros(0, bool)}
+    if not out["train"]["labels"].any():
+        raise UserError("no real termination falls in the imagined training rollouts: nothing to learn from them "
+                        "(add a dataset where episodes terminate, e.g. random play)")
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
 def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
                     extra_datasets: tuple[str, ...] | list[str] = (), cfg: TerminationFitConfig | None = None,
                     device: str = "cpu", progress: bool = True) -> dict[str, Any]:
@@ -122,6 +176,9 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
         raise UserError(f"no terminations in the training frames of {list(positives)}: nothing to learn "
                         f"(add a dataset where episodes terminate with --extra-dataset-id, e.g. random play)")
 
+    imagined = (imagined_frames(checkpoint, caches, splits, cfg, device=device, progress=progress)
+                if cfg.imagined_episodes else None)
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     h, w = dataset.get("frame_size", caches[0].frame_size)
@@ -133,8 +190,13 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     losses = []
     bar = tqdm(range(cfg.steps), desc="termination classifier", disable=not progress)
     for _ in bar:
-        draw = np.sort(rng.integers(0, offsets[-1], cfg.batch_size))
+        n_imagined = int(rng.binomial(cfg.batch_size, cfg.imagined_fraction)) if imagined else 0
+        draw = np.sort(rng.integers(0, offsets[-1], cfg.batch_size - n_imagined))
         frames, labels = [], []
+        if n_imagined:
+            sel = rng.integers(0, len(imagined["train"]["labels"]), n_imagined)
+            frames.append(imagined["train"]["frames"][sel])
+            labels.append(imagined["train"]["labels"][sel])
         for k, cache in enumerate(caches):
             sel = draw[(draw >= offsets[k]) & (draw < offsets[k + 1])] - offsets[k]
             if len(sel):
@@ -158,6 +220,16 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
               "train_terminations": positives, "fit_seconds": round(fit_s, 1),
               "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
               "val": val}
+    if imagined:
+        report["imagined"] = {"episodes_per_dataset": cfg.imagined_episodes, "horizon": cfg.imagined_horizon,
+                              "fraction": cfg.imagined_fraction, "seconds": imagined["seconds"],
+                              "train_frames": int(len(imagined["train"]["labels"])),
+                              "train_terminations": int(imagined["train"]["labels"].sum())}
+        if len(imagined["val"]["labels"]):
+            logits = torch.cat([model(frames_to_x(imagined["val"]["frames"][lo: lo + 1024]).to(device)).float().cpu()
+                                for lo in range(0, len(imagined["val"]["labels"]), 1024)]).numpy()
+            report["val"]["imagined rollouts of the validation episodes"] = score_classifier(
+                logits, imagined["val"]["labels"])
     ckpt["termination_classifier"] = {"config": model_cfg.to_dict(),
                                       "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                                       "report": report}
@@ -173,9 +245,13 @@ def format_report(report: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     cols = ("frames", "positives", "auc", "precision", "recall", "f1")
+    im = report.get("imagined")
     lines = [f"termination classifier: {report['config']['steps']} steps in {report['fit_seconds']} s on "
              f"{sum(report['train_frames'].values())} frames ({sum(report['train_terminations'].values())} "
-             f"terminations)", "", "| validation split of | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+             f"terminations)" + (f" and {im['train_frames']} imagined frames ({im['train_terminations']} at real "
+                                 f"terminations; {im['fraction']:.0%} of each batch; rollouts {im['seconds']} s)"
+                                 if im else ""),
+             "", "| validation split of | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for dataset, row in report["val"].items():
         lines.append(f"| {dataset} | " + " | ".join(f(row.get(c)) for c in cols) + " |")
     return "\n".join(lines)
