@@ -84,6 +84,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
                    help="share of windows drawn from those containing a termination, at any position (default 0)")
     p.add_argument("--context-window", type=int,
                    help="override the preset's context window in frames (e.g. 4 for a short-memory baseline)")
+    p.add_argument("--sigma-ctx-max", type=float,
+                   help="upper end of the clean stream's context noise (log-uniform from 0.002; default 0.1): "
+                        "noisier context in training makes the model lean less on its own imperfect past frames")
     p.add_argument("--init-from", help="start from another run's checkpoint (weights, optimiser, step count)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
@@ -99,7 +102,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,
             attn_backend=args.attn_backend, max_minutes=args.max_minutes, precision=args.precision, seed=args.seed,
-            terminal_fraction=args.terminal_fraction,
+            terminal_fraction=args.terminal_fraction, sigma_ctx_max=args.sigma_ctx_max,
             init_from=args.init_from,
             model_overrides={"context_window": args.context_window} if args.context_window else None,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
@@ -123,10 +126,13 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
                    help="also train on this dataset's training split (same env; repeatable): e.g. random play, "
                         "which terminates far more often than expert data")
     p.add_argument("--imagined-episodes", type=int, default=0, metavar="N",
-                   help="also train on the world model's own imagined frames: it replays the last 16 steps of N "
+                   help="also train on the world model's own imagined frames: it replays the last steps (see "
+                        "--imagined-horizon) of N "
                         "training episodes per dataset from their real context, each frame labelled with the real "
                         "episode's termination at that step, so the classifier fires on imagined frames where the "
                         "real episode ends (default 0: real frames only)")
+    p.add_argument("--imagined-horizon", type=int, default=16,
+                   help="imagined steps replayed at the end of each episode (after its real context), default 16")
     p.add_argument("--imagined-fraction", type=float, default=0.5,
                    help="share of each batch drawn from the imagined frames, default 0.5")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps, default 3000")
@@ -141,7 +147,8 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
 
         cfg = TerminationFitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                    imagined_episodes=args.imagined_episodes,
-                                   imagined_fraction=args.imagined_fraction)
+                                   imagined_fraction=args.imagined_fraction,
+                                   imagined_horizon=args.imagined_horizon)
         report = fit_termination(args.checkpoint, args.out, args.extra_dataset_id, cfg, device=args.device,
                                  progress=not args.quiet)
         print(format_report(report))

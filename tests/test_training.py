@@ -207,7 +207,12 @@ def test_config_from_card_layers(tmp_path: Path) -> None:
                     '[imagination]\nhorizon = 9\n')
     cfg = config_from_card(card, steps=11, out_dir="x")
     assert (cfg.dataset_id, cfg.preset, cfg.steps, cfg.seq_len, cfg.loss.p_mean) == ("a/b-v0", "tiny", 11, 5, -1.0)
-    assert cfg.imagination == {"horizon": 9}
+    assert cfg.imagination == {"horizon": 9} and cfg.loss.sigma_ctx_max == 0.1
+    # a loss setting given as a flag (train --sigma-ctx-max) lands in the loss config, next to the card's
+    cfg = config_from_card(card, out_dir="x", sigma_ctx_max=0.5)
+    assert (cfg.loss.sigma_ctx_max, cfg.loss.p_mean) == (0.5, -1.0)
+    with pytest.raises(UserError, match="sigma_ctx"):
+        config_from_card(card, out_dir="x", sigma_ctx_max=0.001).validate()
 
 
 def test_export_for_inference_is_slim_and_equivalent(tiny_dataset_id: str, tmp_path: Path) -> None:
