@@ -113,6 +113,13 @@ def test_export_keeps_the_classifier(edge_walk_dataset: str, tmp_path: Path) -> 
     assert slim.termination_classifier is not None
     torch.testing.assert_close(slim.termination_probability(torch.zeros(64), x),
                                full.termination_probability(torch.zeros(64), x), atol=2e-3, rtol=0)
+    # refitting the export (e.g. the shipped model) keeps it slim: fp16 classifier weights, like the export's
+    fit_termination(tmp_path / "slim.pt", tmp_path / "refit.pt", cfg=TerminationFitConfig(steps=5, batch_size=32),
+                    progress=False)
+    refit = load_checkpoint(tmp_path / "refit.pt")
+    assert refit["model"] is None
+    assert {v.dtype for v in refit["termination_classifier"]["state_dict"].values()} == {torch.float16}
+    assert {v.dtype for v in load_checkpoint(src)["termination_classifier"]["state_dict"].values()} == {torch.float32}
 
 
 def test_resumed_and_init_from_training_keep_the_classifier(tiny_dataset_id: str, tmp_path: Path) -> None:

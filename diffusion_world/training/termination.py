@@ -230,8 +230,10 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
                                 for lo in range(0, len(imagined["val"]["labels"]), 1024)]).numpy()
             report["val"]["imagined rollouts of the validation episodes"] = score_classifier(
                 logits, imagined["val"]["labels"])
+    slim = ckpt.get("model") is None  # an export (export_for_inference) stores its weights in fp16
     ckpt["termination_classifier"] = {"config": model_cfg.to_dict(),
-                                      "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                      "state_dict": {k: v.detach().cpu().half() if slim else v.detach().cpu()
+                                                     for k, v in model.state_dict().items()},
                                       "report": report}
     dst = Path(out) if out is not None else checkpoint
     save_checkpoint(dst, ckpt)
