@@ -110,8 +110,11 @@ def generic_markdown(r: dict[str, Any]) -> str:
 
 
 def rl_markdown(r: dict[str, Any]) -> str:
-    lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs) for {r['agent_steps']:,} steps; "
-             f"returns over {r['eval_episodes']} real-env episodes with unseen seeds"
+    ppo = r.get("ppo")  # results from before the settings were recorded used SB3's PPO defaults
+    settings = (", settings " + ", ".join(f"{k} {v}" for k, v in ppo.items()) if ppo
+                else ", SB3's PPO defaults but n_steps <= 128, batch 256")
+    lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs{settings}) for "
+             f"{r['agent_steps']:,} steps; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
              + (f"; world model at training step {r['checkpoint_step']}." if r.get("checkpoint_step") is not None
                 else "."), "",
              "| policy | trained in | real-env return (mean ± std) | training time s |", "|---|---|---|---|"]

@@ -25,8 +25,9 @@ def evaluate(env: Any, act: Any, episodes: int, seed: int) -> np.ndarray:
     return np.array(returns)
 
 
-# rl-zoo's tuned PPO for CartPole-v1 (learning rate 1e-3 decayed linearly to 0). With SB3's defaults, PPO trained on
-# CartPole pixels for 20,000 steps scored below the random policy, so the real-trained reference said nothing.
+# rl-zoo's tuned PPO for CartPole-v1 (learning rate 1e-3 decayed linearly to 0). With SB3's defaults (and n_steps 128,
+# batch 256), PPO trained on CartPole pixels for 20,000 steps scored below the random policy
+# (benchmarks/results/rl_sb3_default_ppo.json), so the real-trained reference said nothing.
 PPO_SETTINGS: dict[str, Any] = {"n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98, "n_epochs": 20,
                                 "ent_coef": 0.0, "clip_range": 0.2}
 PPO_LR = 1e-3
