@@ -151,6 +151,25 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
     readme.write_text((root / "README.md").read_text())
     update_readme_section(readme, results)
     assert readme.read_text() == (root / "README.md").read_text()
+    text = readme.read_text()
     for path in results.glob("*.json"):
-        if "headline" in json.loads(path.read_text()):
-            assert f"#### `{path.stem}`" in readme.read_text()
+        if "headline" in json.loads(path.read_text()):  # current results with their table, archived ones named
+            assert f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
+    assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
+
+
+def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Path) -> None:
+    from diffusion_world.bench.report import END, START, update_readme_section
+
+    head = {"headline": {"chance": 0.25, "n": 8}, "machine": {}}
+    for stem in ("memory", "memory_old", "speed"):
+        (tmp_path / f"{stem}.json").write_text(json.dumps({**head, "ours": {"accuracy": 0.5, "accuracy_ci95": [0, 1]},
+                                                           "short_memory": {"accuracy": 0.5,
+                                                                            "accuracy_ci95": [0, 1]}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
+    update_readme_section(readme, tmp_path)
+    text = readme.read_text()
+    assert "#### `memory`" in text and "#### `speed`" in text and "#### `memory_old`" not in text
+    assert "Earlier checkpoints and settings (tables in `benchmarks/README.md`): `memory_old`." in text
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old\n" not in text.split(START)[1]
