@@ -159,17 +159,19 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
                       termination_classifier=classifier)
 
 
-def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None) -> Path:
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None,
+                         termination_classifier: bool = True) -> Path:
     """Write a slim copy of a training checkpoint for shipping: EMA weights in fp16, the configs, dataset spec,
-    imagination defaults, reset contexts and the termination classifier if any (fp16); no optimiser or RNG
-    state. ``notes`` (command, hardware, ...) are stored under ``"provenance"``."""
+    imagination defaults, reset contexts and the termination classifier if any (fp16; with
+    ``termination_classifier=False`` it is left out and the model's own head scores terminations); no optimiser
+    or RNG state. ``notes`` (command, hardware, ...) are stored under ``"provenance"``."""
     ckpt = load_checkpoint(src)
     keep = ("model_config", "train_config", "dataset", "imagination", "contexts", "step", "num_frames_seen",
             "elapsed_s", "num_parameters")
     slim: dict[str, Any] = {k: ckpt[k] for k in keep if k in ckpt}
     slim["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
     slim["model"] = None
-    if ckpt.get("termination_classifier") is not None:
+    if termination_classifier and ckpt.get("termination_classifier") is not None:
         tc = ckpt["termination_classifier"]
         slim["termination_classifier"] = {**tc, "state_dict": {k: v.half() if v.is_floating_point() else v
                                                                for k, v in tc["state_dict"].items()}}

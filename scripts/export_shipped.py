@@ -21,15 +21,20 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("name")
     parser.add_argument("--note", action="append", default=[], help="KEY=VALUE provenance notes (repeatable)")
+    parser.add_argument("--no-termination-classifier", action="store_true",
+                        help="leave the checkpoint's termination classifier out: the model's own head scores "
+                             "terminations")
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
     notes = dict(n.split("=", 1) for n in args.note)
     notes.update({"exported_from_step": ckpt["step"], "training_elapsed_s": ckpt.get("elapsed_s"),
                   "num_frames_seen": ckpt.get("num_frames_seen"), "machine": machine_info()})
-    out = export_for_inference(args.checkpoint, SHIPPED / f"{args.name}.pt", notes)
+    out = export_for_inference(args.checkpoint, SHIPPED / f"{args.name}.pt", notes,
+                               termination_classifier=not args.no_termination_classifier)
     (SHIPPED / f"{args.name}.json").write_text(json.dumps(
         {"provenance": notes, "train_config": ckpt["train_config"], "dataset": ckpt["dataset"],
-         "termination_classifier": (ckpt.get("termination_classifier") or {}).get("report"),
+         "termination_classifier": None if args.no_termination_classifier
+         else (ckpt.get("termination_classifier") or {}).get("report"),
          "size_bytes": out.stat().st_size}, indent=2, default=str) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {args.name}.json")
 

@@ -120,6 +120,13 @@ def test_export_keeps_the_classifier(edge_walk_dataset: str, tmp_path: Path) -> 
     assert refit["model"] is None
     assert {v.dtype for v in refit["termination_classifier"]["state_dict"].values()} == {torch.float16}
     assert {v.dtype for v in load_checkpoint(src)["termination_classifier"]["state_dict"].values()} == {torch.float32}
+    # or leaves it out: the head decides again
+    export_for_inference(src, tmp_path / "head.pt", termination_classifier=False)
+    head = load_world_model(tmp_path / "head.pt")
+    assert head.termination_classifier is None
+    assert load_checkpoint(tmp_path / "head.pt").get("termination_classifier") is None
+    logits = torch.linspace(-3, 3, 64)
+    torch.testing.assert_close(head.termination_probability(logits, x), full.head_termination_probability(logits))
 
 
 def test_resumed_and_init_from_training_keep_the_classifier(tiny_dataset_id: str, tmp_path: Path) -> None:
