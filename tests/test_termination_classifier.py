@@ -212,3 +212,55 @@ def test_fit_on_imagined_frames(edge_walk_dataset: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="imagined"):
         fit_termination(src, tmp_path / "bad.pt", cfg=TerminationFitConfig(imagined_episodes=5, imagined_fraction=1.0),
                         progress=False)
+
+
+def _with_head_bias(src: str, dst: Path, bias: float) -> Path:
+    """A copy of ``src`` (no classifier) whose own termination head says ``bias`` (as a logit) for every frame."""
+    ckpt = load_checkpoint(src)
+    for weights in (w for w in (ckpt["model"], ckpt.get("ema")) if w is not None):
+        weights["head_out.weight"][1].zero_()
+        weights["head_out.bias"][1] = bias
+    save_checkpoint(dst, ckpt)
+    return dst
+
+
+@pytest.mark.parametrize("bias", [8.0, -8.0])
+def test_termination_benchmark_of_the_head(edge_walk_dataset: str, tmp_path: Path, bias: float) -> None:  # noqa: F811
+    """Without a classifier the head scores imagined and real frames: a head that always (never) fires ends every
+    episode at the first step (none)."""
+    from diffusion_world.bench.report import render
+    from diffusion_world.bench.termination import run_termination
+
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache, imagination={"context_frames": 2,
+                                                                             "sampler_steps": 1})
+    r = run_termination(str(_with_head_bias(str(src), tmp_path / "h.pt", bias)), horizon=6, tolerance=1,
+                        progress=False)
+    assert r["termination_source"] == "head" and "imagined_head" not in r
+    for key in ("imagined", "real_frames"):
+        assert (r[key]["missed"] == 1.0) is (bias < 0)
+        assert (r[key]["early"] + r[key]["on_time"] == 1.0) is (bias > 0)
+    assert "| real frames, head |" in render("termination", r)
+
+
+def test_real_frame_head_matches_the_training_forward(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
+    """The benchmark's teacher-forced head on real frames (one causal pass through the inference caches) equals
+    the head of the training-mode forward on the same clean frames."""
+    from diffusion_world.bench.termination import real_frame_head_probability
+
+    cache = FrameCache.open(edge_walk_dataset, progress=False)
+    wm = load_world_model(make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache))
+    with torch.no_grad():  # a head whose output varies with the frame (the tiny model's is nearly constant)
+        wm.model.head_out.weight.normal_(0, 3.0)
+    idx = np.array([0, 5])[:, None] + np.arange(7)
+    fr = torch.from_numpy(np.asarray(cache.frames[idx]))
+    act, has = torch.from_numpy(cache.prev_actions[idx]), torch.from_numpy(cache.has_prev_action[idx])
+    got = real_frame_head_probability(wm, fr, act, has, 0.002)
+    x = frames_to_x(fr)
+    sig = torch.full(x.shape[:2], 0.002)
+    last = torch.tensor([6])
+    with torch.no_grad():
+        out = wm.model(x[:, last], sig[:, last], x, sig, act, has, noisy_index=last, window=7)
+    want = wm.head_termination_probability(out.termination_logit)
+    assert got.shape == (2, 7) and want.std() > 0.01
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

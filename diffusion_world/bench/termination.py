@@ -4,8 +4,9 @@ For each terminated held-out episode: its real frames up to ``context`` before t
 the model up, then the episode's real actions are replayed until its real terminal frame, and the step at which
 the imagined episode first terminates (p > 0.5) is compared with the real one. On time: within ``tolerance``
 steps of it; early: before that; missed: not by the real terminal step. The same is scored for the model's own
-termination head on the same imagined frames (when a frame classifier replaces it) and for the classifier on the
-real frames (what perfect frames would give).
+termination head on the same imagined frames (when a frame classifier replaces it) and for whatever scores
+terminations (classifier or head) on the real frames of the episode (what perfect frames would give; the head
+reads them teacher-forced, each real frame seeing the real ones before it).
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ def imagine_windows(wm: WorldModel, cache: FrameCache, starts: np.ndarray, steps
 
 
 @torch.no_grad()
+def real_frame_head_probability(wm: WorldModel, frames: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+                                sigma_ctx: float) -> torch.Tensor:
+    """The model's own calibrated termination probability for real frames (b, T, H, W, 3) uint8, teacher-forced:
+    one causal pass of the clean stream (as when real context frames warm the env up), each frame seeing the
+    real frames before it. (b, T)."""
+    dev = next(wm.model.parameters()).device
+    state = wm.model.new_state(len(frames), dev)
+    out = wm.model.warmup(state, frames_to_x(frames).to(dev), sigma_ctx, actions.to(dev), has_action.to(dev))
+    return wm.head_termination_probability(out.termination_logit).cpu()
+
+
+@torch.no_grad()
 def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
                     horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
@@ -105,13 +118,17 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
         h = fr.shape[1] - context
         p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
         p_head = wm.head_termination_probability(out["termination_logits"]).numpy()
-        p_real = (wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
-                  if has_classifier else None)
+        if has_classifier:
+            p_real = wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
+        else:
+            idx = starts[sel, None] + np.arange(context + h)
+            p_real = real_frame_head_probability(wm, fr, torch.from_numpy(cache.prev_actions[idx]),
+                                                 torch.from_numpy(cache.has_prev_action[idx]),
+                                                 sampler.sigma_min)[:, context:].numpy()
         for j in range(len(sel)):
             rows["imagined"].append(_first_step(p[j] > 0.5))
             rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
-            if p_real is not None:
-                rows["real_frames"].append(_first_step(p_real[j] > 0.5))
+            rows["real_frames"].append(_first_step(p_real[j] > 0.5))
             real.append(h)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
@@ -121,7 +138,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     }
     if has_classifier:
         result["imagined_head"] = score_first_steps(rows["imagined_head"], real, tolerance)
-        result["real_frames"] = score_first_steps(rows["real_frames"], real, tolerance)
+    result["real_frames"] = score_first_steps(rows["real_frames"], real, tolerance)
     result["headline"] = {"episodes": len(real), "on_time": result["imagined"]["on_time"],
                           "early": result["imagined"]["early"], "missed": result["imagined"]["missed"]}
     return result
@@ -136,7 +153,8 @@ def termination_markdown(r: dict[str, Any]) -> str:
              f"the imagined episode terminates within {r['tolerance']} steps of the real one.", "",
              "| terminations from | on time | early | missed | mean abs step error |", "|---|---|---|---|---|"]
     names = {"imagined": f"imagined frames, {r['termination_source']}",
-             "imagined_head": "imagined frames, the model's head", "real_frames": "real frames, classifier"}
+             "imagined_head": "imagined frames, the model's head",
+             "real_frames": f"real frames, {r['termination_source']}"}
     for key, name in names.items():
         if key in r:
             s = r[key]
