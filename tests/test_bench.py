@@ -137,6 +137,10 @@ def test_rl_transfer_runs(tiny_world_model: str) -> None:
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
     assert r["checkpoint_step"] == load_world_model(tiny_world_model).step
+    im = r["in_imagination"]
+    assert im["horizon"] == 20 and set(im) == {"horizon", "imagination", "real_trained", "random"}
+    for key in ("imagination", "real_trained", "random"):  # the tiny model never terminates: cut at the horizon
+        assert len(im[key]["returns"]) == 2 and all(1 <= x <= 20 for x in im[key]["returns"])
 
 
 def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Path) -> None:
