@@ -25,10 +25,12 @@
 #   FIDELITY  1: also run the fidelity benchmark on the new model (default 0: run it later, on held-out data)
 #   DEVICE    cuda (default); cpu only to smoke-test this script on a machine without a GPU
 #   TRAIN_ARGS  more `diffusion-world train` flags, e.g. "--sigma-ctx-max 0.5" (default none)
+#   EXPORT_ARGS more `scripts/export_shipped.py` flags, e.g. "--no-termination-classifier" (default none)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-gpu_out}; TOTAL_S=${TOTAL_S:-560}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}
 ATTN=${ATTN:-sdpa}; FIDELITY=${FIDELITY:-0}; SPEED=${SPEED:-1}; INIT=${INIT:-}; TRAIN_ARGS=${TRAIN_ARGS:-}
+EXPORT_ARGS=${EXPORT_ARGS:-}
 [ -z "$INIT" ] && [ -f .carry/init.pt ] && INIT=.carry/init.pt
 DATASET=$(cat .carry/dataset_id 2>/dev/null || echo diffusion_world/cartpole-pixels-v0)
 OUT=${WORK:-/tmp/gpu_work}
@@ -82,7 +84,7 @@ fi
 echo "== export ($(left) s left)"
 python3 scripts/export_shipped.py runs/gpu/checkpoint.pt cartpole_gpu \
   --note "train=OUT=... bash scripts/gpu_train.sh (diffusion-world train --card envs/cartpole.toml --dataset-id $DATASET${INIT:+ --init-from $INIT} --device $DEVICE --batch-size $BATCH --max-minutes $MINUTES --attn-backend $ATTN${TRAIN_ARGS:+ $TRAIN_ARGS})" \
-  --note "hardware=$(head -2 "$OUT/gpu.txt" | tail -1)" > "$OUT/export.log" 2>&1
+  --note "hardware=$(head -2 "$OUT/gpu.txt" | tail -1)" $EXPORT_ARGS > "$OUT/export.log" 2>&1
 cp diffusion_world/shipped/cartpole_gpu.pt diffusion_world/shipped/cartpole_gpu.json "$OUT/" 2>/dev/null
 cat "$OUT/export.log"
 
