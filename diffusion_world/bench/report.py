@@ -130,7 +130,8 @@ def rl_markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Imagination / real return ratio: {_f(ratio)}."]
     if imag:
         lines[-1] += (f" Return in imagination: the same {r['eval_episodes']} episodes' worth in the imagined env, "
-                      f"cut at {imag['horizon']} steps; far above the real-env return, the policy exploits the model.")
+                      f"cut at {imag['horizon']} steps (a policy that scores far higher there than in the real env "
+                      f"exploits the model).")
     return "\n".join(lines)
 
 
