@@ -200,13 +200,15 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                                         "dataset counts as held out in full)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--name", help="result file stem (default: the suite name)")
+    p.add_argument("--termination", choices=["threshold", "sample"],
+                   help="rl: how the imagined env the agent trains in ends episodes (default: threshold)")
 
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.bench.run import run_benchmark
 
         path = run_benchmark(args.suite, args.world_model, args.out, card=args.card, quick=args.quick,
                              device=args.device, name=args.name, short_memory=args.short_memory,
-                             dataset_id=args.dataset_id)
+                             dataset_id=args.dataset_id, termination=args.termination)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

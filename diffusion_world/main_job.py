@@ -127,6 +127,9 @@ context frames, then the real actions):
 PPO (CnnPolicy, 4-frame stack) trained for {summary['stages']['rl']['agent_steps']:,} steps only in the
 shipped model's imagination, evaluated in the real pixel env on {summary['stages']['rl']['eval_episodes']}
 unseen episodes, next to PPO trained in the real pixel env for the same steps and a random policy (`rl.json`).
+
+![learning curves](rl.png)
+
 A budget this small shows that the loop runs end to end, not how good transfer gets: see
 `benchmarks/results/rl.json` for the full-budget run.
 """
@@ -138,7 +141,7 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
                  horizon: int = 16, agent_steps: int = 2_000, eval_episodes: int = 5,
                  seed: int = 0, record: str | None = None, progress: bool = True) -> dict[str, Any]:
     from diffusion_world.bench.fidelity import run_fidelity
-    from diffusion_world.bench.rl import run_rl
+    from diffusion_world.bench.rl import plot_curves, run_rl
     from diffusion_world.cards import load_card
     from diffusion_world.data.collect import collect, minari_root
     from diffusion_world.training.train import config_from_card, train
@@ -205,6 +208,7 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
     rl = run_rl(world_model, agent_steps=agent_steps, eval_episodes=eval_episodes, seed=seed,
                 horizon=card_.imagination.get("horizon"), progress=progress)
     (out / "rl.json").write_text(json.dumps(rl, indent=1))
+    plot_curves(rl, out / "rl.png")
     stages["rl"] = {
         "seconds": time.perf_counter() - t0, "agent_steps": agent_steps, "eval_episodes": eval_episodes,
         "imagination_mean": rl["imagination"]["mean"], "imagination_std": rl["imagination"]["std"],

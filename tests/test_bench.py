@@ -127,12 +127,13 @@ def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rl_transfer_runs(tiny_world_model: str) -> None:
-    from diffusion_world.bench.rl import run_rl
+def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path) -> None:
+    from diffusion_world.bench.report import render
+    from diffusion_world.bench.rl import plot_curves, run_rl
     from diffusion_world.checkpoint import load_world_model
 
     r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
-               progress=False)
+               progress=False, imagination_kwargs={"termination": "sample"})
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
@@ -141,6 +142,16 @@ def test_rl_transfer_runs(tiny_world_model: str) -> None:
     assert im["horizon"] == 20 and set(im) == {"horizon", "imagination", "real_trained", "random"}
     for key in ("imagination", "real_trained", "random"):  # the tiny model never terminates: cut at the horizon
         assert len(im[key]["returns"]) == 2 and all(1 <= x <= 20 for x in im[key]["returns"])
+    # learning curves: [steps, mean return, mean length, episodes] per rollout; 64 steps = 2 rollouts of 2 x 16
+    assert r["imagination_kwargs"] == {"termination": "sample"}
+    for key in ("imagination", "real_trained"):
+        curve = r[key]["curve"]
+        assert curve and all(row[0] in (32, 64) and row[3] >= 1 and 1 <= row[2] for row in curve)
+    assert all(row[2] <= 20 for row in r["imagination"]["curve"])  # imagined episodes end by the horizon
+    plot_curves(r, tmp_path / "rl.png")
+    assert (tmp_path / "rl.png").stat().st_size > 1000
+    text = render("rl", r)
+    assert "termination='sample'" in text and "in the first rollout" in text
 
 
 def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_main_job_tiny(tiny_world_model: str, tmp_path: Path) -> None:
     assert list(stages) == ["collect", "train", "fidelity", "rl"]
     assert s["total_seconds"] >= sum(st["seconds"] for st in stages.values())
     assert stages["collect"]["frames"] == 200
-    for name in ("summary.md", "summary.json", "training_loss.png", "fidelity.png", "fidelity_rollout.gif",
+    for name in ("summary.md", "summary.json", "training_loss.png", "fidelity.png", "fidelity_rollout.gif", "rl.png",
                  "fidelity.json", "rl.json"):
         assert (out / name).exists(), name
 

@@ -154,6 +154,32 @@ def test_score_first_steps() -> None:
     assert s == {"episodes": 4, "on_time": 0.5, "early": 0.25, "missed": 0.25, "mean_abs_step_error": 7 / 3}
 
 
+def test_score_sampled() -> None:
+    """Expected shares when each step terminates with its probability: by hand, at the 0/1 limits (the threshold
+    score), and against Monte Carlo draws."""
+    from diffusion_world.bench.termination import score_first_steps, score_sampled
+
+    # real end at step 3, tolerance 0: P(first = 1, 2, 3) = 0.5, 0.25, 0.125 -> early 0.75, on time 0.125
+    s = score_sampled([np.array([0.5, 0.5, 0.5])], [3], tolerance=0)
+    assert s["early"] == pytest.approx(0.75) and s["on_time"] == pytest.approx(0.125)
+    assert s["missed"] == pytest.approx(0.125)
+    assert s["mean_abs_step_error"] == pytest.approx((0.5 * 2 + 0.25 * 1) / 0.875)
+    hard = [np.array([0, 0, 0, 0, 1.0, 1]), np.array([1.0, 0, 0]), np.zeros(6), np.array([0.0] * 8 + [1])]
+    assert score_sampled(hard, [6, 6, 6, 8], 2) == pytest.approx(score_first_steps([5, 1, None, 9], [6, 6, 6, 8], 2))
+    rng = np.random.default_rng(0)
+    probs = [rng.uniform(0, 0.4, 10) for _ in range(3)]
+    real = [4, 7, 10]
+    draws = [[_first(rng.uniform(size=10) < p) for _ in range(4000)] for p in probs]
+    mc = score_first_steps([d for row in draws for d in row], [r for r in real for _ in range(4000)], 1)
+    exact = score_sampled(probs, real, 1)
+    for key in ("on_time", "early", "missed"):
+        assert exact[key] == pytest.approx(mc[key], abs=0.02)
+
+
+def _first(hits: np.ndarray) -> int | None:
+    return int(np.flatnonzero(hits)[0]) + 1 if hits.any() else None
+
+
 @pytest.mark.parametrize("bias", [8.0, -8.0])
 def test_termination_benchmark(edge_walk_dataset: str, tmp_path: Path, bias: float) -> None:  # noqa: F811
     """A classifier that always (never) fires: every imagined and real-frame episode terminates at the first
@@ -240,7 +266,11 @@ def test_termination_benchmark_of_the_head(edge_walk_dataset: str, tmp_path: Pat
     for key in ("imagined", "real_frames"):
         assert (r[key]["missed"] == 1.0) is (bias < 0)
         assert (r[key]["early"] + r[key]["on_time"] == 1.0) is (bias > 0)
+    # a head this sure samples the same terminations as the threshold gives
+    for key in ("on_time", "early", "missed"):
+        assert r["imagined_sampled"][key] == pytest.approx(r["imagined"][key], abs=5e-3)
     assert "| real frames, head |" in render("termination", r)
+    assert "sampled" in render("termination", r)
 
 
 def test_real_frame_head_matches_the_training_forward(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811

@@ -176,6 +176,45 @@ def test_horizon_truncates_and_threshold_terminates(tiny_world_model: str) -> No
     assert not any(env.step(1)[2] for _ in range(5))
 
 
+def _cores_with_constant_termination(path: str, p: float, num_envs: int, **kwargs):
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.envs.core import ImaginationCore
+
+    wm = load_world_model(path)
+    wm.termination_probability = lambda logits, frames=None: torch.full(logits.shape, p)
+    return ImaginationCore(wm, num_envs, termination="sample", **kwargs)
+
+
+def _sampled_terminations(core, seeds: list[int], steps: int) -> np.ndarray:
+    core.reset_rows(range(core.num_envs), [np.random.default_rng(s) for s in seeds])
+    actions = core.check_actions(np.zeros(core.num_envs, dtype=np.int64))
+    return np.stack([core.step(actions).terminated for _ in range(steps)], axis=1)  # (N, steps)
+
+
+def test_sampled_termination(tiny_world_model: str) -> None:
+    """termination="sample": each row terminates with the predicted probability, drawn from its own generator,
+    so a row of a batch terminates exactly when the same row alone does."""
+    for p, expected in ((0.0, False), (1.0, True)):
+        core = _cores_with_constant_termination(tiny_world_model, p, 2, horizon=100)
+        assert (_sampled_terminations(core, [0, 1], 5) == expected).all()
+    batched = _sampled_terminations(_cores_with_constant_termination(tiny_world_model, 0.5, 3, horizon=100),
+                                    [5, 6, 7], 40)
+    assert 0.3 < batched.mean() < 0.7, batched.mean()
+    for i, seed in enumerate([5, 6, 7]):
+        alone = _sampled_terminations(_cores_with_constant_termination(tiny_world_model, 0.5, 1, horizon=100),
+                                      [seed], 40)
+        np.testing.assert_array_equal(batched[i], alone[0])
+    assert not np.array_equal(batched[0], batched[1])
+    again = _sampled_terminations(_cores_with_constant_termination(tiny_world_model, 0.5, 3, horizon=100),
+                                  [5, 6, 7], 40)
+    np.testing.assert_array_equal(again, batched)
+    # through gym.make, with the fixture's real (low) termination head: seeded episodes repeat exactly
+    env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model, termination="sample")
+    a, b = rollout(env, 3, [0, 1] * 4), rollout(env, 3, [0, 1] * 4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_rejected_actions_leave_the_env_usable(tiny_world_model: str) -> None:
     env = DiffusionWorldEnv(tiny_world_model)
     with pytest.raises(ResetNeededError, match="reset"):
@@ -236,6 +275,7 @@ def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, t
         DiffusionWorldEnv(str(no_contexts))
     for kwargs, match in [({"reset_mode": "middle"}, "reset_mode"), ({"frame_stack": 0}, "frame_stack"),
                           ({"horizon": 0}, "horizon"), ({"termination_threshold": 2}, "termination_threshold"),
+                          ({"termination": "maybe"}, "termination must be one of"),
                           ({"context_frames": 100}, "context_frames"), ({"render_mode": "human"}, "render_mode"),
                           ({"context_source": "web"}, "context_source")]:
         with pytest.raises(UserError, match=match):

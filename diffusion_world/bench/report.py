@@ -113,10 +113,13 @@ def rl_markdown(r: dict[str, Any]) -> str:
     ppo = r.get("ppo")  # results from before the settings were recorded used SB3's PPO defaults
     settings = (", settings " + ", ".join(f"{k} {v}" for k, v in ppo.items()) if ppo
                 else ", SB3's PPO defaults but n_steps <= 128, batch 256")
+    env_kwargs = r.get("imagination_kwargs")
     lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs{settings}) for "
              f"{r['agent_steps']:,} steps; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
-             + (f"; world model at training step {r['checkpoint_step']}." if r.get("checkpoint_step") is not None
-                else "."), "",
+             + (f"; world model at training step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None
+                else "")
+             + (f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}"
+                if env_kwargs else "") + ".", "",
              "| policy | trained in | real-env return (mean ± std) | return in imagination | training time s |",
              "|---|---|---|---|---|"]
     imag = r.get("in_imagination", {})  # results from before this was measured do not have it
@@ -128,6 +131,13 @@ def rl_markdown(r: dict[str, Any]) -> str:
                      f"| {_f(row.get('train_s'), 0)} |")
     ratio = r.get("headline", {}).get("imagination_vs_real_ratio")
     lines += ["", f"Imagination / real return ratio: {_f(ratio)}."]
+    for key, where in (("imagination", "in imagination"), ("real_trained", "in the real env")):
+        curve = r[key].get("curve")
+        if curve:
+            last = [c[1] for c in curve[-5:]]
+            lines[-1] += (f" Training returns {where} (mean of the episodes that ended in a rollout): "
+                          f"{curve[0][1]:.1f} in the first rollout, {sum(last) / len(last):.1f} "
+                          f"over the last {len(last)}.")
     if imag:
         lines[-1] += (f" Return in imagination: the same {r['eval_episodes']} episodes' worth in the imagined env, "
                       f"cut at {imag['horizon']} steps (a policy that scores far higher there than in the real env "

@@ -27,12 +27,14 @@ def evaluate(env: Any, act: Any, episodes: int, seed: int) -> np.ndarray:
     return np.array(returns)
 
 
-def evaluate_imagined(wm: Any, act: Any, episodes: int, seed: int, frame_stack: int, horizon: int) -> np.ndarray:
+def evaluate_imagined(wm: Any, act: Any, episodes: int, seed: int, frame_stack: int, horizon: int,
+                      env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
     """Undiscounted returns of the first episode of each of ``episodes`` batched imagined envs (row i seeded
     with ``seed + i``), each cut at ``horizon`` steps; ``act`` maps a batch of observations to actions."""
     from diffusion_world import make_sb3_vec_env
 
-    venv = make_sb3_vec_env(wm, num_envs=episodes, monitor=False, frame_stack=frame_stack, horizon=horizon)
+    venv = make_sb3_vec_env(wm, num_envs=episodes, monitor=False, frame_stack=frame_stack,
+                            **{**(env_kwargs or {}), "horizon": horizon})
     venv.seed(seed)
     obs = venv.reset()
     alive, total = np.ones(episodes, dtype=bool), np.zeros(episodes)
@@ -56,9 +58,62 @@ def _summary(returns: np.ndarray) -> dict[str, Any]:
     return {"mean": float(returns.mean()), "std": float(returns.std()), "returns": returns.tolist()}
 
 
+def _curve_callback(curve: list[list[float]]) -> Any:
+    """An SB3 callback that appends [steps so far, mean return, mean length, episodes] of the episodes that
+    ended during each rollout (from ``VecMonitor``'s ``info["episode"]``) to ``curve``: the learning curve in the
+    env the agent trains in."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Curve(BaseCallback):
+        def _on_rollout_start(self) -> None:
+            self.episodes: list[tuple[float, float]] = []
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.episodes.append((float(info["episode"]["r"]), float(info["episode"]["l"])))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.episodes:
+                r, length = np.mean(self.episodes, axis=0)
+                curve.append([self.num_timesteps, float(r), float(length), len(self.episodes)])
+
+    return Curve()
+
+
+def plot_curves(result: dict[str, Any], path: Any) -> None:
+    """Learning curves of both PPO runs (return of the episodes finished in each rollout, in the env the agent
+    trains in, smoothed over 5 rollouts), with the final real-env evaluations as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, colour in (("imagination", "PPO in imagination (return in imagination)", "C0"),
+                               ("real_trained", "PPO in the real env (return in the real env)", "C1")):
+        curve = np.array(result[key].get("curve") or [], dtype=np.float64).reshape(-1, 4)
+        if len(curve):
+            smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid") if len(curve) >= 5 else curve[:, 1]
+            ax.plot(curve[len(curve) - len(smooth):, 0], smooth, color=colour, label=label)
+        ax.errorbar([result["agent_steps"]], [result[key]["mean"]], yerr=[result[key]["std"]], fmt="o",
+                    color=colour, capsize=3, label=f"{key.replace('_', ' ')}: final real-env evaluation")
+    ax.axhline(result["random"]["mean"], color="grey", ls="--", label="random policy, real env")
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"PPO learning curves (world model step {result.get('checkpoint_step')})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,
            frame_stack: int = 4, horizon: int | None = None, imagined_eval_horizon: int = 200, seed: int = 0,
-           progress: bool = True) -> dict[str, Any]:
+           progress: bool = True, imagination_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
+    "sample"}`` or ``{"reset_mode": "anywhere"}``); the evaluation in imagination uses them too."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
@@ -72,18 +127,22 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     ppo_kwargs: dict[str, Any] = dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(256, n_steps * num_envs),
                                       learning_rate=lambda progress_left: PPO_LR * progress_left, seed=seed,
                                       verbose=0, policy_kwargs=small_frames_policy_kwargs() if small else None)
-    env_kwargs = {"horizon": horizon} if horizon else {}
+    imagination_kwargs = dict(imagination_kwargs or {})
+    env_kwargs = {**({"horizon": horizon} if horizon else {}), **imagination_kwargs}
     say = print if progress else (lambda *a, **k: None)
 
     t0 = time.perf_counter()
     imagined = make_sb3_vec_env(wm, num_envs=num_envs, frame_stack=frame_stack, **env_kwargs)
-    agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(agent_steps, progress_bar=False)
+    curves: dict[str, list[list[float]]] = {"imagination": [], "real_trained": []}
+    agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(agent_steps, progress_bar=False,
+                                                                     callback=_curve_callback(curves["imagination"]))
     t_imagined = time.perf_counter() - t0
     say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
 
     t0 = time.perf_counter()
     real_venv = VecMonitor(DummyVecEnv([lambda: make_real_env(wm, frame_stack=frame_stack)] * num_envs))
-    agent_real = PPO("CnnPolicy", real_venv, **ppo_kwargs).learn(agent_steps, progress_bar=False)
+    agent_real = PPO("CnnPolicy", real_venv, **ppo_kwargs).learn(agent_steps, progress_bar=False,
+                                                                 callback=_curve_callback(curves["real_trained"]))
     t_real = time.perf_counter() - t0
     say(f"PPO in the real env: {agent_steps} steps in {t_real:.0f}s")
 
@@ -97,7 +156,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     in_imagination = {
-        key: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag))
+        key: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag, imagination_kwargs))
         for key, act in (("imagination", lambda o: agent_imagined.predict(o, deterministic=True)[0]),
                          ("real_trained", lambda o: agent_real.predict(o, deterministic=True)[0]),
                          ("random", lambda o: rng.integers(0, env.action_space.n, len(o))
@@ -108,8 +167,9 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "agent_steps": agent_steps,
         "ppo": {**PPO_SETTINGS, "n_steps": n_steps, "learning_rate": f"linear {PPO_LR} -> 0"},
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
-        "imagination": {**_summary(imag), "train_s": t_imagined},
-        "real_trained": {**_summary(real), "train_s": t_real},
+        "imagination_kwargs": imagination_kwargs,
+        "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"]},
+        "real_trained": {**_summary(real), "train_s": t_real, "curve": curves["real_trained"]},
         "random": _summary(rand),
         "in_imagination": {"horizon": h_imag, **in_imagination},
     }

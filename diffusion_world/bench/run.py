@@ -17,8 +17,12 @@ SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control")
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
                   quick: bool = False, device: str = "cpu", name: str | None = None,
-                  short_memory: str | None = None, dataset_id: str | None = None) -> Path:
+                  short_memory: str | None = None, dataset_id: str | None = None,
+                  termination: str | None = None) -> Path:
     out = Path(out)
+    stem = name or (f"{suite}_quick" if quick else suite)
+    if termination is not None and suite != "rl":
+        raise UserError("termination applies to benchmark rl only")
     machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
     imagination: dict[str, Any] = {}
     if card:
@@ -60,17 +64,20 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                              context=imagination.get("context_frames"), sampler_steps=imagination.get("sampler_steps"),
                              device=device)
     elif suite == "rl":
-        from diffusion_world.bench.rl import run_rl
+        from diffusion_world.bench.rl import plot_curves, run_rl
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
         result = run_rl(world_model, agent_steps=2_000 if quick else 20_000, eval_episodes=3 if quick else 10,
-                        horizon=imagination.get("horizon"))
+                        horizon=imagination.get("horizon"),
+                        imagination_kwargs={"termination": termination} if termination else None)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_curves(result, out / f"{stem}.png")
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
     result["machine"] = machine
-    return record_result(out, name or (f"{suite}_quick" if quick else suite), result)
+    return record_result(out, stem, result)
 
 
 def record_result(out: str | Path, stem: str, result: dict[str, Any]) -> Path:

@@ -3,7 +3,9 @@
 For each terminated held-out episode: its real frames up to ``context`` before the last ``horizon`` steps warm
 the model up, then the episode's real actions are replayed until its real terminal frame, and the step at which
 the imagined episode first terminates (p > 0.5) is compared with the real one. On time: within ``tolerance``
-steps of it; early: before that; missed: not by the real terminal step. The same is scored for the model's own
+steps of it; early: before that; missed: not by the real terminal step. The same, as expected shares, for an
+env that samples terminations (``termination="sample"``) from the same probabilities. The same is scored for the
+model's own
 termination head on the same imagined frames (when a frame classifier replaces it) and for whatever scores
 terminations (classifier or head) on the real frames of the episode (what perfect frames would give; the head
 reads them teacher-forced, each real frame seeing the real ones before it).
@@ -38,6 +40,26 @@ def score_first_steps(first: list[int | None], real: list[int], tolerance: int) 
     return {"episodes": n, "on_time": on_time / n if n else None, "early": early / n if n else None,
             "missed": (n - on_time - early) / n if n else None,
             "mean_abs_step_error": float(np.mean(errors)) if errors else None}
+
+
+def score_sampled(probabilities: list[np.ndarray], real: list[int], tolerance: int) -> dict[str, Any]:
+    """The expected on-time / early / missed shares when each step terminates with its probability (an env with
+    ``termination="sample"``): episode i first terminates at step t with p_t * prod_{s<t} (1 - p_s). Exact, not
+    drawn. The mean |step error| is over the episodes' termination steps, weighted by their probability."""
+    n = len(real)
+    on_time = early = terminated = abs_error = 0.0
+    for p, r in zip(probabilities, real):
+        p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+        survive = np.concatenate([[1.0], np.cumprod(1.0 - p)[:-1]])
+        first = p * survive  # P(first termination at step t = 1..len(p))
+        t = np.arange(1, len(p) + 1)
+        on_time += first[np.abs(t - r) <= tolerance].sum()
+        early += first[t < r - tolerance].sum()
+        terminated += first.sum()
+        abs_error += (first * np.abs(t - r)).sum()
+    return {"episodes": n, "on_time": on_time / n if n else None, "early": early / n if n else None,
+            "missed": (n - on_time - early) / n if n else None,
+            "mean_abs_step_error": abs_error / terminated if terminated else None}
 
 
 def end_windows(cache: FrameCache, episodes: np.ndarray, context: int, horizon: int
@@ -111,6 +133,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     starts, steps = end_windows(cache, episodes, context, horizon)
     sampler = SamplerConfig(num_steps=K)
     rows: dict[str, list[int | None]] = {"imagined": [], "imagined_head": [], "real_frames": []}
+    sampled: list[np.ndarray] = []
     real: list[int] = []
     has_classifier = wm.termination_classifier is not None
     for sel, fr, out in imagine_windows(wm, cache, starts, steps, context, sampler, seed, progress,
@@ -129,12 +152,14 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
             rows["imagined"].append(_first_step(p[j] > 0.5))
             rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
             rows["real_frames"].append(_first_step(p_real[j] > 0.5))
+            sampled.append(p[j])
             real.append(h)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
         "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,
         "termination_source": "classifier" if has_classifier else "head",
         "imagined": score_first_steps(rows["imagined"], real, tolerance),
+        "imagined_sampled": score_sampled(sampled, real, tolerance),
     }
     if has_classifier:
         result["imagined_head"] = score_first_steps(rows["imagined_head"], real, tolerance)
@@ -153,6 +178,8 @@ def termination_markdown(r: dict[str, Any]) -> str:
              f"the imagined episode terminates within {r['tolerance']} steps of the real one.", "",
              "| terminations from | on time | early | missed | mean abs step error |", "|---|---|---|---|---|"]
     names = {"imagined": f"imagined frames, {r['termination_source']}",
+             "imagined_sampled": f"imagined frames, {r['termination_source']}, sampled (`termination=\"sample\"`; "
+                                 "expected shares)",
              "imagined_head": "imagined frames, the model's head",
              "real_frames": f"real frames, {r['termination_source']}"}
     for key, name in names.items():

@@ -38,6 +38,7 @@ from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_from_dict, action_space_to_dict
 
 RESET_MODES = ("episode_start", "anywhere")
+TERMINATION_MODES = ("threshold", "sample")
 CONTEXT_SOURCES = ("auto", "dataset", "checkpoint")
 DEFAULT_CONTEXT_FRAMES = 4
 DEFAULT_HORIZON = 1000
@@ -196,8 +197,12 @@ class ImaginationCore:
         frame_stack: frames per observation, stacked on the channel axis.
         device: torch device of the model.
         reset_mode: ``"episode_start"`` (contexts are episode starts) or ``"anywhere"`` (any window).
-        termination_threshold: an episode terminates when the predicted probability (calibrated:
-            :meth:`WorldModel.termination_probability`) exceeds it.
+        termination_threshold: with ``termination="threshold"``, an episode terminates when the predicted
+            probability (calibrated: :meth:`WorldModel.termination_probability`) exceeds it.
+        termination: ``"threshold"`` (deterministic given the frame) or ``"sample"``: each step, each row
+            terminates with the predicted probability, drawn from the row's ``torch.Generator`` after the frame's
+            noise (as DIAMOND samples its end flag). Sampling ends episodes that linger on frames the model finds
+            somewhat terminal, which a threshold never ends.
 
     Example::
 
@@ -211,10 +216,12 @@ class ImaginationCore:
                  dataset_id: str | None = None, context_source: str = "auto", context_frames: int | None = None,
                  horizon: int | None = None, sampler_steps: int | None = None, frame_stack: int = 1,
                  device: str = "cpu", reset_mode: str = "episode_start",
-                 termination_threshold: float = 0.5) -> None:
+                 termination_threshold: float = 0.5, termination: str = "threshold") -> None:
         self.num_envs = _positive_int("num_envs", num_envs)
         if reset_mode not in RESET_MODES:
             raise UserError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
+        if termination not in TERMINATION_MODES:
+            raise UserError(f"termination must be one of {TERMINATION_MODES}, got {termination!r}")
         if context_source not in CONTEXT_SOURCES:
             raise UserError(f"context_source must be one of {CONTEXT_SOURCES}, got {context_source!r}")
         if isinstance(termination_threshold, bool) or not isinstance(termination_threshold, int | float) or not (
@@ -235,6 +242,7 @@ class ImaginationCore:
         self.frame_stack = _positive_int("frame_stack", frame_stack)
         self.reset_mode = reset_mode
         self.termination_threshold = float(termination_threshold)
+        self.termination = termination
         self.sampler = SamplerConfig(num_steps=_positive_int("sampler_steps", sampler_steps if sampler_steps
                                                              is not None else defaults.get("sampler_steps",
                                                                                            DEFAULT_SAMPLER_STEPS)),
@@ -413,8 +421,12 @@ class ImaginationCore:
             self.generators, self.sampler, self.sigmas)
         frames = x_to_frames(x).cpu().numpy()  # (N, H, W, 3)
         rewards = symexp(reward.float()).cpu().numpy().astype(np.float64)
-        terminated = self.world_model.termination_probability(termination_logit, x).cpu().numpy() > (
-            self.termination_threshold)
+        probability = self.world_model.termination_probability(termination_logit, x).float().cpu().numpy()
+        if self.termination == "sample":
+            draws = np.array([torch.rand((), generator=g).item() for g in self.generators])
+            terminated = draws < probability
+        else:
+            terminated = probability > self.termination_threshold
         self.steps += 1
         truncated = self.steps >= self.horizon
         self.stacks[:, :-1] = self.stacks[:, 1:]
