@@ -186,10 +186,10 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("benchmark", help="measure a world model: fidelity, speed, RL transfer, terminations, "
-                                                "action response",
+                                                "action response, random-play episode lengths",
                        description="Writes JSON + Markdown (+ PNG/GIF) into --out; benchmarks/README.md is "
                                    "regenerated when --out is benchmarks/results.")
-    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination", "control"])
+    p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination", "control", "random_play"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
     p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")
@@ -197,7 +197,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--short-memory", help="fidelity: a short-memory baseline checkpoint to compare against")
     p.add_argument("--dataset-id", help="fidelity / termination: real episodes to compare against (default: the "
                                         "validation episodes of the model's training dataset; any other "
-                                        "dataset counts as held out in full)")
+                                        "dataset counts as held out in full); random_play: reset contexts (default: "
+                                        "the model's training dataset when present)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--name", help="result file stem (default: the suite name)")
     p.add_argument("--termination", choices=["threshold", "sample"],

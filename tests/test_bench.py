@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from diffusion_world.bench.fidelity import (
     foreground_recall,
@@ -188,3 +189,39 @@ def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Pa
     assert "#### `memory`" in text and "#### `speed`" in text and "#### `memory_old`" not in text
     assert "Earlier checkpoints and settings (tables in `benchmarks/README.md`): `memory_old`." in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old\n" not in text.split(START)[1]
+
+
+def test_random_play_expected_length() -> None:
+    from diffusion_world.bench.random_play import expected_length, survival
+
+    assert expected_length(np.zeros(5)) == 5.0
+    assert expected_length(np.array([1.0, 0.3, 0.3])) == 1.0
+    assert expected_length(np.array([0.5, 0.5, 0.5])) == pytest.approx(1 + 0.5 + 0.25)
+    np.testing.assert_allclose(survival(np.array([[0.5, 0.5], [0.0, 1.0]])), [[1.0, 0.5], [1.0, 1.0]])
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               one_torch_thread: None, p: float) -> None:
+    """A termination probability of 1 (0) everywhere ends every imagined episode at step 1 (none), by the
+    threshold and in expectation; the real env's random play is CartPole's."""
+    from diffusion_world.bench import random_play
+    from diffusion_world.checkpoint import load_world_model
+
+    def constant(path, device="cpu"):
+        wm = load_world_model(path, device=device)
+        wm.termination_probability = lambda logits, frames=None: torch.full(logits.shape, p)
+        return wm
+
+    monkeypatch.setattr(random_play, "load_world_model", constant)
+    steps = 6
+    r = random_play.run_random_play(tiny_world_model, tmp_path, num_envs=3, steps=steps, progress=False)
+    e = r["episode_length"]
+    assert e["threshold"]["lengths"] == ([1, 1, 1] if p else [steps] * 3)
+    assert e["threshold"]["cut"] == e["sampled"]["cut"] == (0.0 if p else 1.0)
+    assert e["sampled"]["mean"] == pytest.approx(1.0 if p else steps)
+    assert len(e["real"]["lengths"]) == 3 and all(1 <= n <= steps for n in e["real"]["lengths"])
+    assert r["survival"]["threshold"] == ([1.0] + [0.0] * (steps - 1) if p else [1.0] * steps)
+    assert (tmp_path / "random_play.png").stat().st_size > 1000
+    text = render("random_play", r)
+    assert "| real env |" in text and 'termination=\"sample\"' in text

@@ -170,6 +170,12 @@ def control_markdown(r: dict[str, Any]) -> str:
     return render_control(r)
 
 
+def random_play_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.bench.random_play import random_play_markdown as render_random_play
+
+    return render_random_play(r)
+
+
 def main_job_markdown(r: dict[str, Any]) -> str:
     from diffusion_world.main_job import summary_table
 
@@ -178,7 +184,7 @@ def main_job_markdown(r: dict[str, Any]) -> str:
 
 RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown, "rl": rl_markdown,
              "memory": memory_markdown, "main_job": main_job_markdown, "termination": termination_markdown,
-             "control": control_markdown}
+             "control": control_markdown, "random_play": random_play_markdown}
 
 
 def render(name: str, r: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""``diffusion-world benchmark {fidelity,memory,speed,rl,termination,control}``: run one suite, write JSON +
-Markdown (+ PNG) into ``--out``, and regenerate ``README.md`` next to the results directory when it is
+"""``diffusion-world benchmark {fidelity,memory,speed,rl,termination,control,random_play}``: run one suite, write
+JSON + Markdown (+ PNG) into ``--out``, and regenerate ``README.md`` next to the results directory when it is
 ``benchmarks/results``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from diffusion_world.bench.common import machine_info, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.errors import UserError
 
-SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control")
+SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -63,6 +63,13 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result = run_control(world_model, out, num_starts=8 if quick else 32, horizon=8 if quick else 12,
                              context=imagination.get("context_frames"), sampler_steps=imagination.get("sampler_steps"),
                              device=device)
+    elif suite == "random_play":
+        from diffusion_world.bench.random_play import run_random_play
+
+        if not world_model:
+            raise UserError("benchmark random_play needs --world-model")
+        result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
+                                 dataset_id=dataset_id, device=device)
     elif suite == "rl":
         from diffusion_world.bench.rl import plot_curves, run_rl
 

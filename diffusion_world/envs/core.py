@@ -174,12 +174,13 @@ def _positive_int(name: str, value: Any) -> int:
 @dataclass
 class StepResult:
     """What one batched step produced: frames (N, H, W, 3) uint8, rewards (N,) float64, terminated and
-    truncated (N,) bool."""
+    truncated (N,) bool, and the predicted termination probability (N,) float32 that ``terminated`` came from."""
 
     frames: np.ndarray
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+    termination_probability: np.ndarray
 
 
 class ImaginationCore:
@@ -431,7 +432,7 @@ class ImaginationCore:
         truncated = self.steps >= self.horizon
         self.stacks[:, :-1] = self.stacks[:, 1:]
         self.stacks[:, -1] = frames
-        return StepResult(frames, rewards, terminated, truncated)
+        return StepResult(frames, rewards, terminated, truncated, probability)
 
     def observations(self, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """The current observations of ``rows`` (default: all), a new array (n, H, W, 3 * frame_stack)."""

@@ -1,0 +1,145 @@
+"""Is the imagined env as unforgiving as the real one? Episode lengths under random play.
+
+An agent learns CartPole-like tasks from when its episodes end. An imagined env whose episodes outlast the real
+ones under the same behaviour rewards failing, whatever its frames look like. This benchmark plays uniformly
+random actions in ``num_envs`` imagined envs (the env as users get it: its reset contexts and sampler) and in the
+real env for as many episodes, up to ``steps`` steps, and compares the episode lengths: the imagined ones as the
+env would end them with the default ``termination="threshold"`` (the first step whose termination probability
+exceeds 0.5) and, as expected values, with ``termination="sample"`` (each step ends the episode with its
+probability). The imagined rollouts run on past the threshold's end, so both are read off the same frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusion_world.checkpoint import load_world_model
+from diffusion_world.errors import UserError
+
+
+def survival(p: np.ndarray) -> np.ndarray:
+    """(..., T) per-step end probabilities -> (..., T) P(the episode is still running when step t starts)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    ones = np.ones(p.shape[:-1] + (1,))
+    return np.concatenate([ones, np.cumprod(1.0 - p, axis=-1)[..., :-1]], axis=-1)
+
+
+def expected_length(p: np.ndarray) -> float:
+    """Expected length, cut at len(p), of an episode whose step t ends it with probability p[t-1]."""
+    return float(survival(p).sum())
+
+
+def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:
+    lengths = np.asarray(lengths)
+    return {"mean": float(lengths.mean()), "median": float(np.median(lengths)), "cut": float(np.mean(running)),
+            "lengths": lengths.tolist()}
+
+
+def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths (cut at ``steps``) of ``episodes`` real episodes under uniformly random actions, and whether each
+    was still running when cut."""
+    from diffusion_world.envs.world_env import make_real_env
+
+    env = make_real_env(wm)
+    env.action_space.seed(seed)
+    lengths, running = [], []
+    for i in range(episodes):
+        env.reset(seed=10_000 + seed + i)
+        t, done = 0, False
+        while not done and t < steps:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            t += 1
+            done = terminated or truncated
+        lengths.append(t)
+        running.append(not done)
+    env.close()
+    return np.array(lengths), np.array(running)
+
+
+def run_random_play(world_model: str, out_dir: str | Path | None = None, num_envs: int = 32, steps: int = 100,
+                    dataset_id: str | None = None, seed: int = 0, device: str = "cpu",
+                    progress: bool = True) -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); writes ``random_play.png`` into ``out_dir`` when given."""
+    from diffusion_world.envs.core import ImaginationCore
+
+    for name, v in (("num_envs", num_envs), ("steps", steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {v!r}")
+    wm = load_world_model(world_model, device=device)
+    # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
+    core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, horizon=steps + 1, termination_threshold=1.0,
+                           device=device)
+    core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])
+    core.action_space.seed(seed)
+    probs = []
+    for _ in tqdm(range(steps), desc="random play in imagination", disable=not progress, leave=False):
+        actions = core.check_actions(np.stack([core.action_space.sample() for _ in range(num_envs)]))
+        probs.append(core.step(actions).termination_probability)
+    p = np.stack(probs, 1).astype(np.float64)  # (N, steps)
+    ended = (p > 0.5).any(1)
+    threshold_end = np.where(ended, (p > 0.5).argmax(1) + 1, steps)
+    sampled = np.array([expected_length(row) for row in p])
+    real, real_running = real_random_lengths(wm, num_envs, steps, seed)
+    result: dict[str, Any] = {
+        "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
+        "num_envs": num_envs, "steps": steps, "sampler_steps": core.sampler.num_steps,
+        "context_frames": core.context_frames,
+        "episode_length": {"real": _summary(real, real_running), "threshold": _summary(threshold_end, ~ended),
+                           "sampled": {"mean": float(sampled.mean()), "median": float(np.median(sampled)),
+                                       "cut": float((survival(p)[:, -1] * (1 - p[:, -1])).mean()),
+                                       "expected_lengths": sampled.tolist()}},
+        "survival": {"real": [float((real >= t).mean()) for t in range(1, steps + 1)],
+                     "threshold": [float((threshold_end >= t).mean()) for t in range(1, steps + 1)],
+                     "sampled": survival(p).mean(0).tolist()},
+    }
+    e = result["episode_length"]
+    result["headline"] = {"real_mean_length": e["real"]["mean"], "threshold_mean_length": e["threshold"]["mean"],
+                          "sampled_mean_length": e["sampled"]["mean"],
+                          "threshold_vs_real": e["threshold"]["mean"] / e["real"]["mean"],
+                          "sampled_vs_real": e["sampled"]["mean"] / e["real"]["mean"]}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_random_play(out_dir / "random_play.png", result)
+    return result
+
+
+def plot_random_play(path: Path, r: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(1, r["steps"] + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    s = r["survival"]
+    ax.step(t, s["real"], where="post", color="k", label="real env")
+    ax.step(t, s["threshold"], where="post", color="C0", label='imagined, termination="threshold"')
+    ax.plot(t, s["sampled"], color="C1", label='imagined, termination="sample" (expected)')
+    ax.set_xlabel("step")
+    ax.set_ylabel("episodes still running")
+    ax.set_title(f"Random play: {r['num_envs']} episodes each (world model step {r['checkpoint_step']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def random_play_markdown(r: dict[str, Any]) -> str:
+    from diffusion_world.bench.report import _f
+
+    e = r["episode_length"]
+    lines = [f"Uniformly random actions for up to {r['steps']} steps: {r['num_envs']} real episodes and "
+             f"{r['num_envs']} imagined ones ({r['contexts']}, K={r['sampler_steps']}, checkpoint step "
+             f"{r['checkpoint_step']}). An imagined env whose episodes outlast the real ones rewards failing.", "",
+             "| episodes | mean length | median length | still running at the last step |", "|---|---|---|---|",
+             f"| real env | {e['real']['mean']:.1f} | {e['real']['median']:.0f} | {_f(e['real']['cut'])} |",
+             f"| imagined, `termination=\"threshold\"` | {e['threshold']['mean']:.1f} | "
+             f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |",
+             f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
+             f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |"]
+    return "\n".join(lines)
