@@ -225,3 +225,21 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     assert (tmp_path / "random_play.png").stat().st_size > 1000
     text = render("random_play", r)
     assert "| real env |" in text and 'termination=\"sample\"' in text
+
+
+@pytest.mark.slow
+def test_rl_parallel_matches_sequential(tiny_world_model: str, one_torch_thread: None) -> None:
+    """The real-env reference trained in a second process is the agent a sequential run trains: same learning
+    curve, same evaluation returns (greedy and sampled)."""
+    from diffusion_world.bench.rl import run_rl
+
+    kwargs = dict(agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=10, progress=False)
+    seq = run_rl(tiny_world_model, **kwargs)
+    par = run_rl(tiny_world_model, parallel=True, **kwargs)
+    for key in ("imagination", "real_trained"):
+        assert par[key]["curve"] == seq[key]["curve"] and par[key]["returns"] == seq[key]["returns"]
+        assert par[key]["stochastic"]["returns"] == seq[key]["stochastic"]["returns"]
+    assert par["in_imagination"] == seq["in_imagination"]
+    import torch
+
+    assert torch.get_num_threads() == 1  # restored

@@ -120,17 +120,22 @@ def rl_markdown(r: dict[str, Any]) -> str:
                 else "")
              + (f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}"
                 if env_kwargs else "") + ".", "",
-             "| policy | trained in | real-env return (mean ± std) | return in imagination | training time s |",
-             "|---|---|---|---|---|"]
+             "| policy | trained in | real-env return (mean ± std) | real, sampled actions | return in imagination "
+             "| training time s |", "|---|---|---|---|---|---|"]
     imag = r.get("in_imagination", {})  # results from before this was measured do not have it
     for key, name, where in (("imagination", "PPO", "the world model only"), ("real_trained", "PPO", "the real env"),
                              ("random", "random", "–")):
         row, im = r[key], imag.get(key)
         in_imag = f"{im['mean']:.1f} ± {im['std']:.1f}" if im else "–"
-        lines.append(f"| {name} | {where} | {row['mean']:.1f} ± {row['std']:.1f} | {in_imag} "
+        st = row.get("stochastic")  # measured since 2026-11-27; random acts by sampling anyway
+        sampled = f"{st['mean']:.1f} ± {st['std']:.1f}" if st else "–"
+        lines.append(f"| {name} | {where} | {row['mean']:.1f} ± {row['std']:.1f} | {sampled} | {in_imag} "
                      f"| {_f(row.get('train_s'), 0)} |")
     ratio = r.get("headline", {}).get("imagination_vs_real_ratio")
-    lines += ["", f"Imagination / real return ratio: {_f(ratio)}."]
+    lines += ["", f"Imagination / real return ratio: {_f(ratio)}."
+              + (" Real-env returns use the greedy action (SB3's default); \"real, sampled actions\" samples the "
+                 "policy's action distribution instead (a policy that learned little is near-uniform, and its greedy "
+                 "action is one fixed action)." if r["imagination"].get("stochastic") else "")]
     for key, where in (("imagination", "in imagination"), ("real_trained", "in the real env")):
         curve = r[key].get("curve")
         if curve:

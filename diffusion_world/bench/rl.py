@@ -6,6 +6,7 @@ scores far higher there than in the real env exploits the model."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,10 +59,10 @@ def _summary(returns: np.ndarray) -> dict[str, Any]:
     return {"mean": float(returns.mean()), "std": float(returns.std()), "returns": returns.tolist()}
 
 
-def _curve_callback(curve: list[list[float]]) -> Any:
+def _curve_callback(curve: list[list[float]], label: str | None = None, every: int = 25) -> Any:
     """An SB3 callback that appends [steps so far, mean return, mean length, episodes] of the episodes that
     ended during each rollout (from ``VecMonitor``'s ``info["episode"]``) to ``curve``: the learning curve in the
-    env the agent trains in."""
+    env the agent trains in. With ``label``, every ``every``-th rollout prints a progress line."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Curve(BaseCallback):
@@ -78,6 +79,10 @@ def _curve_callback(curve: list[list[float]]) -> Any:
             if self.episodes:
                 r, length = np.mean(self.episodes, axis=0)
                 curve.append([self.num_timesteps, float(r), float(length), len(self.episodes)])
+                if label and len(curve) % every == 0:
+                    recent = [c[1] for c in curve[-every:]]
+                    print(f"{label}: {self.num_timesteps:,} steps, return {np.mean(recent):.1f} "
+                          f"(last {len(recent)} rollouts)", flush=True)
 
     return Curve()
 
@@ -109,47 +114,113 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
-def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,
-           frame_stack: int = 4, horizon: int | None = None, imagined_eval_horizon: int = 200, seed: int = 0,
-           progress: bool = True, imagination_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
-    "sample"}`` or ``{"reset_mode": "anywhere"}``); the evaluation in imagination uses them too."""
+def _ppo_kwargs(agent_steps: int, num_envs: int, small_frames: bool, seed: int) -> dict[str, Any]:
+    from diffusion_world.envs.sb3_vec_env import small_frames_policy_kwargs
+
+    n_steps = max(16, min(PPO_SETTINGS["n_steps"], agent_steps // num_envs))
+    return dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(256, n_steps * num_envs),
+                learning_rate=lambda progress_left: PPO_LR * progress_left, seed=seed, verbose=0,
+                policy_kwargs=small_frames_policy_kwargs() if small_frames else None)
+
+
+def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: int, seed: int,
+                save_to: str | None = None, torch_threads: int | None = None,
+                label: str | None = None) -> tuple[Any, list[list[float]], float]:
+    """PPO trained in the real pixel env: (agent, learning curve, seconds). With ``save_to`` (a run in a child
+    process) the agent is saved there and returned as that path."""
+    import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-    from diffusion_world import make_sb3_vec_env
     from diffusion_world.envs import make_real_env
-    from diffusion_world.envs.sb3_vec_env import small_frames_policy_kwargs
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    wm = load_world_model(world_model)
+    curve: list[list[float]] = []
+    t0 = time.perf_counter()
+    venv = VecMonitor(DummyVecEnv([lambda: make_real_env(wm, frame_stack=frame_stack)] * num_envs))
+    kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
+    agent = PPO("CnnPolicy", venv, **kwargs).learn(agent_steps, progress_bar=False,
+                                                   callback=_curve_callback(curve, label))
+    seconds = time.perf_counter() - t0
+    venv.close()
+    if save_to is None:
+        return agent, curve, seconds
+    agent.save(save_to)
+    return save_to, curve, seconds
+
+
+def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,
+           frame_stack: int = 4, horizon: int | None = None, imagined_eval_horizon: int = 200, seed: int = 0,
+           progress: bool = True, imagination_kwargs: dict[str, Any] | None = None,
+           parallel: bool = False) -> dict[str, Any]:
+    """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
+    "sample"}`` or ``{"reset_mode": "anywhere"}``); the evaluation in imagination uses them too. ``parallel``:
+    train the real-env reference in a second process while the imagination agent trains (each with half the
+    torch threads); the same seeds give the same agents as a sequential run."""
+    import concurrent.futures
+    import multiprocessing
+    import tempfile
+
+    import torch
+    from stable_baselines3 import PPO
+
+    from diffusion_world import make_sb3_vec_env
 
     wm = load_world_model(world_model)
-    small = min(wm.config.frame_size) < 36
-    n_steps = max(16, min(PPO_SETTINGS["n_steps"], agent_steps // num_envs))
-    ppo_kwargs: dict[str, Any] = dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(256, n_steps * num_envs),
-                                      learning_rate=lambda progress_left: PPO_LR * progress_left, seed=seed,
-                                      verbose=0, policy_kwargs=small_frames_policy_kwargs() if small else None)
+    ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
+    n_steps = ppo_kwargs["n_steps"]
     imagination_kwargs = dict(imagination_kwargs or {})
     env_kwargs = {**({"horizon": horizon} if horizon else {}), **imagination_kwargs}
     say = print if progress else (lambda *a, **k: None)
 
-    t0 = time.perf_counter()
-    imagined = make_sb3_vec_env(wm, num_envs=num_envs, frame_stack=frame_stack, **env_kwargs)
-    curves: dict[str, list[list[float]]] = {"imagination": [], "real_trained": []}
-    agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(agent_steps, progress_bar=False,
-                                                                     callback=_curve_callback(curves["imagination"]))
-    t_imagined = time.perf_counter() - t0
-    say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
-
-    t0 = time.perf_counter()
-    real_venv = VecMonitor(DummyVecEnv([lambda: make_real_env(wm, frame_stack=frame_stack)] * num_envs))
-    agent_real = PPO("CnnPolicy", real_venv, **ppo_kwargs).learn(agent_steps, progress_bar=False,
-                                                                 callback=_curve_callback(curves["real_trained"]))
-    t_real = time.perf_counter() - t0
+    real_job, pool, tmp, threads_before = None, None, None, torch.get_num_threads()
+    if parallel:
+        threads = max(1, torch.get_num_threads() // 2)
+        torch.set_num_threads(threads)
+        tmp = tempfile.TemporaryDirectory()
+        pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        real_job = pool.submit(_train_real, str(world_model), agent_steps, num_envs, frame_stack, seed,
+                               str(Path(tmp.name) / "real_trained.zip"), threads,
+                               "PPO in the real env" if progress else None)
+    try:
+        t0 = time.perf_counter()
+        imagined = make_sb3_vec_env(wm, num_envs=num_envs, frame_stack=frame_stack, **env_kwargs)
+        curves: dict[str, list[list[float]]] = {"imagination": []}
+        agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(
+            agent_steps, progress_bar=False,
+            callback=_curve_callback(curves["imagination"], "PPO in imagination" if progress else None))
+        t_imagined = time.perf_counter() - t0
+        say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
+        if real_job is None:
+            agent_real, curves["real_trained"], t_real = _train_real(
+                world_model, agent_steps, num_envs, frame_stack, seed,
+                label="PPO in the real env" if progress else None)
+        else:
+            saved, curves["real_trained"], t_real = real_job.result()
+            agent_real = PPO.load(saved, device="cpu")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if tmp is not None:
+            tmp.cleanup()
+        torch.set_num_threads(threads_before)
     say(f"PPO in the real env: {agent_steps} steps in {t_real:.0f}s")
+
+    from diffusion_world.envs import make_real_env
 
     env = make_real_env(wm, frame_stack=frame_stack)
     eval_seed = 10_000 + seed  # episode seeds the collection (seed + i, small i) did not use
     imag = evaluate(env, lambda o: agent_imagined.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
     real = evaluate(env, lambda o: agent_real.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
+    # SB3 evaluates the greedy action; a policy that learned little is near-uniform, and its greedy action is one
+    # fixed action (worse than random in CartPole), so the sampled policy is reported too
+    stochastic = {}
+    for key, agent in (("imagination", agent_imagined), ("real_trained", agent_real)):
+        torch.manual_seed(eval_seed)  # the policy samples from torch's global generator
+        stochastic[key] = _summary(evaluate(env, lambda o, a=agent: a.predict(o, deterministic=False)[0],
+                                            eval_episodes, eval_seed))
     env.action_space.seed(seed)
     rand = evaluate(env, lambda o: env.action_space.sample(), eval_episodes, eval_seed)
     h_imag = min(imagined_eval_horizon, horizon or int(wm.imagination.get("horizon", imagined_eval_horizon)))
@@ -168,8 +239,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "ppo": {**PPO_SETTINGS, "n_steps": n_steps, "learning_rate": f"linear {PPO_LR} -> 0"},
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination_kwargs": imagination_kwargs,
-        "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"]},
-        "real_trained": {**_summary(real), "train_s": t_real, "curve": curves["real_trained"]},
+        "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"],
+                        "stochastic": stochastic["imagination"]},
+        "real_trained": {**_summary(real), "train_s": t_real, "curve": curves["real_trained"],
+                         "stochastic": stochastic["real_trained"]},
         "random": _summary(rand),
         "in_imagination": {"horizon": h_imag, **in_imagination},
     }

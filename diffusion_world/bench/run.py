@@ -18,11 +18,14 @@ SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
                   quick: bool = False, device: str = "cpu", name: str | None = None,
                   short_memory: str | None = None, dataset_id: str | None = None,
-                  termination: str | None = None) -> Path:
+                  termination: str | None = None, agent_steps: int | None = None, parallel: bool = False) -> Path:
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
-    if termination is not None and suite != "rl":
-        raise UserError("termination applies to benchmark rl only")
+    for option, value in (("termination", termination), ("agent_steps", agent_steps), ("parallel", parallel)):
+        if value not in (None, False) and suite != "rl":
+            raise UserError(f"{option} applies to benchmark rl only")
+    if agent_steps is not None and agent_steps < 1:
+        raise UserError(f"agent_steps must be positive, got {agent_steps}")
     machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
     imagination: dict[str, Any] = {}
     if card:
@@ -75,8 +78,9 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
-        result = run_rl(world_model, agent_steps=2_000 if quick else 20_000, eval_episodes=3 if quick else 10,
-                        horizon=imagination.get("horizon"),
+        steps = agent_steps or (2_000 if quick else 20_000)
+        result = run_rl(world_model, agent_steps=steps, eval_episodes=3 if quick else 10,
+                        horizon=imagination.get("horizon"), parallel=parallel,
                         imagination_kwargs={"termination": termination} if termination else None)
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out / f"{stem}.png")
