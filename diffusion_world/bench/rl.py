@@ -59,10 +59,12 @@ def _summary(returns: np.ndarray) -> dict[str, Any]:
     return {"mean": float(returns.mean()), "std": float(returns.std()), "returns": returns.tolist()}
 
 
-def _curve_callback(curve: list[list[float]], label: str | None = None, every: int = 25) -> Any:
+def _curve_callback(curve: list[list[float]], label: str | None = None, every: int = 25,
+                    on_rollout_end: Any = None) -> Any:
     """An SB3 callback that appends [steps so far, mean return, mean length, episodes] of the episodes that
     ended during each rollout (from ``VecMonitor``'s ``info["episode"]``) to ``curve``: the learning curve in the
-    env the agent trains in. With ``label``, every ``every``-th rollout prints a progress line."""
+    env the agent trains in. With ``label``, every ``every``-th rollout prints a progress line; ``on_rollout_end``
+    is called after each rollout."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Curve(BaseCallback):
@@ -76,6 +78,8 @@ def _curve_callback(curve: list[list[float]], label: str | None = None, every: i
             return True
 
         def _on_rollout_end(self) -> None:
+            if on_rollout_end is not None:
+                on_rollout_end()
             if self.episodes:
                 r, length = np.mean(self.episodes, axis=0)
                 curve.append([self.num_timesteps, float(r), float(length), len(self.episodes)])
@@ -158,7 +162,8 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
     "sample"}`` or ``{"reset_mode": "anywhere"}``); the evaluation in imagination uses them too. ``parallel``:
     train the real-env reference in a second process while the imagination agent trains (each with half the
-    torch threads); the same seeds give the same agents as a sequential run."""
+    torch threads; the imagination agent gets them all back once the reference is done). On one thread each, the
+    same seeds give the same agents as a sequential run; more threads can change float rounding."""
     import concurrent.futures
     import multiprocessing
     import tempfile
@@ -184,13 +189,19 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         real_job = pool.submit(_train_real, str(world_model), agent_steps, num_envs, frame_stack, seed,
                                str(Path(tmp.name) / "real_trained.zip"), threads,
                                "PPO in the real env" if progress else None)
+
+    def reclaim_threads() -> None:  # the reference is done: its threads go to the imagination agent
+        if real_job is not None and real_job.done():
+            torch.set_num_threads(threads_before)
+
     try:
         t0 = time.perf_counter()
         imagined = make_sb3_vec_env(wm, num_envs=num_envs, frame_stack=frame_stack, **env_kwargs)
         curves: dict[str, list[list[float]]] = {"imagination": []}
         agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(
             agent_steps, progress_bar=False,
-            callback=_curve_callback(curves["imagination"], "PPO in imagination" if progress else None))
+            callback=_curve_callback(curves["imagination"], "PPO in imagination" if progress else None,
+                                     on_rollout_end=reclaim_threads))
         t_imagined = time.perf_counter() - t0
         say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
         if real_job is None:
