@@ -187,7 +187,7 @@ def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Pa
     update_readme_section(readme, tmp_path)
     text = readme.read_text()
     assert "#### `memory`" in text and "#### `speed`" in text and "#### `memory_old`" not in text
-    assert "Earlier checkpoints and settings (tables in `benchmarks/README.md`): `memory_old`." in text
+    assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `memory_old`." in text
     assert text.startswith("intro\n") and text.endswith("after\n") and "old\n" not in text.split(START)[1]
 
 
@@ -243,3 +243,24 @@ def test_rl_parallel_matches_sequential(tiny_world_model: str, one_torch_thread:
     import torch
 
     assert torch.get_num_threads() == 1  # restored
+
+
+def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path) -> None:
+    """``<suite>_<tag>.json`` on the same checkpoint as ``<suite>.json`` (another setting) gets its table in the
+    README block; one on an earlier checkpoint is only named."""
+    import shutil
+
+    from diffusion_world.bench.report import END, START, update_readme_section
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    out = tmp_path / "results"
+    out.mkdir()
+    for stem in ("rl", "rl_sampled", "rl_step5300"):
+        shutil.copy(results / f"{stem}.json", out)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\n{END}\nend\n")
+    update_readme_section(readme, out)
+    text = readme.read_text()
+    assert "#### `rl`" in text and "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text
+    assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `rl_step5300`." in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
