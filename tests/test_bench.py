@@ -200,6 +200,16 @@ def test_random_play_expected_length() -> None:
     np.testing.assert_allclose(survival(np.array([[0.5, 0.5], [0.0, 1.0]])), [[1.0, 0.5], [1.0, 1.0]])
 
 
+def test_threshold_lengths() -> None:
+    from diffusion_world.bench.random_play import threshold_lengths
+
+    p = np.array([[0.1, 0.4, 0.6, 0.9], [0.0, 0.0, 0.0, 0.2], [0.8, 0.1, 0.1, 0.1]])
+    lengths, ended = threshold_lengths(p, 0.5)
+    assert lengths.tolist() == [3, 4, 1] and ended.tolist() == [True, False, True]
+    lengths, ended = threshold_lengths(p, 0.15)
+    assert lengths.tolist() == [2, 4, 1] and ended.tolist() == [True, True, True]
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                one_torch_thread: None, p: float) -> None:
@@ -222,9 +232,11 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     assert e["sampled"]["mean"] == pytest.approx(1.0 if p else steps)
     assert len(e["real"]["lengths"]) == 3 and all(1 <= n <= steps for n in e["real"]["lengths"])
     assert r["survival"]["threshold"] == ([1.0] + [0.0] * (steps - 1) if p else [1.0] * steps)
+    for row in r["threshold_sweep"]:
+        assert row["mean"] == (1.0 if p else steps) and row["cut"] == (0.0 if p else 1.0)
     assert (tmp_path / "random_play.png").stat().st_size > 1000
     text = render("random_play", r)
-    assert "| real env |" in text and 'termination=\"sample\"' in text
+    assert "| real env |" in text and 'termination=\"sample\"' in text and "| termination_threshold | 0.05 |" in text
 
 
 @pytest.mark.slow

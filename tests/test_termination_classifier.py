@@ -269,7 +269,11 @@ def test_termination_benchmark_of_the_head(edge_walk_dataset: str, tmp_path: Pat
     # a head this sure samples the same terminations as the threshold gives
     for key in ("on_time", "early", "missed"):
         assert r["imagined_sampled"][key] == pytest.approx(r["imagined"][key], abs=5e-3)
+        # ... and every threshold of the sweep ends the episodes where 0.5 does
+        assert all(row[key] == r["imagined"][key] for row in r["threshold_sweep"])
+    assert [row["threshold"] for row in r["threshold_sweep"]] == [0.05, 0.1, 0.2, 0.3, 0.5, 0.7]
     assert "| real frames, head |" in render("termination", r)
+    assert "`termination_threshold=0.2`" in render("termination", r)
     assert "sampled" in render("termination", r)
 
 

@@ -33,6 +33,17 @@ def expected_length(p: np.ndarray) -> float:
     return float(survival(p).sum())
 
 
+SWEEP = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)  # termination thresholds scored from the same probabilities
+
+
+def threshold_lengths(p: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T) per-step termination probabilities -> each episode's length when the first step with p >
+    ``threshold`` ends it (T when none does), and whether one did."""
+    hit = np.asarray(p) > threshold
+    ended = hit.any(1)
+    return np.where(ended, hit.argmax(1) + 1, hit.shape[1]), ended
+
+
 def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:
     lengths = np.asarray(lengths)
     return {"mean": float(lengths.mean()), "median": float(np.median(lengths)), "cut": float(np.mean(running)),
@@ -80,8 +91,7 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
         actions = core.check_actions(np.stack([core.action_space.sample() for _ in range(num_envs)]))
         probs.append(core.step(actions).termination_probability)
     p = np.stack(probs, 1).astype(np.float64)  # (N, steps)
-    ended = (p > 0.5).any(1)
-    threshold_end = np.where(ended, (p > 0.5).argmax(1) + 1, steps)
+    threshold_end, ended = threshold_lengths(p, 0.5)
     sampled = np.array([expected_length(row) for row in p])
     real, real_running = real_random_lengths(wm, num_envs, steps, seed)
     result: dict[str, Any] = {
@@ -92,6 +102,9 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
                            "sampled": {"mean": float(sampled.mean()), "median": float(np.median(sampled)),
                                        "cut": float((survival(p)[:, -1] * (1 - p[:, -1])).mean()),
                                        "expected_lengths": sampled.tolist()}},
+        # other values of the env's termination_threshold, read off the same rollouts
+        "threshold_sweep": [{"threshold": th, "mean": float(threshold_lengths(p, th)[0].mean()),
+                             "cut": float(1 - threshold_lengths(p, th)[1].mean())} for th in SWEEP],
         "survival": {"real": [float((real >= t).mean()) for t in range(1, steps + 1)],
                      "threshold": [float((threshold_end >= t).mean()) for t in range(1, steps + 1)],
                      "sampled": survival(p).mean(0).tolist()},
@@ -142,4 +155,12 @@ def random_play_markdown(r: dict[str, Any]) -> str:
              f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |",
              f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
              f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |"]
+    sweep = r.get("threshold_sweep")  # recorded since 2026-11-27
+    if sweep:
+        lines += ["", "Other `termination_threshold` values, read off the same imagined rollouts (the real env: "
+                  f"{e['real']['mean']:.1f}):", "",
+                  "| termination_threshold | " + " | ".join(f"{row['threshold']:g}" for row in sweep) + " |",
+                  "|---|" + "---|" * len(sweep),
+                  "| mean length | " + " | ".join(f"{row['mean']:.1f}" for row in sweep) + " |",
+                  "| still running at the last step | " + " | ".join(_f(row["cut"]) for row in sweep) + " |"]
     return "\n".join(lines)

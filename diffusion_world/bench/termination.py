@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
@@ -164,6 +165,9 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     if has_classifier:
         result["imagined_head"] = score_first_steps(rows["imagined_head"], real, tolerance)
     result["real_frames"] = score_first_steps(rows["real_frames"], real, tolerance)
+    # other values of the env's termination_threshold, scored on the same imagined rollouts
+    result["threshold_sweep"] = [{"threshold": th, **score_first_steps([_first_step(q > th) for q in sampled], real,
+                                                                     tolerance)} for th in SWEEP]
     result["headline"] = {"episodes": len(real), "on_time": result["imagined"]["on_time"],
                           "early": result["imagined"]["early"], "missed": result["imagined"]["missed"]}
     return result
@@ -186,6 +190,11 @@ def termination_markdown(r: dict[str, Any]) -> str:
         if key in r:
             s = r[key]
             lines.append(f"| {name} | {_f(s['on_time'])} | {_f(s['early'])} | {_f(s['missed'])} "
+                         f"| {_f(s['mean_abs_step_error'], 1)} |")
+    for s in r.get("threshold_sweep", []):  # recorded since 2026-11-27
+        if s["threshold"] != 0.5:
+            lines.append(f"| imagined frames, {r['termination_source']}, `termination_threshold={s['threshold']:g}` "
+                         f"| {_f(s['on_time'])} | {_f(s['early'])} | {_f(s['missed'])} "
                          f"| {_f(s['mean_abs_step_error'], 1)} |")
     return "\n".join(lines)
 
