@@ -32,6 +32,7 @@ COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "seed": ((int,), 0),
     "lossless": ((bool,), True),
     "chunk_steps": ((int,), 5000),
+    "post_terminal_steps": ((int,), 0),
 }
 PASS_THROUGH_SECTIONS = ("model", "train", "imagination")
 

@@ -25,6 +25,9 @@ def _add_collect(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--size", type=int, help="frame size in pixels (square), default 64")
     p.add_argument("--frame-skip", type=int, help="repeat each action K times, default 1")
     p.add_argument("--policy", help="'random' or a path to an SB3 model (.zip)")
+    p.add_argument("--post-terminal-steps", type=int,
+                   help="after each termination keep stepping the env N more steps, recorded as terminal (absorbing) "
+                        "states, so that the world model sees what follows a failure (default 0; CartPole can)")
     p.add_argument("--epsilon", type=float, help="probability of a random action instead of the policy's")
     p.add_argument("--seed", type=int, help="base seed; episode i resets with seed+i")
     p.add_argument("--jpeg", action="store_true", help="let Minari JPEG-encode frames (lossy; default: lossless gzip)")

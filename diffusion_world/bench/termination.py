@@ -66,8 +66,9 @@ def score_sampled(probabilities: list[np.ndarray], real: list[int], tolerance: i
 def end_windows(cache: FrameCache, episodes: np.ndarray, context: int, horizon: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """For each episode (of at least ``context + 1`` frames): the first frame of the window of ``context`` real
-    frames and then up to ``horizon`` steps that ends on the episode's last frame, and its number of steps."""
-    ends = cache.episode_starts[episodes] + cache.episode_lengths[episodes] - 1
+    frames and then up to ``horizon`` steps that ends on the episode's first terminal frame (its last frame when
+    it has none), and its number of steps."""
+    ends = cache.episode_starts[episodes] + cache.live_lengths[episodes] - 1
     starts = np.maximum(cache.episode_starts[episodes], ends - context - horizon + 1)
     return starts, ends - starts - context + 1
 
@@ -122,8 +123,8 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
         heldout = "every episode of a dataset the model was not trained on"
     context = int(context or wm.imagination.get("context_frames", 4))
     K = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
-    ends = cache.episode_starts[episodes] + cache.episode_lengths[episodes] - 1
-    ok = np.asarray(cache.terminations)[ends] & (cache.episode_lengths[episodes] >= context + 1)
+    ends = cache.episode_starts[episodes] + cache.live_lengths[episodes] - 1
+    ok = np.asarray(cache.terminations)[ends] & (cache.live_lengths[episodes] >= context + 1)
     episodes, ends = episodes[ok], ends[ok]
     if not len(episodes):
         raise UserError(f"no terminated held-out episode of {dataset_id!r} has {context + 1} frames")

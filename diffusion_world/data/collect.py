@@ -235,6 +235,18 @@ def _episode_buffer(
     )
 
 
+def _step_after_termination(env: gym.Env, env_id: str, action: Any) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """One ``env.step`` past the episode's termination (Gymnasium warns about that; here it is the point)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            frame, reward, _, _, info = env.step(action)
+        except Exception as e:  # an env that refuses: say which option asked for it
+            raise UserError(f"{env_id} cannot step after its episode terminated ({type(e).__name__}: {e}); "
+                            "post_terminal_steps needs an env that can (CartPole can)") from e
+    return frame, float(reward), info
+
+
 def _dir_size_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -314,6 +326,7 @@ def collect(
     chunk_steps: int = DEFAULT_CHUNK_STEPS,
     progress: bool = True,
     env_kwargs: dict[str, Any] | None = None,
+    post_terminal_steps: int = 0,
 ) -> minari.MinariDataset:
     """Collect ``steps`` env steps of pixel observations into a new local Minari dataset and return it.
 
@@ -321,6 +334,14 @@ def collect(
     budget and marked truncated. Memory holds at most ``chunk_steps`` steps plus one episode.
     ``lossless=False`` lets Minari JPEG-encode frames (only frames of at least 32x32). ``progress`` shows a
     bar and prints a summary.
+
+    ``post_terminal_steps`` > 0 keeps stepping the env (with the same policy) that many steps after each
+    termination, within the step budget, and records those frames as terminal too: the episode's terminations
+    read False up to its first termination and True from there on (an absorbing terminal state). A world model
+    trained on them learns what follows a failure (CartPole: the pole keeps falling) and that it stays terminal,
+    instead of having to invent frames it never saw once an imagined episode misses its end. The env must
+    allow ``step`` after a termination (CartPole does; its rewards there are 0). Training, reset contexts and
+    the termination benchmark use each episode up to its first terminal frame where they need "the" end.
 
     Example:
         >>> ds = collect("CartPole-v1", "me/cartpole-pixels-v0", steps=1000, size=64)  # doctest: +SKIP
@@ -335,6 +356,8 @@ def collect(
         raise UserError(f"epsilon must be in [0, 1], got {epsilon!r}")
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise UserError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    if isinstance(post_terminal_steps, bool) or not isinstance(post_terminal_steps, int) or post_terminal_steps < 0:
+        raise UserError(f"post_terminal_steps must be an integer >= 0, got {post_terminal_steps!r}")
     try:
         json.dumps(env_kwargs or {})
     except TypeError as e:
@@ -367,6 +390,8 @@ def collect(
             description=(
                 f"{size}x{size} RGB frames of {env_id} (frame_skip={frame_skip}, kwargs={env_kwargs or {}}), "
                 f"policy {algorithm}, collected by diffusion_world. Episode i reset with seed {seed}+i."
+                + (f" After each termination the env ran {post_terminal_steps} more steps, recorded as terminal "
+                   "(absorbing) states." if post_terminal_steps else "")
             ),
             requirements=[f"diffusion-world>={__version__}"],
         )
@@ -376,9 +401,17 @@ def collect(
             buffered_steps = 0
             frame, info = env.reset(seed=seed)
             frames, actions, rewards, terms, truncs = [frame], [], [], [], []
+            tail_left: int | None = None  # post-terminal steps still to record in this episode
             for step in range(steps):
                 action = act(frame, info)
-                frame, reward, terminated, truncated, info = env.step(action)
+                if tail_left is None:
+                    frame, reward, terminated, truncated, info = env.step(action)
+                    if terminated and post_terminal_steps:
+                        tail_left = post_terminal_steps
+                else:
+                    frame, reward, info = _step_after_termination(env, env_id, action)
+                    terminated, truncated = True, False  # absorbing: the env's own flags mean nothing here
+                    tail_left -= 1
                 last_step = step == steps - 1
                 frames.append(frame)
                 actions.append(action)
@@ -387,7 +420,7 @@ def collect(
                 # The step budget ends the last episode early: a truncation in Gymnasium's sense.
                 truncs.append(bool(truncated) or (last_step and not terminated))
                 bar.update(1)
-                if not (terminated or truncated or last_step):
+                if not ((terminated and not tail_left) or truncated or last_step):
                     continue
                 buffers.append(
                     _episode_buffer(
@@ -402,6 +435,7 @@ def collect(
                 if not last_step:
                     frame, info = env.reset(seed=seed + num_episodes)
                     frames, actions, rewards, terms, truncs = [frame], [], [], [], []
+                    tail_left = None
             writer.add(buffers)
             final_path = writer.commit()
     finally:
@@ -512,4 +546,5 @@ def collect_from_args(args: argparse.Namespace) -> minari.MinariDataset:
         chunk_steps=pick(getattr(args, "chunk_steps", None), "chunk_steps", collect_cfg, DEFAULT_CHUNK_STEPS),
         progress=not getattr(args, "quiet", False),
         env_kwargs=env_kwargs,
+        post_terminal_steps=pick(getattr(args, "post_terminal_steps", None), "post_terminal_steps", collect_cfg, 0),
     )

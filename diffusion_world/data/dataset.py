@@ -172,6 +172,22 @@ class FrameCache:
     def num_episodes(self) -> int:
         return int(self.episode_starts.shape[0])
 
+    @property
+    def live_lengths(self) -> np.ndarray:
+        """Per episode, its frames up to and including its first terminal frame (all of them when it has
+        none). Equal to ``episode_lengths`` unless frames after a termination were recorded as terminal too
+        (``collect(post_terminal_steps=...)``): where "the" end of an episode matters (reset contexts, the
+        termination benchmark, oversampled terminal windows) it is the first terminal frame."""
+        if getattr(self, "_live_lengths", None) is None:
+            starts, lengths = self.episode_starts, self.episode_lengths
+            terminal = np.flatnonzero(np.asarray(self.terminations))
+            episode = np.searchsorted(starts, terminal, side="right") - 1
+            episodes, first = np.unique(episode, return_index=True)  # terminal is sorted: first hit per episode
+            live = lengths.copy()
+            live[episodes] = terminal[first] - starts[episodes] + 1
+            self._live_lengths = live
+        return self._live_lengths
+
     def episode_split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Deterministic episode-level split into sorted ``(train, val)`` episode indices.
 
@@ -326,7 +342,9 @@ class WindowSampler:
 
     ``terminal_fraction`` > 0 replaces each sampled window, with that probability, by one that contains a
     termination (drawn uniformly among those; with ``pad_ends`` the termination is equally often at every
-    position). Terminations are one frame per terminated episode, so uniform windows rarely show one.
+    position). Terminations are one frame per terminated episode, so uniform windows rarely show one. (With
+    frames recorded after a termination, ``collect(post_terminal_steps=...)``, these are the windows that
+    contain an episode's first terminal frame.)
 
     Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
     (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``
@@ -376,10 +394,11 @@ class WindowSampler:
         self.window_ends = np.repeat(starts + lengths, counts).astype(np.int64)  # one past the episode's end
         self.num_windows = int(self.window_starts.shape[0])
         self._steps = np.arange(self.seq_len, dtype=np.int64)
-        # A termination can only be an episode's last frame: the windows that contain one.
-        last = self.window_ends - 1
-        covers_last = last < self.window_starts + self.seq_len
-        self.terminal_windows = np.flatnonzero(covers_last & np.asarray(cache.terminations)[last]).astype(np.int64)
+        # The windows that contain an episode's first terminal frame (its last one, unless frames after the
+        # termination were recorded as terminal too)
+        end = np.repeat(starts + cache.live_lengths[self.episodes], counts).astype(np.int64) - 1
+        covers_end = (self.window_starts <= end) & (end < self.window_starts + self.seq_len)
+        self.terminal_windows = np.flatnonzero(covers_end & np.asarray(cache.terminations)[end]).astype(np.int64)
         if self.terminal_fraction and not self.terminal_windows.size:
             warnings.warn(f"terminal_fraction={self.terminal_fraction}, but the episodes of "
                           f"{cache.dataset_id!r} have no termination: windows are sampled uniformly", stacklevel=2)
@@ -395,11 +414,12 @@ class WindowSampler:
 
     def termination_rate(self) -> float:
         """The share of terminations among the valid frames that :meth:`sample` yields, in expectation."""
-        valid = np.minimum(self.window_ends - self.window_starts, self.seq_len).astype(np.float64)
-        positives = np.zeros(self.num_windows)
-        positives[self.terminal_windows] = 1.0
+        valid = np.minimum(self.window_ends - self.window_starts, self.seq_len)
+        counted = np.concatenate([[0], np.cumsum(np.asarray(self.cache.terminations, dtype=np.int64))])
+        positives = (counted[self.window_starts + valid] - counted[self.window_starts]).astype(np.float64)
+        valid = valid.astype(np.float64)
         f = self.terminal_fraction if self.terminal_windows.size else 0.0
-        pos = (1 - f) * positives.mean() + f  # a terminal window has exactly one termination
+        pos = (1 - f) * positives.mean() + (f * positives[self.terminal_windows].mean() if f else 0.0)
         frames = (1 - f) * valid.mean() + (f * valid[self.terminal_windows].mean() if f else 0.0)
         return float(pos / frames)
 

@@ -78,14 +78,15 @@ class DatasetContexts:
     """Context windows drawn from a dataset's ``FrameCache``.
 
     A window never crosses an episode boundary and never ends on an episode's last frame (a terminal state has
-    no next frame), unless no episode is long enough for that.
+    no next frame), unless no episode is long enough for that; nor does it reach frames recorded after a
+    termination (``FrameCache.live_lengths``).
     """
 
     def __init__(self, cache: Any, length: int) -> None:
         self.cache = cache
         self.length = length
         self.description = f"dataset {cache.dataset_id!r}"
-        starts, lengths = cache.episode_starts, cache.episode_lengths
+        starts, lengths = cache.episode_starts, cache.live_lengths
         need = length + 1 if (lengths >= length + 1).any() else length
         eligible = lengths >= need
         if not eligible.any():

@@ -128,7 +128,7 @@ def imagined_frames(checkpoint: str | os.PathLike, caches: list[FrameCache],
     for split in (0, 1):
         frames, labels = [], []
         for cache, eps in zip(caches, (s[split] for s in splits)):
-            eps = eps[cache.episode_lengths[eps] >= context + 1]
+            eps = eps[cache.live_lengths[eps] >= context + 1]
             if len(eps) > cfg.imagined_episodes:
                 eps = np.sort(rng.choice(eps, cfg.imagined_episodes, replace=False))
             starts, steps = end_windows(cache, eps, context, cfg.imagined_horizon)

@@ -1,0 +1,125 @@
+"""Frames after a termination recorded as terminal (absorbing) states: ``collect(post_terminal_steps=N)``, and
+everything that needs "the" end of an episode using its first terminal frame (``FrameCache.live_lengths``)."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+
+from diffusion_world.cli import main
+from diffusion_world.data.collect import collect
+from diffusion_world.data.dataset import FrameCache, WindowSampler
+from diffusion_world.errors import UserError
+
+collect_module = importlib.import_module("diffusion_world.data.collect")
+TAIL = 5
+
+
+@pytest.fixture
+def absorbing_id(minari_root: Path) -> str:
+    collect("CartPole-v1", "tt/absorbing-v0", steps=160, size=16, seed=3, post_terminal_steps=TAIL, progress=False)
+    return "tt/absorbing-v0"
+
+
+def test_episodes_stay_terminal_after_their_first_termination(absorbing_id: str) -> None:
+    dataset = minari.load_dataset(absorbing_id)
+    episodes = list(dataset.iterate_episodes())
+    assert len(episodes) >= 4 and sum(len(e.actions) for e in episodes) == 160
+    for e in episodes[:-1]:
+        first = int(np.argmax(e.terminations))
+        assert e.terminations[first] and not e.terminations[:first].any()
+        assert e.terminations[first:].all() and len(e.terminations) == first + 1 + TAIL  # N more steps, all terminal
+        assert not e.truncations.any()
+        assert (e.rewards[: first + 1] == 1.0).all() and (e.rewards[first + 1:] == 0.0).all()  # CartPole's own
+        # the pole goes on falling: every frame of the tail differs from the one before
+        tail = e.observations[first + 1:].astype(int)
+        assert (np.abs(np.diff(tail, axis=0)).sum(axis=(1, 2, 3)) > 0).all()
+    # the recorded env replays an episode's tail exactly (it can step after its termination)
+    env = dataset.recover_environment()
+    seed = next(iter(dataset.storage.get_episode_metadata([0])))["seed"]
+    env.reset(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        replay = [env.step(int(a))[0] for a in episodes[0].actions]
+    assert np.array_equal(np.stack(replay), episodes[0].observations[1:])
+    assert "recorded as terminal" in dataset.storage.metadata["description"]
+
+
+def test_live_lengths_end_at_the_first_terminal_frame(absorbing_id: str, tiny_frame_cache: FrameCache) -> None:
+    cache = FrameCache.open(absorbing_id, progress=False)
+    for e in range(cache.num_episodes):
+        start, n = cache.episode_starts[e], cache.episode_lengths[e]
+        terms = cache.terminations[start: start + n]
+        expected = int(np.argmax(terms)) + 1 if terms.any() else n
+        assert cache.live_lengths[e] == expected
+    assert (cache.live_lengths[:-1] == cache.episode_lengths[:-1] - TAIL).all()
+    # datasets without a tail: the live length is the whole episode
+    assert np.array_equal(tiny_frame_cache.live_lengths, tiny_frame_cache.episode_lengths)
+
+
+def test_terminal_windows_and_termination_rate_with_tails(absorbing_id: str) -> None:
+    cache = FrameCache.open(absorbing_id, progress=False)
+    first_terminal = (cache.episode_starts + cache.live_lengths - 1)[cache.terminations[
+        cache.episode_starts + cache.live_lengths - 1]]
+    T = 4
+    sampler = WindowSampler(cache, seq_len=T, pad_ends=True, terminal_fraction=0.5)
+    index = sampler.window_starts[:, None] + np.arange(T)
+    contains = np.isin(index, first_terminal).any(axis=1)
+    assert np.array_equal(sampler.terminal_windows, np.flatnonzero(contains))
+    assert len(sampler.terminal_windows) == T * len(first_terminal)
+    batch = sampler.sample(8000, np.random.default_rng(0))
+    empirical = batch["terminations"].sum() / batch["valid"].sum()  # tails make several terminal frames a window
+    assert abs(empirical - sampler.termination_rate()) < 0.05 * sampler.termination_rate()
+
+
+def test_contexts_and_termination_windows_stop_at_the_first_terminal_frame(absorbing_id: str) -> None:
+    from diffusion_world.bench.termination import end_windows
+    from diffusion_world.envs.core import DatasetContexts
+
+    cache = FrameCache.open(absorbing_id, progress=False)
+    contexts = DatasetContexts(cache, 4)
+    for windows in (contexts.anywhere_windows, contexts.episode_start_windows):
+        index = windows[:, None] + np.arange(4)
+        assert not cache.terminations[index].any()  # no context shows a terminal state
+    episodes = np.arange(cache.num_episodes - 1)
+    starts, steps = end_windows(cache, episodes, 4, 6)
+    ends = starts + 4 + steps - 1
+    assert cache.terminations[ends].all() and not cache.terminations[ends - 1].any()
+
+
+def test_bad_values_and_envs_that_cannot_go_on(minari_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match="post_terminal_steps"):
+        collect("CartPole-v1", "tt/x-v0", steps=5, size=8, post_terminal_steps=-1, progress=False)
+
+    make = collect_module.make_pixel_env
+
+    def strict(*args, **kwargs):  # an env that refuses to step once its episode has ended
+        env = make(*args, **kwargs)
+        step, ended = env.step, [False]
+
+        def checked(action):
+            if ended[0]:
+                raise RuntimeError("episode is over")
+            out = step(action)
+            ended[0] = out[2]
+            return out
+
+        env.step = checked
+        return env
+
+    monkeypatch.setattr(collect_module, "make_pixel_env", strict)
+    with pytest.raises(UserError, match="cannot step after its episode terminated"):
+        collect("CartPole-v1", "tt/strict-v0", steps=100, size=8, post_terminal_steps=2, progress=False)
+    assert not (minari_root / "tt/strict-v0").exists()  # nothing half-written
+
+
+def test_cli_flag(minari_root: Path) -> None:
+    assert main(["collect", "--env", "CartPole-v1", "--dataset-id", "tt/cli-tail-v0", "--steps", "60", "--size", "8",
+                 "--post-terminal-steps", "2", "--quiet"]) == 0
+    e = minari.load_dataset("tt/cli-tail-v0")[0]
+    assert e.terminations[-3:].all() and not e.terminations[:-3].any()
