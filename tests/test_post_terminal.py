@@ -123,3 +123,32 @@ def test_cli_flag(minari_root: Path) -> None:
                  "--post-terminal-steps", "2", "--quiet"]) == 0
     e = minari.load_dataset("tt/cli-tail-v0")[0]
     assert e.terminations[-3:].all() and not e.terminations[:-3].any()
+
+
+def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_world_model: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the data has frames after its terminations, the rollouts go on ``tolerance`` steps past the real end
+    (a termination there is late but on time); elsewhere they stop at the real terminal frame. A termination
+    probability that fires at the last step rolled out shows which."""
+    import torch
+
+    from diffusion_world.bench import termination
+    from diffusion_world.checkpoint import load_world_model
+
+    def fires_at_the_last_step(path, device="cpu"):
+        wm = load_world_model(path, device=device)
+        wm.termination_probability = lambda logits, frames=None: torch.nn.functional.one_hot(
+            torch.full(logits.shape[:1], logits.shape[1] - 1), logits.shape[1]).float()
+        return wm
+
+    monkeypatch.setattr(termination, "load_world_model", fires_at_the_last_step)
+    r = termination.run_termination(tiny_world_model, dataset_id=absorbing_id, horizon=6, tolerance=2,
+                                    progress=False)
+    assert r["steps_past_end"] == 2 and r["imagined"]["episodes"] >= 4
+    assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 2.0
+    collect("CartPole-v1", "tt/no-tail-v0", steps=160, size=16, seed=3, progress=False)
+    r = termination.run_termination(tiny_world_model, dataset_id="tt/no-tail-v0", horizon=6, tolerance=2,
+                                    progress=False)
+    assert r["steps_past_end"] == 0
+    assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 0.0
+    assert "stop at the real terminal frame" in termination.termination_markdown(r)

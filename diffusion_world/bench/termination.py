@@ -1,12 +1,12 @@
 """Does the imagined env end an episode when the real one does?
 
 For each terminated held-out episode: its real frames up to ``context`` before the last ``horizon`` steps warm
-the model up, then the episode's real actions are replayed until its real terminal frame, and the step at which
+the model up, then the episode's real actions are replayed until its real terminal frame (and ``tolerance`` steps
+further where the data goes on after its terminations, ``collect --post-terminal-steps``), and the step at which
 the imagined episode first terminates (p > 0.5) is compared with the real one. On time: within ``tolerance``
-steps of it; early: before that; missed: not by the real terminal step. The same, as expected shares, for an
+steps of it; early: before that; missed: not by the last step replayed. The same, as expected shares, for an
 env that samples terminations (``termination="sample"``) from the same probabilities. The same is scored for the
-model's own
-termination head on the same imagined frames (when a frame classifier replaces it) and for whatever scores
+model's own termination head on the same imagined frames (when a frame classifier replaces it) and for whatever scores
 terminations (classifier or head) on the real frames of the episode (what perfect frames would give; the head
 reads them teacher-forced, each real frame seeing the real ones before it).
 """
@@ -133,12 +133,16 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
         keep = np.sort(rng.choice(len(episodes), max_episodes, replace=False))
         episodes = episodes[keep]
     starts, steps = end_windows(cache, episodes, context, horizon)
+    # Where the data goes on after the termination (collect --post-terminal-steps), the rollouts go on too, with
+    # the real actions, for up to ``tolerance`` steps: a termination that comes late but on time is then seen.
+    # Elsewhere they stop at the real terminal frame, and a late one counts as missed.
+    past_end = np.minimum(tolerance, cache.episode_lengths[episodes] - cache.live_lengths[episodes])
     sampler = SamplerConfig(num_steps=K)
     rows: dict[str, list[int | None]] = {"imagined": [], "imagined_head": [], "real_frames": []}
     sampled: list[np.ndarray] = []
     real: list[int] = []
     has_classifier = wm.termination_classifier is not None
-    for sel, fr, out in imagine_windows(wm, cache, starts, steps, context, sampler, seed, progress,
+    for sel, fr, out in imagine_windows(wm, cache, starts, steps + past_end, context, sampler, seed, progress,
                                         desc="termination rollouts"):
         h = fr.shape[1] - context
         p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
@@ -155,10 +159,11 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
             rows["imagined_head"].append(_first_step(p_head[j] > 0.5))
             rows["real_frames"].append(_first_step(p_real[j] > 0.5))
             sampled.append(p[j])
-            real.append(h)
+            real.append(int(steps[sel[j]]))
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
         "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,
+        "steps_past_end": int(past_end.min()) if past_end.min() == past_end.max() else past_end.tolist(),
         "termination_source": "classifier" if has_classifier else "head",
         "imagined": score_first_steps(rows["imagined"], real, tolerance),
         "imagined_sampled": score_sampled(sampled, real, tolerance),
@@ -174,13 +179,28 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     return result
 
 
+def _past_end_note(r: dict[str, Any]) -> str:
+    past, tol = r.get("steps_past_end", 0), r["tolerance"]
+    if past == tol:
+        return (f"The data goes on after each termination (`collect --post-terminal-steps`): rollouts and real frames "
+                f"go on for {tol} more steps, with the real actions, so late terminations within the tolerance count "
+                "as on time.")
+    if isinstance(past, list):
+        return (f"Rollouts go on past the real terminal frame, with the real actions, for up to {tol} steps where the "
+                f"data has frames there ({sum(k == tol for k in past)} of {len(past)} episodes); elsewhere a late "
+                "termination counts as missed.")
+    return ("The rollouts stop at the real terminal frame (the data has no frames after it), so a termination that "
+            "comes late, even within the tolerance, counts as missed.")
+
+
 def termination_markdown(r: dict[str, Any]) -> str:
     from diffusion_world.bench.report import _f
 
     lines = [f"{r['imagined']['episodes']} terminated episodes ({r['heldout']}, `{r['dataset_id']}`): "
              f"{r['context_frames']} real context frames, then the real actions for up to {r['horizon']} steps, to "
              f"the real terminal frame; K={r['sampler_steps']}; checkpoint step {r['checkpoint_step']}. On time: "
-             f"the imagined episode terminates within {r['tolerance']} steps of the real one.", "",
+             f"the imagined episode terminates within {r['tolerance']} steps of the real one. "
+             + _past_end_note(r), "",
              "| terminations from | on time | early | missed | mean abs step error |", "|---|---|---|---|---|"]
     names = {"imagined": f"imagined frames, {r['termination_source']}",
              "imagined_sampled": f"imagined frames, {r['termination_source']}, sampled (`termination=\"sample\"`; "
