@@ -208,6 +208,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                    help="rl: how the imagined env the agent trains in ends episodes (default: threshold)")
     p.add_argument("--agent-steps", type=int,
                    help="rl: PPO steps for each agent (default 20,000; --quick 2,000)")
+    p.add_argument("--seed", type=int, help="rl: seed of the agents, the envs and the evaluation episodes (default 0)")
     p.add_argument("--parallel", action="store_true",
                    help="rl: train the real-env reference agent in a second process, beside the imagination agent "
                         "(each gets half the torch threads)")
@@ -218,7 +219,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
         path = run_benchmark(args.suite, args.world_model, args.out, card=args.card, quick=args.quick,
                              device=args.device, name=args.name, short_memory=args.short_memory,
                              dataset_id=args.dataset_id, termination=args.termination,
-                             agent_steps=args.agent_steps, parallel=args.parallel)
+                             agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

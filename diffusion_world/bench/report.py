@@ -116,7 +116,8 @@ def rl_markdown(r: dict[str, Any]) -> str:
     env_kwargs = r.get("imagination_kwargs")
     sampled = "stochastic" in r["imagination"]  # measured since 2026-11-27
     lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs{settings}) for "
-             f"{r['agent_steps']:,} steps; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
+             f"{r['agent_steps']:,} steps" + (f" (seed {r['seed']})" if r.get("seed") else "")
+             + f"; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
              + (f"; world model at training step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None
                 else "")
              + (f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}"

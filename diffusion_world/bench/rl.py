@@ -246,7 +246,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     say(f"evaluation in imagination (episodes cut at {h_imag} steps): {time.perf_counter() - t0:.0f}s")
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "env_spec": wm.dataset.get("env_spec"),
-        "agent_steps": agent_steps,
+        "agent_steps": agent_steps, "seed": seed,
         "ppo": {**PPO_SETTINGS, "n_steps": n_steps, "learning_rate": f"linear {PPO_LR} -> 0"},
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination_kwargs": imagination_kwargs,

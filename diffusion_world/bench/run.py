@@ -18,10 +18,12 @@ SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
                   quick: bool = False, device: str = "cpu", name: str | None = None,
                   short_memory: str | None = None, dataset_id: str | None = None,
-                  termination: str | None = None, agent_steps: int | None = None, parallel: bool = False) -> Path:
+                  termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
+                  seed: int | None = None) -> Path:
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
-    for option, value in (("termination", termination), ("agent_steps", agent_steps), ("parallel", parallel)):
+    for option, value in (("termination", termination), ("agent_steps", agent_steps), ("parallel", parallel),
+                          ("seed", seed)):
         if value not in (None, False) and suite != "rl":
             raise UserError(f"{option} applies to benchmark rl only")
     if agent_steps is not None and agent_steps < 1:
@@ -80,7 +82,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark rl needs --world-model")
         steps = agent_steps or (2_000 if quick else 20_000)
         result = run_rl(world_model, agent_steps=steps, eval_episodes=3 if quick else 10,
-                        horizon=imagination.get("horizon"), parallel=parallel,
+                        horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
                         imagination_kwargs={"termination": termination} if termination else None)
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out / f"{stem}.png")
