@@ -174,21 +174,26 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 
-def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Path) -> None:
+def _readme_block(results: Path, readme: Path) -> str:
+    """A README with an old benchmark block, updated from ``results``."""
     from diffusion_world.bench.report import END, START, update_readme_section
 
+    readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
+    update_readme_section(readme, results)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old\n" not in text.split(START)[1]
+    return text
+
+
+def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Path) -> None:
     head = {"headline": {"chance": 0.25, "n": 8}, "machine": {}}
     for stem in ("memory", "memory_old", "speed"):
         (tmp_path / f"{stem}.json").write_text(json.dumps({**head, "ours": {"accuracy": 0.5, "accuracy_ci95": [0, 1]},
                                                            "short_memory": {"accuracy": 0.5,
                                                                             "accuracy_ci95": [0, 1]}}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\nafter\n")
-    update_readme_section(readme, tmp_path)
-    text = readme.read_text()
+    text = _readme_block(tmp_path, tmp_path / "README.md")
     assert "#### `memory`" in text and "#### `speed`" in text and "#### `memory_old`" not in text
     assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `memory_old`." in text
-    assert text.startswith("intro\n") and text.endswith("after\n") and "old\n" not in text.split(START)[1]
 
 
 def test_random_play_expected_length() -> None:
@@ -262,17 +267,11 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
     README block; one on an earlier checkpoint is only named."""
     import shutil
 
-    from diffusion_world.bench.report import END, START, update_readme_section
-
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     out = tmp_path / "results"
     out.mkdir()
     for stem in ("rl", "rl_sampled", "rl_step5300"):
         shutil.copy(results / f"{stem}.json", out)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\n{END}\nend\n")
-    update_readme_section(readme, out)
-    text = readme.read_text()
+    text = _readme_block(out, tmp_path / "README.md")
     assert "#### `rl`" in text and "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text
     assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `rl_step5300`." in text
-    assert text.startswith("intro\n") and text.endswith("end\n")
