@@ -212,6 +212,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--parallel", action="store_true",
                    help="rl: train the real-env reference agent in a second process, beside the imagination agent "
                         "(each gets half the torch threads)")
+    p.add_argument("--sampler-steps", type=int,
+                   help="denoiser calls per imagined frame, K (default: the card's, else the checkpoint's)")
 
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.bench.run import run_benchmark
@@ -219,7 +221,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
         path = run_benchmark(args.suite, args.world_model, args.out, card=args.card, quick=args.quick,
                              device=args.device, name=args.name, short_memory=args.short_memory,
                              dataset_id=args.dataset_id, termination=args.termination,
-                             agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed)
+                             agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
+                             sampler_steps=args.sampler_steps)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

@@ -21,6 +21,7 @@ from diffusion_world.bench.fidelity import (
 )
 from diffusion_world.bench.report import make_readme, render
 from diffusion_world.cli import main
+from diffusion_world.errors import UserError
 
 
 def test_horizons_and_scores() -> None:
@@ -275,3 +276,41 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
     text = _readme_block(out, tmp_path / "README.md")
     assert "#### `rl`" in text and "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text
     assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `rl_step5300`." in text
+
+
+class _Called(Exception):
+    pass
+
+
+@pytest.mark.parametrize("suite,module,function", [
+    ("fidelity", "fidelity", "run_fidelity"), ("termination", "termination", "run_termination"),
+    ("control", "control", "run_control"), ("random_play", "random_play", "run_random_play"),
+    ("speed", "speed", "run_speed"), ("memory", "memory", "run_memory"), ("rl", "rl", "run_rl")])
+def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--sampler-steps overrides the card's [imagination] sampler_steps, which overrides the checkpoint's."""
+    import importlib
+
+    from diffusion_world.bench.run import run_benchmark
+
+    def capture(*args, **kwargs):
+        raise _Called(kwargs)
+
+    monkeypatch.setattr(importlib.import_module(f"diffusion_world.bench.{module}"), function, capture)
+    card = tmp_path / "card.toml"
+    card.write_text('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_steps = 5\n')
+
+    def k_seen(**kwargs) -> object:
+        with pytest.raises(_Called) as called:
+            run_benchmark(suite, "model.pt", tmp_path, **kwargs)
+        seen = called.value.args[0]
+        if suite == "rl":
+            return (seen["imagination_kwargs"] or {}).get("sampler_steps")
+        return seen.get("sampler_steps")
+
+    default = {"speed": 3, "memory": None}.get(suite)  # speed: random weights have no checkpoint default
+    assert k_seen() == default
+    assert k_seen(card=str(card)) == 5
+    assert k_seen(card=str(card), sampler_steps=2) == 2
+    with pytest.raises(UserError, match="sampler_steps must be positive"):
+        run_benchmark(suite, "model.pt", tmp_path, sampler_steps=0)

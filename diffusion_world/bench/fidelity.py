@@ -213,8 +213,9 @@ def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0
 def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,
                  horizon: int = 32, num_windows: int = 32, sampler_sweep: tuple[int, ...] = (1, 2, 3, 5, 10),
                  short_memory: str | None = None, seed: int = 0, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
-    """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes the GIF."""
+                 progress: bool = True, sampler_steps: int | None = None) -> dict[str, Any]:
+    """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes the GIF.
+    ``sampler_steps``: K of the main table (default: the checkpoint's, else 3)."""
     wm = load_world_model(world_model, device=device)
     ckpt = load_checkpoint(wm.path)
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
@@ -240,7 +241,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     rng = np.random.default_rng(seed)
     background = static_background(cache.frames[np.sort(rng.choice(cache.num_frames, min(512, cache.num_frames),
                                                                      replace=False))])
-    default_k = int(wm.imagination.get("sampler_steps", 3))
+    default_k = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
     ks = sorted(set(sampler_sweep) | {default_k})
 
     by_k: dict[int, dict[str, np.ndarray]] = {}
