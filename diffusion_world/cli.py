@@ -90,7 +90,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--sigma-ctx-max", type=float,
                    help="upper end of the clean stream's context noise (log-uniform from 0.002; default 0.1): "
                         "noisier context in training makes the model lean less on its own imperfect past frames")
-    p.add_argument("--init-from", help="start from another run's checkpoint (weights, optimiser, step count)")
+    p.add_argument("--init-from", help="start from another run's checkpoint (weights, optimiser, step count), or "
+                                       "fine-tune an inference export or shipped model, e.g. 'cartpole' (its EMA "
+                                       "weights and step count, a fresh optimiser)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

@@ -288,7 +288,8 @@ class _Called(Exception):
     ("speed", "speed", "run_speed"), ("memory", "memory", "run_memory"), ("rl", "rl", "run_rl")])
 def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """--sampler-steps overrides the card's [imagination] sampler_steps, which overrides the checkpoint's."""
+    """--sampler-steps overrides the card's [imagination] sampler_steps, which overrides the checkpoint's; --name
+    names the plots too (a variant must not overwrite the main result's)."""
     import importlib
 
     from diffusion_world.bench.run import run_benchmark
@@ -314,3 +315,7 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
     assert k_seen(card=str(card), sampler_steps=2) == 2
     with pytest.raises(UserError, match="sampler_steps must be positive"):
         run_benchmark(suite, "model.pt", tmp_path, sampler_steps=0)
+    if suite in ("fidelity", "control", "random_play", "memory"):  # their plots are named after the result
+        with pytest.raises(_Called) as called:
+            run_benchmark(suite, "model.pt", tmp_path, name=f"{suite}_k2")
+        assert called.value.args[0]["stem"] == f"{suite}_k2"

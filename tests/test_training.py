@@ -308,6 +308,28 @@ def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
         train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(a), model={"head_channels": 7}))
 
 
+def test_init_from_an_inference_export(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """Fine-tuning an export (EMA weights only): the weights and the EMA start from its fp16 EMA weights, the step
+    count carries over, the optimiser starts fresh; a file without weights is refused."""
+    from diffusion_world.checkpoint import export_for_inference
+
+    a = train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2))
+    slim = export_for_inference(a, tmp_path / "slim.pt", {"command": "test"})
+    start = train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=2, init_from=str(slim)))  # nothing left to do
+    exported, began = load_checkpoint(slim), load_checkpoint(start)
+    assert began["step"] == 2 and began["optimizer"]["state"] == {}
+    for name, value in exported["ema"].items():
+        assert began["model"][name].dtype == torch.float32
+        assert torch.equal(began["model"][name], value.float()) and torch.equal(began["ema"][name], value.float())
+    tuned = load_checkpoint(train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=4, init_from=str(slim))))
+    assert tuned["step"] == 4 and tuned["optimizer"]["state"]
+    assert not all(torch.equal(tuned["model"][k], v.float()) for k, v in exported["ema"].items())
+    empty = tmp_path / "empty.pt"
+    save_checkpoint(empty, {**{k: v for k, v in exported.items() if k != "ema"}})
+    with pytest.raises(UserError, match="neither a training state nor EMA weights"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(empty)))
+
+
 def test_attention_backend_resolution() -> None:
     from diffusion_world.training.train import resolve_attn_backend
 

@@ -170,8 +170,8 @@ def _env_id(wm: WorldModel) -> str | None:
 def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None, num_starts: int = 32,
                 horizon: int = 12, samples: int = 2, context: int | None = None, sampler_steps: int | None = None,
                 sigma_ctx: float | None = None, tolerance: int = 2, seed: int = 0, device: str = "cpu",
-                batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring); writes ``control.png`` and ``control_rollouts.png`` into
+                batch_size: int = 64, progress: bool = True, stem: str = "control") -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); writes ``{stem}.png`` and ``{stem}_rollouts.png`` into
     ``out_dir`` when given."""
     from diffusion_world.envs.world_env import make_real_env
 
@@ -238,8 +238,8 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_control(out_dir / "control.png", result)
-        plot_rollouts(out_dir / "control_rollouts.png", real["frames"][0], real["lengths"][0], imagined[0, :, 0],
+        plot_control(out_dir / f"{stem}.png", result)
+        plot_rollouts(out_dir / f"{stem}_rollouts.png", real["frames"][0], real["lengths"][0], imagined[0, :, 0],
                       context, actions)
     return result
 

@@ -213,8 +213,9 @@ def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0
 def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,
                  horizon: int = 32, num_windows: int = 32, sampler_sweep: tuple[int, ...] = (1, 2, 3, 5, 10),
                  short_memory: str | None = None, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, sampler_steps: int | None = None) -> dict[str, Any]:
-    """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes the GIF.
+                 progress: bool = True, sampler_steps: int | None = None, stem: str = "fidelity") -> dict[str, Any]:
+    """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes ``{stem}.png`` and
+    the GIF ``{stem}_rollout.gif`` into ``out_dir``.
     ``sampler_steps``: K of the main table (default: the checkpoint's, else 3)."""
     wm = load_world_model(world_model, device=device)
     ckpt = load_checkpoint(wm.path)
@@ -290,8 +291,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_comparison_gif(out_dir / "fidelity_rollout.gif", real[0], main["frames"][0])
-    plot_fidelity(out_dir / "fidelity.png", result)
+    write_comparison_gif(out_dir / f"{stem}_rollout.gif", real[0], main["frames"][0])
+    plot_fidelity(out_dir / f"{stem}.png", result)
     return result
 
 

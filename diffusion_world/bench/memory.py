@@ -186,8 +186,9 @@ def run_memory(out_dir: str | os.PathLike, n: int = 24, quick: bool = False, num
                sampler_steps: int = 3, short_window: int = SHORT_MEMORY_WINDOW, model: dict[str, Any] | None = None,
                loss: dict[str, Any] | None = None, datasets_path: str | os.PathLike | None = None,
                work_dir: str | os.PathLike | None = None, seed: int = 0, device: str = "auto",
-               progress: bool = True) -> dict[str, Any]:
-    """Collect, train ours and the short-memory baseline, measure recall; write ``memory.png`` into ``out_dir``.
+               progress: bool = True, stem: str | None = None) -> dict[str, Any]:
+    """Collect, train ours and the short-memory baseline, measure recall; write ``{stem}.png`` (default
+    ``memory.png``, ``memory_quick.png`` when ``quick``) into ``out_dir``.
 
     ``quick`` shrinks everything (n=8, 30 steps) to under a minute on 2 CPU cores: it checks that the pipeline runs,
     its accuracy means nothing. ``datasets_path`` (default: a temporary directory) is the Minari root to collect
@@ -256,7 +257,7 @@ def run_memory(out_dir: str | os.PathLike, n: int = 24, quick: bool = False, num
     }
     examples = {"real": episodes["frames"], "cues": episodes["cues"],
                 **{name: r["frames"] for name, r in scores.items()}}
-    plot_memory(out_dir / ("memory_quick.png" if quick else "memory.png"), result, examples)
+    plot_memory(out_dir / f"{stem or ('memory_quick' if quick else 'memory')}.png", result, examples)
     result["seconds"] = time.perf_counter() - started
     return result
 

@@ -73,8 +73,9 @@ def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[
 
 def run_random_play(world_model: str, out_dir: str | Path | None = None, num_envs: int = 32, steps: int = 100,
                     dataset_id: str | None = None, seed: int = 0, device: str = "cpu",
-                    progress: bool = True, sampler_steps: int | None = None) -> dict[str, Any]:
-    """Run the benchmark (see the module docstring); writes ``random_play.png`` into ``out_dir`` when given.
+                    progress: bool = True, sampler_steps: int | None = None,
+                    stem: str = "random_play") -> dict[str, Any]:
+    """Run the benchmark (see the module docstring); writes ``{stem}.png`` into ``out_dir`` when given.
     ``sampler_steps``: K of the imagined envs (default: the checkpoint's, else 3)."""
     from diffusion_world.envs.core import ImaginationCore
 
@@ -118,7 +119,7 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_random_play(out_dir / "random_play.png", result)
+        plot_random_play(out_dir / f"{stem}.png", result)
     return result
 
 

@@ -46,7 +46,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result = run_fidelity(world_model, out, dataset_id=dataset_id, context=imagination.get("context_frames"),
                               horizon=16 if quick else 32, num_windows=8 if quick else 32,
                               sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
-                              device=device, sampler_steps=K)
+                              device=device, sampler_steps=K, stem=stem)
     elif suite == "speed":
         from diffusion_world.bench.speed import run_speed
 
@@ -55,7 +55,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     elif suite == "memory":  # trains its own pair of models on its own env: no --world-model
         from diffusion_world.bench.memory import run_memory
 
-        result = run_memory(out, quick=quick, device=device, **({"sampler_steps": int(K)} if K else {}))
+        result = run_memory(out, quick=quick, device=device, stem=stem, **({"sampler_steps": int(K)} if K else {}))
     elif suite == "termination":
         from diffusion_world.bench.termination import run_termination
 
@@ -71,14 +71,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark control needs --world-model")
         result = run_control(world_model, out, num_starts=8 if quick else 32, horizon=8 if quick else 12,
                              context=imagination.get("context_frames"), sampler_steps=K,
-                             device=device)
+                             device=device, stem=stem)
     elif suite == "random_play":
         from diffusion_world.bench.random_play import run_random_play
 
         if not world_model:
             raise UserError("benchmark random_play needs --world-model")
         result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
-                                 dataset_id=dataset_id, device=device, sampler_steps=K)
+                                 dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem)
     elif suite == "rl":
         from diffusion_world.bench.rl import plot_curves, run_rl
 

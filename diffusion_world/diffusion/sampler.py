@@ -14,7 +14,8 @@ from diffusion_world.model.dart import DartWorldModel, InferenceState
 
 @dataclass
 class SamplerConfig:
-    """EDM sigma schedule and solver. DIAMOND uses 3 Euler steps; so do we by default."""
+    """EDM sigma schedule and solver. DIAMOND uses 3 Euler steps; so do we by default. ``num_steps=1`` is cheap
+    but commits its sigma_max call to the caches (see :func:`sample_next_frame`): long rollouts degrade."""
 
     num_steps: int = 3
     sigma_min: float = 0.002  # the last denoiser call runs here: keep it inside training's sigma_ctx range
@@ -90,7 +91,9 @@ def sample_next_frame(model: DartWorldModel, state: InferenceState, action: torc
             denoised2 = model.denoise_step(state, x_next, s_next.expand(B), action, has_action)
             x_next = x + (s_next - s) * 0.5 * (d + (x_next - denoised2) / s_next)
         x = x_next
-    # the last call ran at sigma_min (final Euler step, never churned): it provides the cache entries
+    # the last call provides the cache entries: for K >= 2 it ran at sigma_min on the nearly finished frame (final
+    # Euler step, never churned); for K = 1 it ran at sigma_max on pure noise, so the context the next frames see
+    # holds noise, not this frame (K = 2 draws the same frame with proper entries)
     reward, term = model.commit(state)
     return x, reward, term
 

@@ -195,7 +195,8 @@ class ImaginationCore:
             checkpoint), ``"dataset"`` or ``"checkpoint"``.
         context_frames: real frames warmed up at reset (default: the checkpoint's ``imagination`` setting, else 4).
         horizon: steps after which an episode is truncated (default: the checkpoint's, else 1000).
-        sampler_steps: denoiser calls per step, K (default: the checkpoint's, else 3).
+        sampler_steps: denoiser calls per step, K (default: the checkpoint's, else 3). K = 1 commits its noisy
+            sigma_max call to the caches; use K >= 2.
         frame_stack: frames per observation, stacked on the channel axis.
         device: torch device of the model.
         reset_mode: ``"episode_start"`` (contexts are episode starts) or ``"anywhere"`` (any window).

@@ -275,7 +275,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step, num_frames_seen, elapsed, extra = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt,
                                                            cache.env_spec)
         if rank == 0:
-            print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames)")
+            print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames"
+                  f"{'' if opt.state else '; EMA weights of an export, fresh optimiser'})")
     elif resume and rank == 0:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
     net: Any = model  # the model, or its DDP / compiled wrapper
@@ -399,19 +400,30 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
     """Load another run's weights, EMA, optimiser and counters into a new run whose model config may differ
     in fields that hold no parameters (e.g. the context window: a short-memory baseline that shares the
     first part of its training budget with the long-memory model). Also returns what the new run carries
-    over: the termination classifier, when the new run's frames come from the same pixel env (``env_spec``)."""
-    ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt:
-        raise UserError(f"{path} has no optimiser state (an inference export?): --init-from needs a training "
-                        "checkpoint")
+    over: the termination classifier, when the new run's frames come from the same pixel env (``env_spec``).
+
+    ``path`` may also be an inference export or a shipped model's name (``"cartpole"``): it has EMA weights
+    only, so both the weights and the EMA start from them (in fp32) and the optimiser starts fresh."""
+    from diffusion_world.checkpoint import resolve_world_model
+
+    ckpt = load_checkpoint(resolve_world_model(path))
+    weights_only = "optimizer" not in ckpt
+    if weights_only and not isinstance(ckpt.get("ema"), dict):
+        raise UserError(f"{path} holds neither a training state nor EMA weights")
     try:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
+        if weights_only:
+            ema_fp32 = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
+            model.load_state_dict(ema_fp32)
+            ema.load_state_dict(ema_fp32)
+        else:
+            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
     except RuntimeError as e:
         changed = sorted(k for k, v in model_cfg.items() if ckpt["model_config"].get(k) != v)
         raise UserError(f"{path} does not fit this model (config differs in {changed}): "
                         f"{str(e).splitlines()[0]}") from e
-    opt.load_state_dict(ckpt["optimizer"])
+    if not weights_only:
+        opt.load_state_dict(ckpt["optimizer"])
     same_env = env_spec is not None and ckpt.get("dataset", {}).get("env_spec") == env_spec
     extra = {"termination_classifier": ckpt["termination_classifier"]} if (
         same_env and ckpt.get("termination_classifier") is not None) else {}
