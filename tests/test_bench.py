@@ -319,3 +319,35 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
         with pytest.raises(_Called) as called:
             run_benchmark(suite, "model.pt", tmp_path, name=f"{suite}_k2")
         assert called.value.args[0]["stem"] == f"{suite}_k2"
+
+
+def test_sampler_steps_table() -> None:
+    """One row per K that a variant measured on the current model; a variant of another checkpoint, another
+    tag, or a single K give no row (or no table)."""
+    from diffusion_world.bench.report import sampler_steps_markdown
+
+    model = {"world_model": "m", "checkpoint_step": 5}
+    sweep = {str(k): {"1": {"psnr": {"mean": 40.0 - k}}, "32": {"psnr": {"mean": 20.0 + k}}} for k in (1, 2, 3)}
+    fidelity = {**model, "sampler_steps": 3, "sampler_sweep": sweep}
+
+    def control(k: int, gain: float) -> dict:
+        return {**model, "sampler_steps": k, "headline": {"gain_h8": gain, "termination_on_time": 0.5}}
+
+    tails = {"imagined": {"on_time": 0.25, "early": 0.5, "missed": 0.25},
+             "imagined_sampled": {"on_time": 0.1, "early": 0.2, "missed": 0.7}}
+    results = {"fidelity": fidelity, "control": control(3, 0.75), "control_k2": control(2, 0.5),
+               "control_k9": {**control(9, 0.1), "checkpoint_step": 4}, "control_other": control(7, 0.2),
+               "termination_tails_k2": {**model, "sampler_steps": 2, **tails},
+               "rl_50k_sampled": {**model, "imagination_kwargs": {"termination": "sample"},
+                                  "imagination": {"mean": 54.4, "std": 17.3}}}
+
+    def rows() -> list[str]:
+        text = sampler_steps_markdown(results)
+        return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| K")]
+
+    # without its base result (the same model at the default K), a variant counts for nothing
+    assert rows()[0] == "| 2 | 38.00 / 22.00 | 0.50 | 50 % | – | – | – | – |"
+    results["termination_tails"] = {**model, "sampler_steps": 3, **tails}
+    assert rows() == ["| 2 | 38.00 / 22.00 | 0.50 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | – |",
+                    "| 3 (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | 54.4 ± 17.3 |"]
+    assert sampler_steps_markdown({k: v for k, v in results.items() if not k.endswith("_k2")}) is None
