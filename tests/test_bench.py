@@ -351,3 +351,7 @@ def test_sampler_steps_table() -> None:
     assert rows() == ["| 2 | 38.00 / 22.00 | 0.50 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | – |",
                     "| 3 (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | 54.4 ± 17.3 |"]
     assert sampler_steps_markdown({k: v for k, v in results.items() if not k.endswith("_k2")}) is None
+    # two results of one K (e.g. run on two machines): the cell names each
+    results["rl_50k_sampled_k3"] = {**results["rl_50k_sampled"], "imagination_kwargs": {"sampler_steps": 3},
+                                    "imagination": {"mean": 40.0, "std": 1.0}, "machine": {"cpu": "AMD"}}
+    assert rows()[1].endswith("| 54.4 ± 17.3 (`rl_50k_sampled`, ?); 40.0 ± 1.0 (`rl_50k_sampled_k3`, AMD) |")

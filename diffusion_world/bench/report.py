@@ -205,7 +205,8 @@ def _pct(d: dict[str, Any]) -> str:
 def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     """One row per K (denoiser calls per imagined frame) of the current model (``fidelity.json``'s): the fidelity
     sweep's PSNR, and the ``control``, ``termination_tails``, ``random_play`` and ``rl_50k_sampled`` results
-    whose variants ``<base>_k<K>`` ran on the same checkpoint as their base. None when fewer than two K."""
+    whose variants ``<base>_k<K>`` ran on the same checkpoint as their base. A cell with several results of one
+    K names each (result and CPU). None when fewer than two K."""
     import re
 
     fid = results.get("fidelity")
@@ -222,33 +223,38 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
                     r.get(k) != ref.get(k) for k in ("world_model", "checkpoint_step")):
                 continue
             k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or default_k
-            rows.setdefault(int(k), {})[base] = r
+            rows.setdefault(int(k), {}).setdefault(base, []).append((stem, r))
     measured = {k: row for k, row in rows.items() if set(row) - {"psnr"}}
     if len(measured) < 2:
         return None
-    lines = ["| K | PSNR h=1 / 32 (dB) | action gain, 8 steps held | held-action episodes ending on time | "
-             "terminations on time / early / missed (threshold) | the same (sampled) | random-play length: threshold / "
-             "sampled | PPO 50k steps in imagination (sampled terminations): real-env return |",
-             "|---|---|---|---|---|---|---|---|"]
-    real_len = None
+    columns = [  # (family, header, value of one result)
+        ("control", "action gain, 8 steps held", lambda r: _f(r["headline"]["gain_h8"])),
+        ("control", "held-action episodes ending on time",
+         lambda r: f"{100 * r['headline']['termination_on_time']:.0f} %"),
+        ("termination_tails", "terminations on time / early / missed (threshold)", lambda r: _pct(r["imagined"])),
+        ("termination_tails", "the same (sampled)", lambda r: _pct(r["imagined_sampled"])),
+        ("random_play", "random-play length: threshold / sampled",
+         lambda r: f"{r['headline']['threshold_mean_length']:.1f} / {r['headline']['sampled_mean_length']:.1f}"),
+        ("rl_50k_sampled", "PPO 50k steps in imagination (sampled terminations): real-env return",
+         lambda r: f"{r['imagination']['mean']:.1f} ± {r['imagination']['std']:.1f}")]
+
+    def cell(found: list[tuple[str, dict[str, Any]]], value: Any) -> str:
+        if len(found) == 1:
+            return value(found[0][1])
+        return "; ".join(f"{value(r)} (`{stem}`, {r.get('machine', {}).get('cpu', '?')})" for stem, r in found) or "–"
+
+    lines = ["| K | PSNR h=1 / 32 (dB) | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
     for k, row in sorted(measured.items()):
         psnr = row.get("psnr", {})
-        c, t, rp, rl = (row.get(b) for b in SAMPLER_FAMILIES)
-        if rp:
-            real_len = rp["headline"]["real_mean_length"]
         cells = [f"{k}{' (default)' if k == default_k else ''}",
                  f"{psnr['1']['psnr']['mean']:.2f} / {psnr['32']['psnr']['mean']:.2f}" if "1" in psnr and "32" in psnr
-                 else "–",
-                 _f(c["headline"]["gain_h8"]) if c else "–",
-                 f"{100 * c['headline']['termination_on_time']:.0f} %" if c else "–",
-                 _pct(t["imagined"]) if t else "–", _pct(t["imagined_sampled"]) if t else "–",
-                 f"{rp['headline']['threshold_mean_length']:.1f} / {rp['headline']['sampled_mean_length']:.1f}"
-                 if rp else "–",
-                 f"{rl['imagination']['mean']:.1f} ± {rl['imagination']['std']:.1f}" if rl else "–"]
+                 else "–", *(cell(row.get(family, []), value) for family, _, value in columns)]
         lines.append("| " + " | ".join(cells) + " |")
+    real = [r["headline"]["real_mean_length"] for row in measured.values() for _, r in row.get("random_play", [])]
     note = (f"Checkpoint step {fid['checkpoint_step']}; each column from the same start states, episodes and seeds "
             f"for every K (`benchmark --sampler-steps K --name <base>_k<K>`)"
-            + (f"; real random-play episodes last {real_len:.1f} steps" if real_len is not None else "") + ".")
+            + (f"; real random-play episodes last {real[0]:.1f} steps" if real else "") + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
