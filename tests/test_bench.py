@@ -241,8 +241,16 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     for row in r["threshold_sweep"]:
         assert row["mean"] == (1.0 if p else steps) and row["cut"] == (0.0 if p else 1.0)
     assert (tmp_path / "random_play.png").stat().st_size > 1000
+    # returns: CartPole pays 1 per real step; imagined episodes collect the model's rewards of the steps they take
+    ret = r["return"]
+    assert ret["real"]["returns"] == [float(n) for n in e["real"]["lengths"]] and ret["real"]["per_step"] == 1.0
+    assert ret["threshold"]["returns"] == pytest.approx(ret["sampled"]["returns"])  # p in {0, 1}: the same ends
+    assert all(np.isfinite(ret["threshold"]["returns"]))
+    assert ret["threshold"]["per_step"] == pytest.approx(sum(ret["threshold"]["returns"]) / sum(
+        e["threshold"]["lengths"]))
     text = render("random_play", r)
     assert "| real env |" in text and 'termination=\"sample\"' in text and "| termination_threshold | 0.05 |" in text
+    assert "| mean return | reward per step |" in text
 
 
 @pytest.mark.slow
@@ -271,11 +279,21 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     out = tmp_path / "results"
     out.mkdir()
-    for stem in ("rl", "rl_sampled", "rl_step5300"):
-        shutil.copy(results / f"{stem}.json", out)
+    for src, stem in (("rl_step7995", "rl"), ("rl_sampled_step7995", "rl_sampled"), ("rl_step5300", "rl_step5300")):
+        shutil.copy(results / f"{src}.json", out / f"{stem}.json")
     text = _readme_block(out, tmp_path / "README.md")
     assert "#### `rl`" in text and "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text
     assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `rl_step5300`." in text
+    # without rl.json, a variant on the current model (fidelity.json's) is still shown in full
+    (out / "rl.json").unlink()
+    fidelity = json.loads((results / "fidelity_step7995.json").read_text())
+    assert (fidelity["world_model"], fidelity["checkpoint_step"]) == ("cartpole", 7995)
+    (out / "fidelity.json").write_text(json.dumps(fidelity))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text and "`rl_sampled`." not in text
+    (out / "fidelity.json").write_text(json.dumps({**fidelity, "checkpoint_step": 10748}))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Earlier checkpoints")[1]
 
 
 class _Called(Exception):

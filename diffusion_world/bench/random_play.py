@@ -7,6 +7,9 @@ real env for as many episodes, up to ``steps`` steps, and compares the episode l
 env would end them with the default ``termination="threshold"`` (the first step whose termination probability
 exceeds 0.5) and, as expected values, with ``termination="sample"`` (each step ends the episode with its
 probability). The imagined rollouts run on past the threshold's end, so both are read off the same frames.
+It also sums the rewards each episode collects, the return an agent would see, with the model's predicted
+rewards (expected values under sampled terminations): a model can end episodes on time and still pay too much or
+too little for each step.
 """
 
 from __future__ import annotations
@@ -50,25 +53,27 @@ def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:
             "lengths": lengths.tolist()}
 
 
-def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lengths (cut at ``steps``) of ``episodes`` real episodes under uniformly random actions, and whether each
-    was still running when cut."""
+def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lengths (cut at ``steps``) of ``episodes`` real episodes under uniformly random actions, whether each
+    was still running when cut, and each one's return."""
     from diffusion_world.envs.world_env import make_real_env
 
     env = make_real_env(wm)
     env.action_space.seed(seed)
-    lengths, running = [], []
+    lengths, running, returns = [], [], []
     for i in range(episodes):
         env.reset(seed=10_000 + seed + i)
-        t, done = 0, False
+        t, done, ret = 0, False, 0.0
         while not done and t < steps:
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
             t += 1
+            ret += float(reward)
             done = terminated or truncated
         lengths.append(t)
         running.append(not done)
+        returns.append(ret)
     env.close()
-    return np.array(lengths), np.array(running)
+    return np.array(lengths), np.array(running), np.array(returns)
 
 
 def run_random_play(world_model: str, out_dir: str | Path | None = None, num_envs: int = 32, steps: int = 100,
@@ -88,14 +93,20 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
                            sampler_steps=sampler_steps, device=device)
     core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])
     core.action_space.seed(seed)
-    probs = []
+    probs, rewards = [], []
     for _ in tqdm(range(steps), desc="random play in imagination", disable=not progress, leave=False):
         actions = core.check_actions(np.stack([core.action_space.sample() for _ in range(num_envs)]))
-        probs.append(core.step(actions).termination_probability)
+        step = core.step(actions)
+        probs.append(step.termination_probability)
+        rewards.append(step.rewards)
     p = np.stack(probs, 1).astype(np.float64)  # (N, steps)
+    rew = np.stack(rewards, 1).astype(np.float64)  # (N, steps): the predicted reward of each step
     threshold_end, ended = threshold_lengths(p, 0.5)
     sampled = np.array([expected_length(row) for row in p])
-    real, real_running = real_random_lengths(wm, num_envs, steps, seed)
+    # returns: the rewards of the steps each episode takes (in expectation: those it is still running for)
+    threshold_return = np.array([row[:n].sum() for row, n in zip(rew, threshold_end)])
+    sampled_return = (survival(p) * rew).sum(1)
+    real, real_running, real_return = real_random_lengths(wm, num_envs, steps, seed)
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
         "num_envs": num_envs, "steps": steps, "sampler_steps": core.sampler.num_steps,
@@ -105,6 +116,11 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
                                        "cut": float((survival(p)[:, -1] * (1 - p[:, -1])).mean()),
                                        "expected_lengths": sampled.tolist()}},
         # other values of the env's termination_threshold, read off the same rollouts
+        "return": {name: {"mean": float(np.mean(ret)), "returns": np.asarray(ret).tolist(),
+                          "per_step": float(np.sum(ret) / np.sum(length))}
+                   for name, ret, length in (("real", real_return, real), ("threshold", threshold_return,
+                                                                            threshold_end),
+                                             ("sampled", sampled_return, sampled))},
         "threshold_sweep": [{"threshold": th, "mean": float(threshold_lengths(p, th)[0].mean()),
                              "cut": float(1 - threshold_lengths(p, th)[1].mean())} for th in SWEEP],
         "survival": {"real": [float((real >= t).mean()) for t in range(1, steps + 1)],
@@ -114,6 +130,9 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     e = result["episode_length"]
     result["headline"] = {"real_mean_length": e["real"]["mean"], "threshold_mean_length": e["threshold"]["mean"],
                           "sampled_mean_length": e["sampled"]["mean"],
+                          "real_mean_return": result["return"]["real"]["mean"],
+                          "threshold_mean_return": result["return"]["threshold"]["mean"],
+                          "sampled_mean_return": result["return"]["sampled"]["mean"],
                           "threshold_vs_real": e["threshold"]["mean"] / e["real"]["mean"],
                           "sampled_vs_real": e["sampled"]["mean"] / e["real"]["mean"]}
     if out_dir is not None:
@@ -148,15 +167,25 @@ def random_play_markdown(r: dict[str, Any]) -> str:
     from diffusion_world.bench.report import _f
 
     e = r["episode_length"]
+    ret = r.get("return")  # recorded since 2026-11-27, step 10748
+
+    def returns(name: str) -> str:
+        return f" {ret[name]['mean']:.1f} | {ret[name]['per_step']:.2f} |" if ret else ""
+
     lines = [f"Uniformly random actions for up to {r['steps']} steps: {r['num_envs']} real episodes and "
              f"{r['num_envs']} imagined ones ({r['contexts']}, K={r['sampler_steps']}, checkpoint step "
              f"{r['checkpoint_step']}). An imagined env whose episodes outlast the real ones rewards failing.", "",
-             "| episodes | mean length | median length | still running at the last step |", "|---|---|---|---|",
-             f"| real env | {e['real']['mean']:.1f} | {e['real']['median']:.0f} | {_f(e['real']['cut'])} |",
+             "| episodes | mean length | median length | still running at the last step |"
+             + (" mean return | reward per step |" if ret else ""), "|---|---|---|---|" + ("---|---|" if ret else ""),
+             f"| real env | {e['real']['mean']:.1f} | {e['real']['median']:.0f} | {_f(e['real']['cut'])} |"
+             + returns("real"),
              f"| imagined, `termination=\"threshold\"` | {e['threshold']['mean']:.1f} | "
-             f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |",
+             f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |" + returns("threshold"),
              f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
-             f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |"]
+             f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |" + returns("sampled")]
+    if ret:
+        lines += ["", "Returns sum the rewards of the steps an episode takes (the imagined env's are the model's "
+                  "predicted rewards; under sampled terminations, expected values)."]
     sweep = r.get("threshold_sweep")  # recorded since 2026-11-27
     if sweep:
         lines += ["", "Other `termination_threshold` values, read off the same imagined rollouts (the real env: "
