@@ -11,7 +11,8 @@
 # Steps: install the carried wheels; check the CUDA paths against their references (tests/test_cuda.py, without
 # the slow torch.compile test, in the background while training runs); build the frame cache; train
 # `diffusion-world train --card envs/cartpole.toml --device cuda` for what is left of TOTAL_S after reserving time
-# for the rest; fit the termination classifier if the checkpoint has none; export the fp16 EMA model; the speed
+# for the rest; fit the termination classifier if the checkpoint has none (unless EXPORT_ARGS has
+# --no-termination-classifier); export the fp16 EMA model; the speed
 # benchmark on CUDA; optionally the fidelity benchmark. A step that fails or runs out of time is logged in OUT
 # and the script goes on.
 #
@@ -74,6 +75,8 @@ EXTRA=diffusion_world/cartpole-random-v0
 HAS_CLF=$(python3 -c "import torch; print(torch.load('runs/gpu/checkpoint.pt', weights_only=True, map_location='cpu').get('termination_classifier') is not None)" 2>/dev/null)
 if [ "$HAS_CLF" = True ]; then
   echo "== termination classifier: carried over from $INIT"
+elif [[ " $EXPORT_ARGS " == *" --no-termination-classifier "* ]]; then
+  echo "== termination classifier: skipped (the export leaves it out; the model's head scores terminations)"
 elif [ -d ".carry/minari/$EXTRA" ]; then
   echo "== termination classifier ($(left) s left)"
   timeout 120 python3 -m diffusion_world.cli fit-termination runs/gpu/checkpoint.pt --extra-dataset-id "$EXTRA" \
