@@ -12,6 +12,7 @@ state dict and fit report of a :class:`~diffusion_world.model.termination.Termin
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -72,6 +73,17 @@ def resolve_world_model(name_or_path: str | os.PathLike) -> Path:
                 return cand
         raise UserError(f"{p} is a directory without checkpoint.pt")
     return p
+
+
+def world_model_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """The first 16 hex digits of the SHA-256 of a world model's checkpoint file: which weights (and termination
+    classifier) a result came from, where the name and training step do not tell (e.g. the same step with and
+    without a classifier)."""
+    digest = hashlib.sha256()
+    with open(resolve_world_model(name_or_path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

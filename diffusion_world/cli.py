@@ -138,6 +138,9 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
                         "real episode ends (default 0: real frames only)")
     p.add_argument("--imagined-horizon", type=int, default=16,
                    help="imagined steps replayed at the end of each episode (after its real context), default 16")
+    p.add_argument("--imagined-past-end", type=int, default=2,
+                   help="where the data goes on after a termination (collect --post-terminal-steps): imagined steps "
+                        "replayed past the real terminal frame, labelled terminal, default 2")
     p.add_argument("--imagined-fraction", type=float, default=0.5,
                    help="share of each batch drawn from the imagined frames, default 0.5")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps, default 3000")
@@ -153,7 +156,8 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
         cfg = TerminationFitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                    imagined_episodes=args.imagined_episodes,
                                    imagined_fraction=args.imagined_fraction,
-                                   imagined_horizon=args.imagined_horizon)
+                                   imagined_horizon=args.imagined_horizon,
+                                   imagined_past_end=args.imagined_past_end)
         report = fit_termination(args.checkpoint, args.out, args.extra_dataset_id, cfg, device=args.device,
                                  progress=not args.quiet)
         print(format_report(report))

@@ -152,3 +152,26 @@ def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_worl
     assert r["steps_past_end"] == 0
     assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 0.0
     assert "stop at the real terminal frame" in termination.termination_markdown(r)
+
+
+def test_imagined_classifier_frames_go_on_past_the_end(absorbing_id: str, tmp_path: Path) -> None:
+    """``fit-termination --imagined-episodes``: where the data has frames after a termination, the rollouts go on
+    ``imagined_past_end`` steps past the real terminal frame, each of those frames labelled terminal like the real
+    one at that step; with 0 they stop at the terminal frame, its only positive."""
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.training.termination import TerminationFitConfig, imagined_frames
+
+    cache = FrameCache.open(absorbing_id, progress=False)
+    src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache, imagination={"context_frames": 2, "sampler_steps": 1})
+    split = (np.arange(cache.num_episodes), np.zeros(0, dtype=np.int64))
+    live, tail = cache.live_lengths, cache.episode_lengths - cache.live_lengths
+    terminated = cache.terminations[cache.episode_starts + live - 1]
+    assert terminated.sum() >= 4 and (tail[terminated] == TAIL).all()
+    for past in (0, 2):
+        cfg = TerminationFitConfig(imagined_episodes=1000, imagined_horizon=5, imagined_past_end=past)
+        out = imagined_frames(src, [cache], [split], cfg, progress=False)["train"]
+        assert len(out["labels"]) == (np.minimum(live - 2, 5) + np.minimum(tail, past)).sum()
+        assert out["labels"].sum() == terminated.sum() * (1 + past)
+    with pytest.raises(UserError, match="imagined_past_end"):
+        TerminationFitConfig(imagined_past_end=-1).validate()

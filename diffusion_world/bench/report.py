@@ -202,6 +202,14 @@ def _pct(d: dict[str, Any]) -> str:
     return " / ".join(f"{100 * d[k]:.0f}" for k in ("on_time", "early", "missed")) + " %"
 
 
+def same_model(r: dict[str, Any], ref: dict[str, Any]) -> bool:
+    """Whether two results ran on the same world model: the same name or path and training step, and the same
+    checkpoint file where they record one (``model_sha256``; results from before it count as one model among
+    themselves, another than any that records one)."""
+    return (all(r.get(k) is not None and r.get(k) == ref.get(k) for k in ("world_model", "checkpoint_step"))
+            and r.get("model_sha256") == ref.get("model_sha256"))
+
+
 def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     """One row per K (denoiser calls per imagined frame) of the current model (``fidelity.json``'s): the fidelity
     sweep's PSNR, and the ``control``, ``termination_tails``, ``random_play`` and ``rl_50k_sampled`` results
@@ -216,11 +224,10 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     rows: dict[int, dict[str, Any]] = {int(k): {"psnr": v} for k, v in fid.get("sampler_sweep", {}).items()}
     for base in SAMPLER_FAMILIES:
         ref = results.get(base)
-        if not ref or ref.get("checkpoint_step") != fid["checkpoint_step"]:
+        if not ref or not same_model(ref, fid):
             continue
         for stem, r in results.items():
-            if not re.fullmatch(rf"{base}(_k\d+)?", stem) or any(
-                    r.get(k) != ref.get(k) for k in ("world_model", "checkpoint_step")):
+            if not re.fullmatch(rf"{base}(_k\d+)?", stem) or not same_model(r, ref):
                 continue
             k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or default_k
             rows.setdefault(int(k), {}).setdefault(base, []).append((stem, r))
@@ -303,9 +310,7 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)
         current = results.get(kind or "") or results.get("fidelity", {})
-        same_model = all(r.get(k) is not None and r.get(k) == current.get(k)
-                         for k in ("world_model", "checkpoint_step"))
-        if kind is not None and stem != kind and not same_model:  # e.g. fidelity_step4150: an earlier checkpoint
+        if kind is not None and stem != kind and not same_model(r, current):  # e.g. fidelity_step4150: an earlier checkpoint
             archived.append(f"`{stem}`")
             continue
         body = RENDERERS[kind](r) if kind else generic_markdown(r)

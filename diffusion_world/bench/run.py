@@ -32,6 +32,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         if value is not None and value < 1:
             raise UserError(f"{option} must be positive, got {value}")
     machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
+    fingerprint = None
+    if world_model and suite != "memory":
+        from diffusion_world.checkpoint import world_model_fingerprint
+
+        try:  # the file that runs, read before a long run could see it replaced
+            fingerprint = world_model_fingerprint(world_model)
+        except UserError:
+            pass  # not found: the suite says so
     imagination: dict[str, Any] = {}
     if card:
         from diffusion_world.cards import load_card
@@ -94,6 +102,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
+    if fingerprint:
+        result["model_sha256"] = fingerprint
     result["machine"] = machine
     return record_result(out, stem, result)
 

@@ -12,8 +12,10 @@ from real ones (an under-trained model tilts CartPole's pole less and draws it b
 only saw real frames misses terminations there. The world model in the checkpoint then replays the last up to
 ``imagined_horizon`` steps of that many training episodes per dataset from their real context frames, and each
 imagined frame is labelled with the real frame's termination at the same step: the classifier learns to fire
-where the real episode ends. A share ``imagined_fraction`` of every batch is drawn from these frames. Imagined
-rollouts of the validation episodes are scored separately.
+where the real episode ends. Where the data goes on after a termination (``collect --post-terminal-steps``), the
+rollouts go on for up to ``imagined_past_end`` more steps, labelled terminal like the real frames there. A share
+``imagined_fraction`` of every batch is drawn from these frames. Imagined rollouts of the validation episodes are
+scored separately.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ class TerminationFitConfig:
     imagined_episodes: int = 0  # per dataset; 0: real frames only
     imagined_fraction: float = 0.5
     imagined_horizon: int = 16
+    imagined_past_end: int = 2  # steps replayed after the real terminal frame, where the data has frames there
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise UserError(f"bad termination-classifier settings: {self}")
-        if self.imagined_episodes < 0 or self.imagined_horizon < 1 or not 0 < self.imagined_fraction < 1:
+        if (self.imagined_episodes < 0 or self.imagined_horizon < 1 or self.imagined_past_end < 0
+                or not 0 < self.imagined_fraction < 1):
             raise UserError(f"bad imagined-frame settings (imagined_episodes >= 0, imagined_horizon >= 1, "
-                            f"0 < imagined_fraction < 1): {self}")
+                            f"imagined_past_end >= 0, 0 < imagined_fraction < 1): {self}")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -112,7 +116,8 @@ def imagined_frames(checkpoint: str | os.PathLike, caches: list[FrameCache],
                     splits: list[tuple[np.ndarray, np.ndarray]], cfg: TerminationFitConfig, device: str = "cpu",
                     progress: bool = True) -> dict[str, Any]:
     """The checkpoint's world model replays the last ``cfg.imagined_horizon`` steps of up to
-    ``cfg.imagined_episodes`` episodes per dataset and split from their real context frames: ``{"train": {"frames":
+    ``cfg.imagined_episodes`` episodes per dataset and split from their real context frames, and up to
+    ``cfg.imagined_past_end`` steps further where the data has post-terminal frames: ``{"train": {"frames":
     (n, H, W, 3) uint8, "labels": (n,) bool}, "val": {...}, "seconds": float}``, labels being the real frames'
     terminations at the same steps."""
     from diffusion_world.bench.termination import end_windows, imagine_windows
@@ -132,6 +137,9 @@ def imagined_frames(checkpoint: str | os.PathLike, caches: list[FrameCache],
             if len(eps) > cfg.imagined_episodes:
                 eps = np.sort(rng.choice(eps, cfg.imagined_episodes, replace=False))
             starts, steps = end_windows(cache, eps, context, cfg.imagined_horizon)
+            # past the terminal frame where the data goes on (collect --post-terminal-steps): absorbing frames,
+            # labelled terminal, so that the classifier also learns the fallen pole a late rollout draws
+            steps = steps + np.minimum(cfg.imagined_past_end, cache.episode_lengths[eps] - cache.live_lengths[eps])
             for sel, _, res in imagine_windows(wm, cache, starts, steps, context, sampler, cfg.seed, progress,
                                                desc=f"imagined {('training', 'validation')[split]} rollouts"):
                 idx = starts[sel, None] + np.arange(context, context + res["frames"].shape[1])
@@ -222,6 +230,7 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
               "val": val}
     if imagined:
         report["imagined"] = {"episodes_per_dataset": cfg.imagined_episodes, "horizon": cfg.imagined_horizon,
+                              "past_end": cfg.imagined_past_end,
                               "fraction": cfg.imagined_fraction, "seconds": imagined["seconds"],
                               "train_frames": int(len(imagined["train"]["labels"])),
                               "train_terminations": int(imagined["train"]["labels"].sum())}
