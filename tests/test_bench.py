@@ -294,6 +294,36 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
     (out / "fidelity.json").write_text(json.dumps({**fidelity, "checkpoint_step": 10748}))
     text = _readme_block(out, tmp_path / "README.md")
     assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Earlier checkpoints")[1]
+    # the same name and step, another checkpoint file (e.g. a termination classifier added): archived too
+    (out / "fidelity.json").write_text(json.dumps({**fidelity, "model_sha256": "0123456789abcdef"}))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Earlier checkpoints")[1]
+    sampled = json.loads((out / "rl_sampled.json").read_text())
+    (out / "rl_sampled.json").write_text(json.dumps({**sampled, "model_sha256": "0123456789abcdef"}))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "#### `rl_sampled`" in text and "Earlier checkpoints" in text and "`rl_sampled`" not in text.split(
+        "Earlier checkpoints")[1]
+
+
+def test_results_record_the_checkpoint_file(tiny_world_model: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every result names the SHA-256 of the checkpoint file it ran on, which changes with any byte of it."""
+    import hashlib
+    import shutil
+
+    from diffusion_world.bench import random_play, run
+    from diffusion_world.bench.run import run_benchmark
+
+    monkeypatch.setattr(random_play, "run_random_play", lambda *a, **k: {"headline": {}})
+    monkeypatch.setattr(run, "render", lambda stem, r: "")
+    r = json.loads(run_benchmark("random_play", tiny_world_model, tmp_path).read_text())
+    assert r["model_sha256"] == hashlib.sha256(Path(tiny_world_model).read_bytes()).hexdigest()[:16]
+    other = tmp_path / "other.pt"
+    shutil.copy(tiny_world_model, other)
+    with open(other, "ab") as f:
+        f.write(b"\0")
+    assert json.loads(run_benchmark("random_play", str(other), tmp_path).read_text())["model_sha256"] != r[
+        "model_sha256"]
 
 
 class _Called(Exception):

@@ -310,7 +310,7 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)
         current = results.get(kind or "") or results.get("fidelity", {})
-        if kind is not None and stem != kind and not same_model(r, current):  # e.g. fidelity_step4150: an earlier checkpoint
+        if kind is not None and stem != kind and not same_model(r, current):  # e.g. fidelity_step4150
             archived.append(f"`{stem}`")
             continue
         body = RENDERERS[kind](r) if kind else generic_markdown(r)
