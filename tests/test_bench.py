@@ -399,6 +399,12 @@ def test_sampler_steps_table() -> None:
     assert rows() == ["| 2 | 38.00 / 22.00 | 0.50 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | – |",
                     "| 3 (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | 54.4 ± 17.3 |"]
     assert sampler_steps_markdown({k: v for k, v in results.items() if not k.endswith("_k2")}) is None
+    # a base result named by the checkpoint's path counts (control records it); on another file it does not
+    with_path = {**results, "control": {**results["control"], "world_model": "/m.pt"},
+                 "control_k2": {**results["control_k2"], "world_model": "/m.pt"}}
+    assert "| 0.50 | 50 % |" in sampler_steps_markdown(with_path)
+    other_file = {**with_path, "control": {**with_path["control"], "model_sha256": "0123456789abcdef"}}
+    assert "| 0.50 | 50 % |" not in sampler_steps_markdown(other_file)
     # two results of one K (e.g. run on two machines): the cell names each
     results["rl_50k_sampled_k3"] = {**results["rl_50k_sampled"], "imagination_kwargs": {"sampler_steps": 3},
                                     "imagination": {"mean": 40.0, "std": 1.0}, "machine": {"cpu": "AMD"}}

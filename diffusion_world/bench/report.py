@@ -224,8 +224,8 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     rows: dict[int, dict[str, Any]] = {int(k): {"psnr": v} for k, v in fid.get("sampler_sweep", {}).items()}
     for base in SAMPLER_FAMILIES:
         ref = results.get(base)
-        if not ref or not same_model(ref, fid):
-            continue
+        if not ref or any(ref.get(k) != fid.get(k) for k in ("checkpoint_step", "model_sha256")):
+            continue  # (control records the checkpoint's path where the others record the name it was given)
         for stem, r in results.items():
             if not re.fullmatch(rf"{base}(_k\d+)?", stem) or not same_model(r, ref):
                 continue
