@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffusion_world.bench.fidelity import (
+    background_error,
     foreground_recall,
     foreground_retention,
     frame_scores,
@@ -59,6 +60,10 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert r["foreground_recall"]["short_memory"] == r["foreground_recall"]["model"]
     assert all(v is None or 0 <= v <= 1 for v in r["foreground_recall"]["model"].values())
     assert "foreground retention" in render("fidelity", {**r, "machine": {}})
+    assert set(r["background_error"]) == {"1", str(r["sampler_steps"])}  # the sweep's K and the default
+    assert set(r["background_error"][str(r["sampler_steps"])]) == {"1", "2", "4"}
+    assert all(v["share"] is None or 0 <= v["share"] <= 1 for v in r["background_error"]["1"].values())
+    assert "quiet background" in render("fidelity", {**r, "machine": {}})
 
 
 def test_foreground_retention() -> None:
@@ -93,6 +98,24 @@ def test_foreground_retention() -> None:
     assert foreground_recall(real, half, background, [1], radius=0)["1"] == 0.5
     assert foreground_recall(real, half, background, [1], radius=1)["1"] == 1.0
     assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
+
+
+def test_background_error() -> None:
+    """Faint noise on the static scene puts the squared error on the quiet background; a moved object puts it on
+    the object; a perfect frame has no error to share."""
+    rng = np.random.default_rng(0)
+    background = np.full((8, 8, 3), 255, np.uint8)
+    real = np.repeat(background[None, None], 2, axis=1).repeat(2, axis=0)  # (N=2, h=2, 8, 8, 3)
+    real[:, :, 2:4, 3, :] = 0  # a 2-pixel black object
+    noisy = real.copy()
+    noisy[:, 0] = np.clip(real[:, 0].astype(np.int16) - rng.integers(0, 5, real[:, 0].shape), 0, 255)
+    noisy[:, 0, 2:4, 3, :] = 0  # the object exactly in place: all the error is the background's
+    noisy[:, 1, 2:4, 3, :] = 255
+    noisy[:, 1, 2:4, 6, :] = 0  # moved, on a clean background: none of it is
+    r = background_error(real, noisy, background, [1, 2])
+    assert r["1"]["share"] == pytest.approx(1.0) and 1.5 < r["1"]["mean_abs"] < 2.5
+    assert r["2"]["share"] == 0.0 and r["2"]["mean_abs"] == 0.0
+    assert background_error(real, real, background, [1])["1"]["share"] is None
 
 
 def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, tiny_frame_cache,

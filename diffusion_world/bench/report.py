@@ -29,10 +29,16 @@ def _machine(r: dict[str, Any]) -> str:
     return f"{dev}; diffusion_world {m.get('package_version', '?')} @ {commit}; {m.get('date', '?')[:19]}{extra}"
 
 
+def _pct_or_dash(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f} %"
+
+
 def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
     fg = r.get("foreground_retention")  # results from before these metrics existed do not have them
     rc = r.get("foreground_recall")
+    be = r.get("background_error", {})  # per K; results from before it do not have it
+    bg = be.get(str(r["sampler_steps"]))
     sm_note = ""
     if sm and sm.get("checkpoint_step") is not None:
         sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
@@ -43,9 +49,10 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else "")
-             + (" foreground retention |" if fg else "") + (" foreground recall |" if rc else ""),
+             + (" foreground retention |" if fg else "") + (" foreground recall |" if rc else "")
+             + (" quiet background: error share, mean abs error |" if bg else ""),
              "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")
-             + ("---|" if rc else "")]
+             + ("---|" if rc else "") + ("---|" if bg else "")]
     for h in r["horizons"]:
         m, b = r["model"][str(h)], r["repeat_last_frame"][str(h)]
         row = (f"| {h} | {m['psnr']['mean']:.2f} ± {m['psnr']['ci95']:.2f} | {m['ssim']['mean']:.3f} "
@@ -56,6 +63,8 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
             row += f" {_f(fg['model'][str(h)])} |"
         if rc:
             row += f" {_f(rc['model'][str(h)])} (repeat-last {_f(rc['repeat_last_frame'][str(h)])}) |"
+        if bg:
+            row += f" {_pct_or_dash(bg[str(h)]['share'])}, {_f(bg[str(h)]['mean_abs'])} |"
         lines.append(row)
     if fg:
         lines += ["", "Foreground retention: how strongly the imagined frame draws the real frame's moving objects "
@@ -67,6 +76,11 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         lines += ["", "Foreground recall: the share of the real frame's object pixels that the imagined frame also "
                   "draws (within 1 pixel), every pixel counting the same: a thin, faint object that fades away "
                   "shows here even when a bold one dominates the retention."]
+    if bg:
+        lines += ["", "Quiet background: the pixels where neither the real nor the imagined frame draws an object; "
+                  "the share of the squared error (PSNR's denominator) that lies there, and the mean absolute error "
+                  "there in levels (0-255). A high share says the PSNR measures faint noise or tint on the static "
+                  "scene rather than the dynamics."]
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
               f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
@@ -77,9 +91,15 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
                   f"classifier when it has one, else its head): precision "
                   f"{_f(tf['precision'])}, recall {_f(tf['recall'])}, F1 {_f(tf['f1'])} ({tf['positives']} "
                   "terminations).", ""]
-    lines += ["| sampler steps K | PSNR h=1 | PSNR h=" + str(r["horizons"][-1]) + " |", "|---|---|---|"]
+    last = str(r["horizons"][-1])
+    lines += ["| sampler steps K | PSNR h=1 | PSNR h=" + last + " |"
+              + (f" quiet-background error share h=1 / h={last} |" if be else ""),
+              "|---|---|---|" + ("---|" if be else "")]
     for k, s in r["sampler_sweep"].items():
-        lines.append(f"| {k} | {s['1']['psnr']['mean']:.2f} | {s[str(r['horizons'][-1])]['psnr']['mean']:.2f} |")
+        row = f"| {k} | {s['1']['psnr']['mean']:.2f} | {s[last]['psnr']['mean']:.2f} |"
+        if be:
+            row += f" {_pct_or_dash(be[k]['1']['share'])} / {_pct_or_dash(be[k][last]['share'])} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
