@@ -214,7 +214,10 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                    help="rl: how the imagined env the agent trains in ends episodes (default: threshold)")
     p.add_argument("--agent-steps", type=int,
                    help="rl: PPO steps for each agent (default 20,000; --quick 2,000)")
-    p.add_argument("--seed", type=int, help="rl: seed of the agents, the envs and the evaluation episodes (default 0)")
+    p.add_argument("--seed", type=int, nargs="+",
+                   help="rl: seed of the agents, the envs and the evaluation episodes (default 0); several seeds: "
+                        "one result <name>_seed<S> each (an existing one of this run is reused) and <name>_seeds "
+                        "with their spread")
     p.add_argument("--parallel", action="store_true",
                    help="rl: train the real-env reference agent in a second process, beside the imagination agent "
                         "(each gets half the torch threads)")

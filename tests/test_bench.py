@@ -192,9 +192,12 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
     update_readme_section(readme, results)
     assert readme.read_text() == (root / "README.md").read_text()
     text = readme.read_text()
+    in_sweep = {row["result"] for path in results.glob("*_seeds.json")
+                for row in json.loads(path.read_text())["per_seed"].values()}
     for path in results.glob("*.json"):
         if "headline" in json.loads(path.read_text()):  # current results with their table, archived ones named
-            assert f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
+            assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
+                    or path.stem in in_sweep)  # a seed sweep's rows name each seed's result
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 
@@ -417,10 +420,11 @@ def test_sampler_steps_table() -> None:
         return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| K")]
 
     # without its base result (the same model at the default K), a variant counts for nothing
-    assert rows()[0] == "| 2 | 38.00 / 22.00 | 0.50 | 50 % | – | – | – | – |"
+    assert rows()[0] == "| 2 | 38.00 / 22.00 | 0.50 | 50 % | – |"
     results["termination_tails"] = {**model, "sampler_steps": 3, **tails}
-    assert rows() == ["| 2 | 38.00 / 22.00 | 0.50 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | – |",
-                    "| 3 (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – | 54.4 ± 17.3 |"]
+    assert rows() == ["| 2 | 38.00 / 22.00 | 0.50 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | – |",
+                    "| 3 (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | 54.4 ± 17.3 |"]
+    assert "random-play" not in sampler_steps_markdown(results)  # a family measured at no K has no column
     assert sampler_steps_markdown({k: v for k, v in results.items() if not k.endswith("_k2")}) is None
     # a base result named by the checkpoint's path counts (control records it); on another file it does not
     with_path = {**results, "control": {**results["control"], "world_model": "/m.pt"},
@@ -432,3 +436,79 @@ def test_sampler_steps_table() -> None:
     results["rl_50k_sampled_k3"] = {**results["rl_50k_sampled"], "imagination_kwargs": {"sampler_steps": 3},
                                     "imagination": {"mean": 40.0, "std": 1.0}, "machine": {"cpu": "AMD"}}
     assert rows()[1].endswith("| 54.4 ± 17.3 (`rl_50k_sampled`, ?); 40.0 ± 1.0 (`rl_50k_sampled_k3`, AMD) |")
+
+
+def _fake_rl(calls: list[int]):
+    """Stands in for run_rl (PPO) in the seed-sweep tests: returns that depend on the seed."""
+
+    def fake(world_model: str, agent_steps: int, eval_episodes: int, seed: int = 0, **kwargs) -> dict:
+        calls.append(seed)
+
+        def summary(mean: float) -> dict:
+            return {"mean": mean, "std": 1.0, "returns": [mean] * eval_episodes}
+
+        return {"world_model": world_model, "checkpoint_step": 7, "agent_steps": agent_steps, "seed": seed,
+                "num_envs": 2, "frame_stack": 2, "eval_episodes": eval_episodes,
+                "imagination_kwargs": kwargs.get("imagination_kwargs") or {},
+                "imagination": {**summary(10.0 + 30 * seed), "train_s": 1.0, "curve": [[32, 5.0, 5.0, 1]],
+                                "stochastic": summary(9.0 + seed)},
+                "real_trained": {**summary(50.0 + seed), "train_s": 1.0, "curve": [[32, 5.0, 5.0, 1]],
+                                 "stochastic": summary(40.0)},
+                "random": summary(20.0),
+                "in_imagination": {"horizon": 20, "imagination": summary(15.0 + seed),
+                                   "real_trained": summary(12.0), "random": summary(8.0)},
+                "headline": {"imagination_return_mean": 10.0 + 30 * seed}}
+
+    return fake
+
+
+def test_rl_seed_sweep_writes_each_seed_and_their_spread_and_resumes(tiny_world_model: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusion_world.bench import rl
+    from diffusion_world.bench.run import run_benchmark
+
+    calls: list[int] = []
+    monkeypatch.setattr(rl, "run_rl", _fake_rl(calls))
+    args = ["benchmark", "rl", "--world-model", tiny_world_model, "--quick", "--out", str(tmp_path),
+            "--name", "rl_sweep", "--termination", "sample"]
+    assert main([*args, "--seed", "0", "1"]) == 0
+    assert calls == [0, 1]
+    per_seed = [json.loads((tmp_path / f"rl_sweep_seed{s}.json").read_text()) for s in (0, 1)]
+    assert [r["seed"] for r in per_seed] == [0, 1] and all(r["model_sha256"] for r in per_seed)
+    summary = json.loads((tmp_path / "rl_sweep_seeds.json").read_text())
+    imag = [r["imagination"]["mean"] for r in per_seed]
+    assert summary["seeds"] == [0, 1] and summary["imagination_kwargs"] == {"termination": "sample"}
+    spread = summary["across_seeds"]["imagination"]
+    assert spread == {"mean": np.mean(imag), "std": np.std(imag), "min": min(imag), "max": max(imag), "n": 2}
+    assert summary["per_seed"]["1"]["imagination_sampled"] == per_seed[1]["imagination"]["stochastic"]["mean"]
+    assert summary["per_seed"]["0"]["real_trained_in_imagination"] == 12.0
+    text = (tmp_path / "rl_sweep_seeds.md").read_text()
+    assert "| mean ± std over seeds | 25.0 ± 15.0 |" in text and "`rl_sweep_seed1`" in text
+
+    # adding a seed runs only that seed; the others are read back from their files
+    assert main([*args, "--seed", "0", "1", "2"]) == 0
+    assert calls == [0, 1, 2]
+    assert json.loads((tmp_path / "rl_sweep_seeds.json").read_text())["across_seeds"]["imagination"]["n"] == 3
+    # a file of another run (other settings) is not mixed in
+    with pytest.raises(UserError, match="holds another run"):
+        run_benchmark("rl", tiny_world_model, tmp_path, quick=True, name="rl_sweep", seed=[0, 3], agent_steps=128,
+                      termination="sample")
+    assert calls == [0, 1, 2]
+    with pytest.raises(UserError, match="rl only"):
+        run_benchmark("control", tiny_world_model, tmp_path, seed=[0, 1])
+    with pytest.raises(UserError, match="distinct"):
+        run_benchmark("rl", tiny_world_model, tmp_path, seed=[1, 1])
+
+
+def test_readme_block_sums_up_a_seed_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tiny_world_model: str) -> None:
+    from diffusion_world.bench import rl
+    from diffusion_world.bench.run import run_benchmark
+
+    monkeypatch.setattr(rl, "run_rl", _fake_rl([]))
+    run_benchmark("rl", tiny_world_model, tmp_path, quick=True, name="rl_sweep", seed=[0, 1])
+    summary = json.loads((tmp_path / "rl_sweep_seeds.json").read_text())
+    current = {k: summary[k] for k in ("world_model", "checkpoint_step", "model_sha256")}  # the current model
+    (tmp_path / "fidelity.json").write_text(json.dumps({**current, "sampler_steps": 3}))
+    text = _readme_block(tmp_path, tmp_path / "README.md")
+    assert "#### `rl_sweep_seeds`" in text and "#### `rl_sweep_seed0`" not in text and "`rl_sweep_seed0`" in text

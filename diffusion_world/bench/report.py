@@ -129,7 +129,33 @@ def generic_markdown(r: dict[str, Any]) -> str:
     return "\n".join(["| key | value |", "|---|---|"] + [f"| {k} | {_f(v, 3)} |" for k, v in flat.items()])
 
 
+def rl_seeds_markdown(r: dict[str, Any]) -> str:
+    """``benchmark rl --seed S1 S2 ...``: one row per seed, then the mean ± std over seeds."""
+    kw = r.get("imagination_kwargs")
+    cols = [("imagination", "PPO in imagination: real-env return"), ("imagination_sampled", "same, sampled actions"),
+            ("real_trained", "PPO in the real env"), ("random", "random"),
+            ("imagination_in_imagination", "PPO in imagination: return in imagination"),
+            ("real_trained_in_imagination", "PPO in the real env: return in imagination")]
+    settings = f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in kw.items())}" if kw else ""
+    lines = [f"PPO for {r['agent_steps']:,} steps per agent, {len(r['seeds'])} seeds (agents, envs and evaluation "
+             f"episodes; {r['eval_episodes']} real-env episodes each); world model at training step "
+             f"{r.get('checkpoint_step')}{settings}. Each seed's own table is in `benchmarks/README.md`.", "",
+             "| seed | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for s, row in r["per_seed"].items():
+        lines.append(f"| {s} (`{row['result']}`) | " + " | ".join(_f(row[k], 1) for k, _ in cols) + " |")
+    spread = r["across_seeds"]
+    lines.append("| mean ± std over seeds | " + " | ".join(
+        f"{spread[k]['mean']:.1f} ± {spread[k]['std']:.1f}" if spread.get(k) else "–" for k, _ in cols) + " |")
+    lines.append("| range | " + " | ".join(
+        f"{spread[k]['min']:.1f} – {spread[k]['max']:.1f}" if spread.get(k) else "–" for k, _ in cols) + " |")
+    cpus = sorted({row.get("cpu") or "?" for row in r["per_seed"].values()})
+    return "\n".join(lines) + "\n\nStd over seeds is the population std of the seeds' mean returns. " + (
+        f"Seeds ran on: {', '.join(cpus)}." if cpus else "")
+
+
 def rl_markdown(r: dict[str, Any]) -> str:
+    if "per_seed" in r:
+        return rl_seeds_markdown(r)
     ppo = r.get("ppo")  # results from before the settings were recorded used SB3's PPO defaults
     settings = (", settings " + ", ".join(f"{k} {v}" for k, v in ppo.items()) if ppo
                 else ", SB3's PPO defaults but n_steps <= 128, batch 256")
@@ -264,6 +290,7 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
          lambda r: f"{r['headline']['threshold_mean_length']:.1f} / {r['headline']['sampled_mean_length']:.1f}"),
         ("rl_50k_sampled", "PPO 50k steps in imagination (sampled terminations): real-env return",
          lambda r: f"{r['imagination']['mean']:.1f} ± {r['imagination']['std']:.1f}")]
+    columns = [c for c in columns if any(c[0] in row for row in measured.values())]  # families measured at all
 
     def cell(found: list[tuple[str, dict[str, Any]]], value: Any) -> str:
         if len(found) == 1:
@@ -324,8 +351,10 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     sampler = sampler_steps_markdown(results)
     if sampler:
         parts.append(f"#### Denoiser steps per frame (K)\n\n{sampler}")
+    # a seed sweep's per-seed results are summed up by its own table (each in full in benchmarks/README.md)
+    in_sweep = {row["result"] for r in results.values() for row in r.get("per_seed", {}).values()}
     for stem, r in results.items():
-        if "headline" not in r:
+        if "headline" not in r or stem in in_sweep:
             continue
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)

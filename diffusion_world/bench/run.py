@@ -5,6 +5,7 @@ JSON + Markdown (+ PNG) into ``--out``, and regenerate ``README.md`` next to the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,23 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   quick: bool = False, device: str = "cpu", name: str | None = None,
                   short_memory: str | None = None, dataset_id: str | None = None,
                   termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
-                  seed: int | None = None, sampler_steps: int | None = None) -> Path:
+                  seed: int | Sequence[int] | None = None, sampler_steps: int | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
-    ``[imagination] sampler_steps``, which overrides the checkpoint's."""
+    ``[imagination] sampler_steps``, which overrides the checkpoint's. ``seed`` (rl): one seed, or several: see
+    :func:`run_rl_seeds`."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
+    if seed is not None and not isinstance(seed, int):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != len(set(seeds)) or not seeds:
+            raise UserError(f"seeds must be distinct, got {seeds}")
+        if len(seeds) > 1:
+            if suite != "rl":
+                raise UserError("several seeds apply to benchmark rl only")
+            return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
+                                termination=termination, agent_steps=agent_steps, parallel=parallel,
+                                sampler_steps=sampler_steps)
+        seed = seeds[0]
     for option, value in (("termination", termination), ("agent_steps", agent_steps), ("parallel", parallel),
                           ("seed", seed)):
         if value not in (None, False) and suite != "rl":
@@ -92,11 +105,10 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
-        steps = agent_steps or (2_000 if quick else 20_000)
-        result = run_rl(world_model, agent_steps=steps, eval_episodes=3 if quick else 10,
+        settings = _rl_settings(quick, termination, agent_steps, K)
+        result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
-                        imagination_kwargs={**({"termination": termination} if termination else {}),
-                                            **({"sampler_steps": int(K)} if K else {})} or None)
+                        imagination_kwargs=settings["imagination_kwargs"] or None)
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out / f"{stem}.png")
     else:
@@ -106,6 +118,82 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result["model_sha256"] = fingerprint
     result["machine"] = machine
     return record_result(out, stem, result)
+
+
+def _rl_settings(quick: bool, termination: str | None, agent_steps: int | None, K: Any) -> dict[str, Any]:
+    """What a ``benchmark rl`` result depends on besides the model and the seed, as its JSON records it."""
+    return {"agent_steps": agent_steps or (2_000 if quick else 20_000), "eval_episodes": 3 if quick else 10,
+            "imagination_kwargs": {**({"termination": termination} if termination else {}),
+                                   **({"sampler_steps": int(K)} if K else {})}, "quick": quick}
+
+
+def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem: str, card: str | None = None,
+                 quick: bool = False, **kwargs: Any) -> Path:
+    """``benchmark rl --seed S1 S2 ...``: one result ``<stem>_seed<S>`` per seed, then ``<stem>_seeds``: each
+    seed's returns and their mean, spread and range over the seeds (PPO's spread over seeds is often larger than
+    the difference between two world models). A seed whose result file already holds this run (same model file,
+    settings and seed) is reused, not rerun: an interrupted sweep resumes, and adding a seed costs one run."""
+    if not world_model:
+        raise UserError("benchmark rl needs --world-model")
+    from diffusion_world.checkpoint import world_model_fingerprint
+
+    fingerprint = world_model_fingerprint(world_model)
+    K = kwargs.get("sampler_steps")
+    if K is None and card:
+        from diffusion_world.cards import load_card
+
+        K = load_card(card).imagination.get("sampler_steps")
+    want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K)
+    per_seed: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        path = out / f"{stem}_seed{s}.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old is not None and (old.get("model_sha256") != fingerprint or old.get("seed") != s
+                                or any(old.get(k) != v for k, v in want.items())):
+            raise UserError(f"{path} holds another run (model file, seed or settings differ): remove it or choose "
+                            f"another --name")
+        if old is None:
+            print(f"benchmark rl: seed {s} ({seeds.index(s) + 1} of {len(seeds)})")
+            path = run_benchmark("rl", world_model, out, card=card, quick=quick, name=f"{stem}_seed{s}", seed=s,
+                                 **kwargs)
+        else:
+            print(f"benchmark rl: seed {s}: reusing {path}")
+        per_seed[str(s)] = json.loads(path.read_text())
+    return record_result(out, f"{stem}_seeds", seeds_summary(per_seed, stem))
+
+
+# a seed's numbers that the summary keeps: (key, where in the result)
+SEED_VALUES = (("imagination", ("imagination", "mean")), ("imagination_sampled", ("imagination", "stochastic", "mean")),
+               ("real_trained", ("real_trained", "mean")), ("random", ("random", "mean")),
+               ("imagination_in_imagination", ("in_imagination", "imagination", "mean")),
+               ("real_trained_in_imagination", ("in_imagination", "real_trained", "mean")))
+
+
+def seeds_summary(per_seed: dict[str, dict[str, Any]], stem: str) -> dict[str, Any]:
+    """The ``<stem>_seeds`` result from the per-seed ``benchmark rl`` results (``{seed: result}``)."""
+    import numpy as np
+
+    first = next(iter(per_seed.values()))
+    rows: dict[str, dict[str, Any]] = {}
+    for s, r in per_seed.items():
+        row: dict[str, Any] = {"result": f"{stem}_seed{s}", "cpu": r.get("machine", {}).get("cpu")}
+        for key, where in SEED_VALUES:
+            v: Any = r
+            for k in where:
+                v = v.get(k) if isinstance(v, dict) else None
+            row[key] = v
+        rows[s] = row
+    spread: dict[str, Any] = {}
+    for key, _ in SEED_VALUES:
+        vals = np.array([row[key] for row in rows.values() if row[key] is not None], dtype=float)
+        spread[key] = ({"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
+                        "max": float(vals.max()), "n": len(vals)} if len(vals) else None)
+    result = {k: first.get(k) for k in ("world_model", "checkpoint_step", "model_sha256", "env_spec", "agent_steps",
+                                        "eval_episodes", "imagination_kwargs", "quick")}
+    result.update({"seeds": [int(s) for s in per_seed], "per_seed": rows, "across_seeds": spread})
+    result["headline"] = {"seeds": len(rows), **{f"{key}_mean_over_seeds": (spread[key] or {}).get("mean")
+                                                  for key in ("imagination", "real_trained", "random")}}
+    return result
 
 
 def record_result(out: str | Path, stem: str, result: dict[str, Any]) -> Path:
