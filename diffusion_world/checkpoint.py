@@ -133,6 +133,18 @@ class WorldModel:
         return torch.sigmoid(logits.float() - math.log(self.termination_pos_weight))
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a clear :class:`UserError` when it is malformed or names CUDA and torch
+    sees no CUDA device (rather than torch's assertion from deep inside the first ``.to``)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"invalid device {device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r}, but torch sees no CUDA device (torch {torch.__version__})")
+    return device
+
+
 def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
                      use_ema: bool = True) -> WorldModel:
     """Load a shipped model name or a checkpoint path for inference.
@@ -142,6 +154,7 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
         wm = load_world_model("runs/cartpole/checkpoint.pt")
         state = wm.model.new_state(batch_size=1)
     """
+    device = check_device(device)
     path = resolve_world_model(name_or_path)
     ckpt = load_checkpoint(path, map_location="cpu")
     try:

@@ -8,6 +8,7 @@ shows its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -109,11 +110,13 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             attn_backend=args.attn_backend, max_minutes=args.max_minutes, precision=args.precision, seed=args.seed,
             terminal_fraction=args.terminal_fraction, sigma_ctx_max=args.sigma_ctx_max,
             init_from=args.init_from,
-            model_overrides={"context_window": args.context_window} if args.context_window else None,
+            model_overrides=({"context_window": args.context_window} if args.context_window is not None
+                             else None),
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)
-        print(f"checkpoint: {path}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per process
+            print(f"checkpoint: {path}")
         return 0
 
     return run
@@ -200,7 +203,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                                    "regenerated when --out is benchmarks/results.")
     p.add_argument("suite", choices=["fidelity", "memory", "speed", "rl", "termination", "control", "random_play"])
     p.add_argument("--world-model", help="checkpoint path or shipped name (speed: optional, else random weights)")
-    p.add_argument("--card", help="env card: imagination defaults (context frames, sampler steps)")
+    p.add_argument("--card", help="env card: [imagination] defaults: sampler steps (every suite that imagines), "
+                                  "context frames (fidelity, termination, control), horizon (rl)")
     p.add_argument("--out", default="benchmarks/results", help="results directory (default benchmarks/results)")
     p.add_argument("--quick", action="store_true", help="a few minutes instead of the full run")
     p.add_argument("--short-memory", help="fidelity: a short-memory baseline checkpoint to compare against")
@@ -209,7 +213,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                                         "dataset counts as held out in full); random_play: reset contexts (default: "
                                         "the model's training dataset when present)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--name", help="result file stem (default: the suite name)")
+    p.add_argument("--name", help="result file stem (default: the suite name, with _quick under --quick)")
     p.add_argument("--termination", choices=["threshold", "sample"],
                    help="rl: how the imagined env the agent trains in ends episodes (default: threshold)")
     p.add_argument("--agent-steps", type=int,
@@ -245,7 +249,10 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_colle
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = argparse.ArgumentParser(prog="diffusion-world", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="diffusion-world", description="diffusion_world: collect Gymnasium trajectories into Minari datasets, "
+                                            "train a causal video diffusion world model on them, play it and "
+                                            "benchmark it.")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Handler] = {}
     for add in SUBCOMMANDS:

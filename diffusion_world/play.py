@@ -90,6 +90,9 @@ def play(world_model: str | os.PathLike = "cartpole", steps: int = 200, out: str
         raise UserError(f"steps must be an integer >= 1, got {steps!r}")
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"output {str(out)!r} must end with .gif or .mp4")
+    for name, v in (("fps", fps), ("scale", scale), ("frame_stack", env_kwargs.get("frame_stack"))):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UserError(f"{name} must be an integer >= 1, got {v!r}")
     if compare_real:
         if policy != "random":
             raise UserError("--compare-real replays the recorded actions of a dataset episode: drop --policy")

@@ -47,6 +47,9 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
                       "repeat_last_psnr_h16",
                       "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
+    assert 1 <= r["window_episodes"] <= min(4, r["heldout_episodes"])
+    text = render("fidelity", {**r, "machine": {}, "window_episodes": 1, "heldout_episodes": 3})
+    assert "windows: 4 from 1 of the 3 held-out episodes" in text  # not "from 3 episodes"
     # a random-weight model is worse than repeating the last real frame
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
@@ -64,6 +67,18 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert set(r["background_error"][str(r["sampler_steps"])]) == {"1", "2", "4"}
     assert all(v["share"] is None or 0 <= v["share"] <= 1 for v in r["background_error"]["1"].values())
     assert "quiet background" in render("fidelity", {**r, "machine": {}})
+
+
+def test_heldout_windows_too_short_names_the_longest() -> None:
+    from types import SimpleNamespace
+
+    from diffusion_world.bench.fidelity import heldout_windows
+
+    cache = SimpleNamespace(episode_lengths=np.array([15, 18, 27]), episode_starts=np.array([0, 16, 35]))
+    starts = heldout_windows(cache, np.arange(3), 20, 6, 0)
+    assert set(starts.tolist()) <= set(range(35, 35 + 27 - 20 + 1))  # only the 27-frame episode holds 20 frames
+    with pytest.raises(UserError, match="no held-out episode has 40 frames .* the longest has 27"):
+        heldout_windows(cache, np.arange(3), 40, 6, 0)
 
 
 def test_foreground_retention() -> None:
@@ -393,6 +408,17 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
         with pytest.raises(_Called) as called:
             run_benchmark(suite, "model.pt", tmp_path, name=f"{suite}_k2")
         assert called.value.args[0]["stem"] == f"{suite}_k2"
+    # a suite-specific option reaches its suites and is refused by the others, never silently dropped
+    from diffusion_world.bench.run import OPTION_SUITES
+
+    for option, value in (("seed", 0), ("termination", "sample"), ("agent_steps", 64), ("parallel", True),
+                          ("short_memory", "short.pt"), ("dataset_id", "x/y-v0")):
+        if suite in OPTION_SUITES[option]:
+            with pytest.raises(_Called):
+                run_benchmark(suite, "model.pt", tmp_path, **{option: value})
+        else:
+            with pytest.raises(UserError, match=f"{option} .* applies to benchmark .* only, not to {suite}"):
+                run_benchmark(suite, "model.pt", tmp_path, **{option: value})
 
 
 def test_sampler_steps_table() -> None:

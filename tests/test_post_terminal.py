@@ -152,6 +152,9 @@ def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_worl
     assert r["steps_past_end"] == 0
     assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 0.0
     assert "stop at the real terminal frame" in termination.termination_markdown(r)
+    collect("CartPole-v1", "tt/cut-v0", steps=5, size=16, seed=3, progress=False)  # one episode, cut after 5 steps
+    with pytest.raises(UserError, match="no held-out episode of 'tt/cut-v0' terminates"):
+        termination.run_termination(tiny_world_model, dataset_id="tt/cut-v0", progress=False)
 
 
 def test_imagined_classifier_frames_go_on_past_the_end(absorbing_id: str, tmp_path: Path) -> None:

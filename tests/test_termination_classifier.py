@@ -137,7 +137,8 @@ def test_resumed_and_init_from_training_keep_the_classifier(tiny_dataset_id: str
                            batch_size=2, seq_len=4, eval_every=1000, progress=False, precision="fp32", **kw)
 
     path = train(cfg(1))
-    fit_termination(path, cfg=TerminationFitConfig(steps=5, batch_size=16), progress=False)
+    # the run directory, as gym.make, play and benchmark take it: its checkpoint.pt gets the classifier
+    fit_termination(path.parent, cfg=TerminationFitConfig(steps=5, batch_size=16), progress=False)
     clf = load_checkpoint(path)["termination_classifier"]
     train(cfg(2), resume=True)
     started = train(cfg(3, "started", init_from=str(path)))  # a new run from this one, same pixel env

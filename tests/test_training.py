@@ -194,6 +194,12 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
         train(tiny_cfg(tiny_dataset_id, tmp_path, seq_len=10_000))
     assert main(["train", "--dataset-id", "nobody/nothing-v0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "nobody/nothing-v0" in capsys.readouterr().err
+    assert main(["train", "--dataset-id", tiny_dataset_id, "--out", str(tmp_path / "cw"), "--preset", "tiny",
+                 "--context-window", "0", "--steps", "1", "--quiet"]) == 2  # 0 is refused, not read as "not given"
+    assert "context_window" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="torch sees no CUDA device"):
+            train(tiny_cfg(tiny_dataset_id, tmp_path, device="cuda"))
     # resuming with another model config is refused, not silently mixed
     train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
     with pytest.raises(UserError, match="another model config"):
@@ -301,7 +307,9 @@ def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
     assert cb["step"] == 3 and cb["num_frames_seen"] > ca["num_frames_seen"]
     assert cb["model_config"]["context_window"] == 2 != ca["model_config"]["context_window"]
     assert cb["train_config"]["init_from"] == str(a)
-    same = train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=2, init_from=str(a)))  # nothing left to do
+    with pytest.warns(UserWarning, match="starts at step 2, which is already --steps 2: nothing to train .* "
+                                         "--steps 4"):  # nothing left to do: said, not silent
+        same = train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=2, init_from=str(a)))
     for name, value in load_checkpoint(a)["model"].items():
         assert torch.equal(load_checkpoint(same)["model"][name], value), name
     with pytest.raises(UserError, match="does not fit"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
+from diffusion_world import make_sb3_vec_env
 from diffusion_world.envs import DiffusionWorldVectorEnv, InvalidActionError, ResetNeededError
 from diffusion_world.errors import UserError
 
@@ -133,12 +134,18 @@ def test_disabled_autoreset_and_bad_inputs(tiny_world_model: str) -> None:
     for bad in (np.array([0, 2]), np.array([0, 1, 1]), np.array([0.0, 1.0]), 1):
         with pytest.raises(InvalidActionError):
             envs.step(bad)
+    with pytest.raises(InvalidActionError, match="each of the 2 envs' action space Discrete"):
+        envs.step(np.array([0, 5]))
     envs.step(np.array([1, 0]))  # still usable
     for mask in (np.array([False, False]), np.array([1, 0]), np.array([True])):
         with pytest.raises(UserError, match="reset_mask"):
             envs.reset(options={"reset_mask": mask})
     with pytest.raises(UserError, match="autoreset_mode"):
         DiffusionWorldVectorEnv(2, tiny_world_model, autoreset_mode="Sometimes")
+    with pytest.raises(UserError, match=r"DiffusionWorldVectorEnv got unexpected kwargs \['horizn'\].*'horizon'"):
+        gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, horizn=5)
+    with pytest.raises(UserError, match=r"DiffusionWorldSB3VecEnv got unexpected kwargs \['horizn'\]"):
+        make_sb3_vec_env(tiny_world_model, num_envs=2, horizn=5)
 
 
 def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cache) -> None:

@@ -141,6 +141,8 @@ def test_reset_with_options_context(tiny_world_model: str, tiny_frame_cache) -> 
         env.reset(options={"context": context[..., :2]})
     with pytest.raises(UserError, match="options\\['actions'\\]"):
         env.reset(options={"context": context, "actions": actions[:2]})
+    with pytest.raises(UserError, match="options\\['has_action'\\] must have 5 entries"):
+        env.reset(options={"context": context, "actions": cache.prev_actions[s:s + 5], "has_action": [True]})
 
 
 def test_frame_stack_layout(tiny_world_model: str) -> None:
@@ -280,6 +282,11 @@ def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, t
                           ({"context_source": "web"}, "context_source")]:
         with pytest.raises(UserError, match=match):
             DiffusionWorldEnv(tiny_world_model, **kwargs)
+    if not torch.cuda.is_available():  # torch's own assertion would come from deep inside the first .to()
+        with pytest.raises(UserError, match="device 'cuda', but torch sees no CUDA device"):
+            gym.make("DiffusionWorld-v0", world_model=tiny_world_model, device="cuda")
+    with pytest.raises(UserError, match="invalid device"):
+        DiffusionWorldEnv(tiny_world_model, device="gpu0")
 
 
 def test_make_real_env_stacks_like_imagination(tiny_world_model: str) -> None:
@@ -321,3 +328,5 @@ def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path
     with Image.open(side) as im:
         assert im.size[0] > 2 * im.size[1]  # real | imagined side by side
     assert main(["play", "--world-model", tiny_world_model, "--out", str(tmp_path / "x.avi"), "--quiet"]) == 2
+    for flag in ("--fps", "--scale", "--frame-stack"):  # refused before the rollout, not a crash after it
+        assert main(["play", "--world-model", tiny_world_model, "--out", str(gif), flag, "0", "--quiet"]) == 2

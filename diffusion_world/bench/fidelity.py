@@ -50,7 +50,9 @@ def heldout_windows(cache: FrameCache, episodes: np.ndarray, length: int, num: i
     rng = np.random.default_rng(seed)
     eps = [e for e in episodes if cache.episode_lengths[e] >= length]
     if not eps:
-        raise UserError(f"no held-out episode has {length} frames (context + horizon); lower --horizon")
+        longest = int(max((cache.episode_lengths[e] for e in episodes), default=0))
+        raise UserError(f"no held-out episode has {length} frames (context frames + rollout horizon); the longest "
+                        f"has {longest}: use fewer context frames, a shorter horizon or longer episodes")
     starts = []
     for i in range(num):
         e = eps[rng.integers(len(eps))]
@@ -272,7 +274,9 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
-        "num_windows": len(starts), "heldout_episodes": len(val_eps), "heldout": heldout, "sampler_steps": default_k,
+        "num_windows": len(starts), "heldout_episodes": len(val_eps),
+        "window_episodes": len(np.unique(np.searchsorted(cache.episode_starts, starts, side="right") - 1)),
+        "heldout": heldout, "sampler_steps": default_k,
         "checkpoint_step": wm.step, "horizons": hs,
         "model": score(real, main["frames"], hs),
         "repeat_last_frame": score(real, repeat_last, hs),

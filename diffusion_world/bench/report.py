@@ -44,7 +44,9 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
                    f"step {sm['checkpoint_step']}" + (" (initialised from a long-window checkpoint, then trained "
                                                       "with the short window)" if sm.get("init_from") else "") + ".")
-    lines = [f"Held-out windows: {r['num_windows']} from {r['heldout_episodes']} episodes of `{r['dataset_id']}`; "
+    source = (f"{r['heldout_episodes']} episodes" if r.get("window_episodes") in (None, r["heldout_episodes"])
+              else f"{r['window_episodes']} of the {r['heldout_episodes']} held-out episodes")
+    lines = [f"Held-out windows: {r['num_windows']} from {source} of `{r['dataset_id']}`; "
              f"{r['context_frames']} real context frames, then the real actions; K={r['sampler_steps']} Euler "
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"

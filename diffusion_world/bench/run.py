@@ -11,9 +11,13 @@ from typing import Any
 
 from diffusion_world.bench.common import machine_info, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
+from diffusion_world.checkpoint import check_device
 from diffusion_world.errors import UserError
 
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
+# the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
+OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
+                 "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play")}
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -26,21 +30,23 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     :func:`run_rl_seeds`."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
+    given = {"termination": termination is not None, "agent_steps": agent_steps is not None, "parallel": parallel,
+             "seed": seed is not None, "short_memory": short_memory is not None,
+             "dataset_id": dataset_id is not None}
+    for option, is_given in given.items():
+        if is_given and suite not in OPTION_SUITES[option]:
+            raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
+                            f"{' / '.join(OPTION_SUITES[option])} only, not to {suite}")
+    check_device(device)
     if seed is not None and not isinstance(seed, int):
         seeds = [int(s) for s in seed]
         if len(seeds) != len(set(seeds)) or not seeds:
             raise UserError(f"seeds must be distinct, got {seeds}")
         if len(seeds) > 1:
-            if suite != "rl":
-                raise UserError("several seeds apply to benchmark rl only")
             return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
                                 termination=termination, agent_steps=agent_steps, parallel=parallel,
                                 sampler_steps=sampler_steps)
         seed = seeds[0]
-    for option, value in (("termination", termination), ("agent_steps", agent_steps), ("parallel", parallel),
-                          ("seed", seed)):
-        if value not in (None, False) and suite != "rl":
-            raise UserError(f"{option} applies to benchmark rl only")
     for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be positive, got {value}")

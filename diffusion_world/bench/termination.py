@@ -124,10 +124,15 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     context = int(context or wm.imagination.get("context_frames", 4))
     K = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
     ends = cache.episode_starts[episodes] + cache.live_lengths[episodes] - 1
-    ok = np.asarray(cache.terminations)[ends] & (cache.live_lengths[episodes] >= context + 1)
+    terminated = np.asarray(cache.terminations)[ends]
+    if not terminated.any():
+        raise UserError(f"no held-out episode of {dataset_id!r} terminates (they are all truncated): nothing to "
+                        f"score; use a dataset where episodes end in failure, e.g. random play")
+    ok = terminated & (cache.live_lengths[episodes] >= context + 1)
     episodes, ends = episodes[ok], ends[ok]
     if not len(episodes):
-        raise UserError(f"no terminated held-out episode of {dataset_id!r} has {context + 1} frames")
+        raise UserError(f"no terminated held-out episode of {dataset_id!r} has {context + 1} frames "
+                        f"({context} context frames + the terminal one)")
     rng = np.random.default_rng(seed)
     if len(episodes) > max_episodes:
         keep = np.sort(rng.choice(len(episodes), max_episodes, replace=False))

@@ -373,8 +373,8 @@ class WindowSampler:
             raise UserError("WindowSampler needs at least one episode")
         lengths = cache.episode_lengths[episodes]
         if self.seq_len > lengths.max():  # even with padding: such windows would be mostly padding
-            raise UserError(f"no episode of {cache.dataset_id!r} has {self.seq_len} frames "
-                            f"(longest: {int(lengths.max())}); lower seq_len")
+            raise UserError(f"no episode of {cache.dataset_id!r} in this split ({len(episodes)} episodes) has "
+                            f"{self.seq_len} frames (longest: {int(lengths.max())}); lower seq_len (--seq-len)")
         long_enough = np.ones_like(lengths, dtype=bool) if self.pad_ends else lengths >= self.seq_len
         self.episodes = episodes[long_enough]
         self.num_excluded_episodes = int((~long_enough).sum())

@@ -15,6 +15,7 @@ holds the last k context frames (the first one repeated when the context is shor
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 
-from diffusion_world.checkpoint import WorldModel, load_world_model
+from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
 from diffusion_world.diffusion.sampler import (
     SamplerConfig,
     edm_sigmas,
@@ -158,7 +159,8 @@ def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int)
     space = action_space_to_dict(cache.action_space)
     if not _same_action_space(space, world_model.config.action_space):
         raise UserError(f"dataset {dataset_id!r} has action space {cache.action_space} but the world model "
-                        f"{world_model.path} was trained with {world_model.config.action_space}")
+                        f"{world_model.path} was trained with "
+                        f"{action_space_from_dict(world_model.config.action_space)}")
     return DatasetContexts(cache, length)
 
 
@@ -230,10 +232,7 @@ class ImaginationCore:
         if isinstance(termination_threshold, bool) or not isinstance(termination_threshold, int | float) or not (
                 0.0 <= termination_threshold <= 1.0):
             raise UserError(f"termination_threshold must be a number in [0, 1], got {termination_threshold!r}")
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise UserError(f"invalid device {device!r}") from e
+        self.device = check_device(device)
         self.world_model = (world_model if isinstance(world_model, WorldModel)
                             else load_world_model(world_model, device=self.device))
         self.model = self.world_model.model.to(self.device)
@@ -306,7 +305,8 @@ class ImaginationCore:
         text = repr(action)
         if len(text) > 80:
             text = text[:77] + "..."
-        return InvalidActionError(f"invalid action {text}: {why} (action space {self.action_space})")
+        each = f"each of the {self.num_envs} envs' action space" if self.num_envs > 1 else "action space"
+        return InvalidActionError(f"invalid action {text}: {why} ({each} {self.action_space})")
 
     def check_actions(self, actions: Any, batch: bool = True) -> np.ndarray:
         """Validate a batch (N,) / (N, *shape) of actions (or one action with ``batch=False``) and return it as
@@ -366,6 +366,9 @@ class ImaginationCore:
             elif n == L:
                 actions[:] = self._check_seq(given_arr)
                 has = options.get("has_action")
+                if has is not None and np.size(has) != L:
+                    raise UserError(f"options['has_action'] must have {L} entries (one per context frame), got "
+                                    f"{np.size(has)}")
                 has_action[:] = True if has is None else np.asarray(has, dtype=bool).reshape(L)
             else:
                 raise UserError(f"options['actions'] must have {L - 1} (between frames) or {L} (leading to each "
@@ -445,6 +448,19 @@ class ImaginationCore:
     def last_frames(self) -> np.ndarray:
         """The newest frame of every row, (N, H, W, 3) uint8 (a copy)."""
         return self.stacks[:, -1].copy()
+
+
+# the kwargs an imagined env passes on to its ImaginationCore
+CORE_KWARGS = frozenset(inspect.signature(ImaginationCore.__init__).parameters) - {"self", "world_model", "num_envs"}
+
+
+def make_core(owner: str, world_model: Any, num_envs: int, kwargs: dict[str, Any]) -> ImaginationCore:
+    """``ImaginationCore(world_model, num_envs, **kwargs)``; a misspelled kwarg is named with ``owner``, the class
+    the user called, and the kwargs it takes (not as a TypeError of ``ImaginationCore.__init__``)."""
+    unknown = sorted(set(kwargs) - CORE_KWARGS)
+    if unknown:
+        raise UserError(f"{owner} got unexpected kwargs {unknown}; the imagined env takes {sorted(CORE_KWARGS)}")
+    return ImaginationCore(world_model, num_envs, **kwargs)
 
 
 def stack_frames(frames: Sequence[np.ndarray]) -> np.ndarray:

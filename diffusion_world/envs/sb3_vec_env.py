@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.envs.core import ImaginationCore, ResetNeededError
+from diffusion_world.envs.core import ResetNeededError, make_core
 from diffusion_world.errors import UserError
 
 
@@ -41,7 +41,7 @@ class DiffusionWorldSB3VecEnv(VecEnv):
                  render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldSB3VecEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
-        self.core = ImaginationCore(world_model, num_envs, **kwargs)
+        self.core = make_core("DiffusionWorldSB3VecEnv", world_model, num_envs, kwargs)
         self.render_mode = render_mode
         self._actions: np.ndarray | None = None
         super().__init__(self.core.num_envs, self.core.observation_space, self.core.action_space)

@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.envs.core import Context, ImaginationCore, ResetNeededError
+from diffusion_world.envs.core import Context, ResetNeededError, make_core
 from diffusion_world.errors import UserError
 
 
@@ -49,7 +49,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
         except ValueError as e:
             modes = [m.value for m in AutoresetMode]
             raise UserError(f"autoreset_mode must be one of {modes}, got {autoreset_mode!r}") from e
-        self.core = ImaginationCore(world_model, num_envs, **kwargs)
+        self.core = make_core("DiffusionWorldVectorEnv", world_model, num_envs, kwargs)
         self.num_envs = self.core.num_envs
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}

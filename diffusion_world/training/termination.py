@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffusion_world.bench.fidelity import termination_scores
-from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_world.checkpoint import check_device, load_checkpoint, resolve_world_model, save_checkpoint
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
@@ -164,7 +164,10 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     Returns the report (also written as ``termination.json`` next to the checkpoint)."""
     cfg = cfg or TerminationFitConfig()
     cfg.validate()
+    check_device(device)
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():  # a run directory, as gym.make, play and benchmark take it
+        checkpoint = resolve_world_model(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     dataset = ckpt.get("dataset", {})
     if not dataset.get("dataset_id"):

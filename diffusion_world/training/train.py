@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_world.checkpoint import check_device, load_checkpoint, save_checkpoint
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
@@ -93,8 +94,8 @@ class TrainConfig:
             raise UserError(f"lr must be in (0, 1), got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda, but torch sees no CUDA device")
+        if self.device == "cuda":
+            check_device("cuda")
         if self.attn_backend not in ("auto", "flex", "sdpa"):
             raise UserError(f"attn_backend must be auto, flex or sdpa, got {self.attn_backend!r}")
         if not 0.0 <= self.terminal_fraction < 1.0:
@@ -279,6 +280,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                   f"{'' if opt.state else '; EMA weights of an export, fresh optimiser'})")
     elif resume and rank == 0:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
+    if step >= cfg.steps and rank == 0:  # --steps counts from 0 across the runs a run continues (--init-from too)
+        warnings.warn(f"the run starts at step {step}, which is already --steps {cfg.steps}: nothing to train "
+                      f"(--steps is the total, counted from the first run; pass --steps {step + cfg.steps} for "
+                      f"{cfg.steps} more steps)", stacklevel=2)
     net: Any = model  # the model, or its DDP / compiled wrapper
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
