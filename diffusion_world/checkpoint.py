@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from diffusion_world.diffusion.sampler import SamplerConfig
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
@@ -131,6 +132,23 @@ class WorldModel:
     def head_termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's own termination head, calibrated (see :meth:`termination_probability`)."""
         return torch.sigmoid(logits.float() - math.log(self.termination_pos_weight))
+
+    def sampler_config(self, sampler_steps: int | None = None,
+                       history_guidance: float | None = None) -> SamplerConfig:
+        """The sampler its imagined envs use: the arguments given, else the :attr:`imagination` defaults
+        (``sampler_steps``, ``sampler_order``, ``history_guidance``, ``history_sigma``), else the sampler's own.
+        Validated."""
+        d = self.imagination
+        base = SamplerConfig()
+        K = sampler_steps if sampler_steps is not None else d.get("sampler_steps", base.num_steps)
+        if isinstance(K, bool) or not hasattr(K, "__index__") or K < 1:  # numpy integers too
+            raise UserError(f"sampler_steps must be an integer >= 1, got {K!r}")
+        cfg = SamplerConfig(num_steps=int(K), order=int(d.get("sampler_order", base.order)),
+                            history_guidance=(history_guidance if history_guidance is not None
+                                              else d.get("history_guidance", base.history_guidance)),
+                            history_sigma=float(d.get("history_sigma", base.history_sigma)))
+        cfg.validate()
+        return cfg
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -227,6 +227,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                         "(each gets half the torch threads)")
     p.add_argument("--sampler-steps", type=int,
                    help="denoiser calls per imagined frame, K (default: the card's, else the checkpoint's)")
+    p.add_argument("--history-guidance", type=float, metavar="W",
+                   help="the sampler's history guidance w (1 = off; default: the card's, else the checkpoint's); "
+                        "w > 1 costs about twice the denoiser calls")
 
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.bench.run import run_benchmark
@@ -235,7 +238,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                              device=args.device, name=args.name, short_memory=args.short_memory,
                              dataset_id=args.dataset_id, termination=args.termination,
                              agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
-                             sampler_steps=args.sampler_steps)
+                             sampler_steps=args.sampler_steps, history_guidance=args.history_guidance)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

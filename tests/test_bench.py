@@ -404,6 +404,22 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
     assert k_seen(card=str(card), sampler_steps=2) == 2
     with pytest.raises(UserError, match="sampler_steps must be positive"):
         run_benchmark(suite, "model.pt", tmp_path, sampler_steps=0)
+    # --history-guidance (and the card's history_guidance) reach every suite that imagines, like K
+    if suite == "memory":
+        with pytest.raises(UserError, match="does not apply"):
+            run_benchmark(suite, "model.pt", tmp_path, history_guidance=2.0)
+    else:
+        for kwargs, w in (({"history_guidance": 2.0}, 2.0), ({}, None)):
+            with pytest.raises(_Called) as called:
+                run_benchmark(suite, "model.pt", tmp_path, **kwargs)
+            seen = called.value.args[0]
+            seen = (seen["imagination_kwargs"] or {}) if suite == "rl" else seen
+            assert seen.get("history_guidance") == w
+        card.write_text('[env]\nid = "CartPole-v1"\n[imagination]\nhistory_guidance = 1.5\n')
+        with pytest.raises(_Called) as called:
+            run_benchmark(suite, "model.pt", tmp_path, card=str(card))
+        seen = called.value.args[0]
+        assert ((seen["imagination_kwargs"] or {}) if suite == "rl" else seen).get("history_guidance") == 1.5
     if suite in ("fidelity", "control", "random_play", "memory"):  # their plots are named after the result
         with pytest.raises(_Called) as called:
             run_benchmark(suite, "model.pt", tmp_path, name=f"{suite}_k2")

@@ -75,3 +75,9 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def sampler_label(r: dict[str, Any]) -> str:
+    """How a result's imagined frames were sampled, for its Markdown: ``K=3``, or ``K=3, history guidance w=2``."""
+    w = r.get("history_guidance")
+    return f"K={r['sampler_steps']}" + (f", history guidance w={w:g}" if w is not None else "")

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffusion_world.bench.common import sampler_label
 from diffusion_world.bench.termination import score_first_steps
 from diffusion_world.checkpoint import WorldModel, load_world_model
-from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
+from diffusion_world.diffusion.sampler import frames_to_x, imagine
 from diffusion_world.errors import UserError
 
 MAX_ACTIONS = 8
@@ -169,6 +170,7 @@ def _env_id(wm: WorldModel) -> str | None:
 @torch.no_grad()
 def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None, num_starts: int = 32,
                 horizon: int = 12, samples: int = 2, context: int | None = None, sampler_steps: int | None = None,
+                history_guidance: float | None = None,
                 sigma_ctx: float | None = None, tolerance: int = 2, seed: int = 0, device: str = "cpu",
                 batch_size: int = 64, progress: bool = True, stem: str = "control") -> dict[str, Any]:
     """Run the benchmark (see the module docstring); writes ``{stem}.png`` and ``{stem}_rollouts.png`` into
@@ -180,7 +182,8 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
             raise UserError(f"{name} must be >= 1, got {v}")
     wm = world_model if isinstance(world_model, WorldModel) else load_world_model(world_model, device=device)
     context = int(context or wm.imagination.get("context_frames", 4))
-    K = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
+    sampler = wm.sampler_config(sampler_steps, history_guidance)
+    K = sampler.num_steps
     env = make_real_env(wm)
     space = env.action_space
     actions = action_set(space, np.random.default_rng(seed))
@@ -200,7 +203,6 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
     held = np.stack([np.asarray(actions[a], dtype=act_dtype) for a in range(A)])  # (A, ...)
     row_actions = np.tile(np.repeat(held, R, axis=0), (N,) + (1,) * (held.ndim - 1))  # (N*A*R, ...)
     seq = np.repeat(row_actions[:, None], horizon, axis=1)
-    sampler = SamplerConfig(num_steps=K)
     frames, probs = [], []
     for lo in tqdm(range(0, N * A * R, batch_size), desc="control rollouts", disable=not progress, leave=False):
         sl = slice(lo, lo + batch_size)
@@ -225,7 +227,8 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
     result: dict[str, Any] = {
         "world_model": str(wm.path), "checkpoint_step": wm.step, "env_id": _env_id(wm), "num_starts": N,
         "actions": [np.asarray(a).tolist() for a in actions], "samples": R,
-        "context_frames": context, "horizon": horizon, "sampler_steps": K, "sigma_ctx": sigma_ctx,
+        "context_frames": context, "horizon": horizon, "sampler_steps": K,
+        **({"history_guidance": sampler.history_guidance} if sampler.guided else {}), "sigma_ctx": sigma_ctx,
         "tolerance": tolerance, "chance": 1.0 / A, "per_step": scores, "table_steps": table,
         "real_episode_end": {"terminated": len(real_end) // R if R else 0, "of": N * A,
                              "mean_step": float(np.mean(real_end)) if real_end else None},
@@ -267,7 +270,7 @@ def plot_control(path: Path, r: dict[str, Any]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Action response, {r['num_starts']} start states x {len(r['actions'])} held actions, "
-                 f"K={r['sampler_steps']}, checkpoint step {r['checkpoint_step']}")
+                 f"{sampler_label(r)}, checkpoint step {r['checkpoint_step']}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -310,7 +313,7 @@ def control_markdown(r: dict[str, Any]) -> str:
     s = r["per_step"]
     lines = [f"{r['num_starts']} real start states of `{r['env_id']}` ({r['context_frames']} real context frames: a "
              f"seeded reset and random actions), each action in {r['actions']} held for up to {r['horizon']} steps "
-             f"in the real env and in imagination ({r['samples']} samples each); K={r['sampler_steps']}; checkpoint "
+             f"in the real env and in imagination ({r['samples']} samples each); {sampler_label(r)}; checkpoint "
              f"step {r['checkpoint_step']}. Identification: the share of imagined frames nearest to the real frame "
              f"of their own action (chance {r['chance']:.2f}; start states whose real frames differ between all "
              "actions). Gain: the imagined effect of the actions projected on the real one (1 = as in the real env, "

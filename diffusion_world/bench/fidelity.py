@@ -13,6 +13,7 @@ same run: "repeat the last real frame", optionally a short-memory model (DIAMOND
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffusion_world.bench.common import sampler_label
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
@@ -234,10 +236,12 @@ def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0
 def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,
                  horizon: int = 32, num_windows: int = 32, sampler_sweep: tuple[int, ...] = (1, 2, 3, 5, 10),
                  short_memory: str | None = None, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, sampler_steps: int | None = None, stem: str = "fidelity") -> dict[str, Any]:
+                 progress: bool = True, sampler_steps: int | None = None, history_guidance: float | None = None,
+                 stem: str = "fidelity") -> dict[str, Any]:
     """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes ``{stem}.png`` and
     the GIF ``{stem}_rollout.gif`` into ``out_dir``.
-    ``sampler_steps``: K of the main table (default: the checkpoint's, else 3)."""
+    ``sampler_steps``: K of the main table (default: the checkpoint's, else 3). ``history_guidance``: the
+    sampler's w at every K (default: the checkpoint's, else off)."""
     wm = load_world_model(world_model, device=device)
     ckpt = load_checkpoint(wm.path)
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
@@ -263,12 +267,13 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     rng = np.random.default_rng(seed)
     background = static_background(cache.frames[np.sort(rng.choice(cache.num_frames, min(512, cache.num_frames),
                                                                      replace=False))])
-    default_k = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
+    sampler = wm.sampler_config(sampler_steps, history_guidance)
+    default_k = sampler.num_steps
     ks = sorted(set(sampler_sweep) | {default_k})
 
     by_k: dict[int, dict[str, np.ndarray]] = {}
     for k in ks:
-        by_k[k] = rollout(wm, cache, starts, context, horizon, SamplerConfig(num_steps=k), seed=seed,
+        by_k[k] = rollout(wm, cache, starts, context, horizon, dataclasses.replace(sampler, num_steps=k), seed=seed,
                           progress=progress)
     main = by_k[default_k]
     repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
@@ -277,6 +282,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "num_windows": len(starts), "heldout_episodes": len(val_eps),
         "window_episodes": len(np.unique(np.searchsorted(cache.episode_starts, starts, side="right") - 1)),
         "heldout": heldout, "sampler_steps": default_k,
+        **({"history_guidance": sampler.history_guidance} if sampler.guided else {}),
         "checkpoint_step": wm.step, "horizons": hs,
         "model": score(real, main["frames"], hs),
         "repeat_last_frame": score(real, repeat_last, hs),
@@ -295,7 +301,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     if short_memory:
         sm = load_world_model(short_memory, device=device)
         sm_out = rollout(sm, cache, starts, min(context, sm.config.context_window), horizon,
-                         SamplerConfig(num_steps=default_k), seed=seed, progress=progress)
+                         dataclasses.replace(sampler, num_steps=default_k), seed=seed, progress=progress)
         sm_train = load_checkpoint(sm.path).get("train_config", {})
         result["short_memory"] = {"world_model": short_memory, "context_window": sm.config.context_window,
                                   "checkpoint_step": sm.step, "init_from": sm_train.get("init_from") or None,
@@ -370,6 +376,6 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
         ax.set_ylabel("foreground retention / recall")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, K={result['sampler_steps']})")
+    fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, {sampler_label(result)})")
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from diffusion_world.bench.common import sampler_label
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.errors import UserError
 
@@ -78,7 +79,7 @@ def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[
 
 def run_random_play(world_model: str, out_dir: str | Path | None = None, num_envs: int = 32, steps: int = 100,
                     dataset_id: str | None = None, seed: int = 0, device: str = "cpu",
-                    progress: bool = True, sampler_steps: int | None = None,
+                    progress: bool = True, sampler_steps: int | None = None, history_guidance: float | None = None,
                     stem: str = "random_play") -> dict[str, Any]:
     """Run the benchmark (see the module docstring); writes ``{stem}.png`` into ``out_dir`` when given.
     ``sampler_steps``: K of the imagined envs (default: the checkpoint's, else 3)."""
@@ -90,7 +91,8 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     wm = load_world_model(world_model, device=device)
     # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
     core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, horizon=steps + 1, termination_threshold=1.0,
-                           sampler_steps=sampler_steps, device=device)
+                           sampler_steps=sampler_steps, device=device,
+                           history_guidance=history_guidance)
     core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])
     core.action_space.seed(seed)
     probs, rewards = [], []
@@ -110,6 +112,7 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
         "num_envs": num_envs, "steps": steps, "sampler_steps": core.sampler.num_steps,
+        **({"history_guidance": core.sampler.history_guidance} if core.sampler.guided else {}),
         "context_frames": core.context_frames,
         "episode_length": {"real": _summary(real, real_running), "threshold": _summary(threshold_end, ~ended),
                            "sampled": {"mean": float(sampled.mean()), "median": float(np.median(sampled)),
@@ -173,7 +176,7 @@ def random_play_markdown(r: dict[str, Any]) -> str:
         return f" {ret[name]['mean']:.1f} | {ret[name]['per_step']:.2f} |" if ret else ""
 
     lines = [f"Uniformly random actions for up to {r['steps']} steps: {r['num_envs']} real episodes and "
-             f"{r['num_envs']} imagined ones ({r['contexts']}, K={r['sampler_steps']}, checkpoint step "
+             f"{r['num_envs']} imagined ones ({r['contexts']}, {sampler_label(r)}, checkpoint step "
              f"{r['checkpoint_step']}). An imagined env whose episodes outlast the real ones rewards failing.", "",
              "| episodes | mean length | median length | still running at the last step |"
              + (" mean return | reward per step |" if ret else ""), "|---|---|---|---|" + ("---|---|" if ret else ""),

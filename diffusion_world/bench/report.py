@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diffusion_world.bench.common import sampler_label
+
 
 def _f(v: Any, digits: int = 2) -> str:
     if v is None:
@@ -47,7 +49,7 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     source = (f"{r['heldout_episodes']} episodes" if r.get("window_episodes") in (None, r["heldout_episodes"])
               else f"{r['window_episodes']} of the {r['heldout_episodes']} held-out episodes")
     lines = [f"Held-out windows: {r['num_windows']} from {source} of `{r['dataset_id']}`; "
-             f"{r['context_frames']} real context frames, then the real actions; K={r['sampler_steps']} Euler "
+             f"{r['context_frames']} real context frames, then the real actions; {sampler_label(r)} Euler "
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else "")

@@ -24,9 +24,11 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   quick: bool = False, device: str = "cpu", name: str | None = None,
                   short_memory: str | None = None, dataset_id: str | None = None,
                   termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
-                  seed: int | Sequence[int] | None = None, sampler_steps: int | None = None) -> Path:
+                  seed: int | Sequence[int] | None = None, sampler_steps: int | None = None,
+                  history_guidance: float | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
-    ``[imagination] sampler_steps``, which overrides the checkpoint's. ``seed`` (rl): one seed, or several: see
+    ``[imagination] sampler_steps``, which overrides the checkpoint's; so does ``history_guidance`` (the
+    sampler's w, 1 = off). ``seed`` (rl): one seed, or several: see
     :func:`run_rl_seeds`."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
@@ -45,7 +47,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         if len(seeds) > 1:
             return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
                                 termination=termination, agent_steps=agent_steps, parallel=parallel,
-                                sampler_steps=sampler_steps)
+                                sampler_steps=sampler_steps, history_guidance=history_guidance)
         seed = seeds[0]
     for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps)):
         if value is not None and value < 1:
@@ -65,6 +67,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         imagination = load_card(card).imagination
     K = sampler_steps or imagination.get("sampler_steps")  # None: the checkpoint's own
+    w = history_guidance if history_guidance is not None else imagination.get("history_guidance")
+    guidance = {} if w is None else {"history_guidance": float(w)}
     if suite == "fidelity":
         from diffusion_world.bench.fidelity import run_fidelity
 
@@ -73,15 +77,17 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result = run_fidelity(world_model, out, dataset_id=dataset_id, context=imagination.get("context_frames"),
                               horizon=16 if quick else 32, num_windows=8 if quick else 32,
                               sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
-                              device=device, sampler_steps=K, stem=stem)
+                              device=device, sampler_steps=K, stem=stem, **guidance)
     elif suite == "speed":
         from diffusion_world.bench.speed import run_speed
 
         result = run_speed(world_model, device=device, quick=quick,
-                           sampler_steps=int(K or 3))
+                           sampler_steps=int(K or 3), **guidance)
     elif suite == "memory":  # trains its own pair of models on its own env: no --world-model
         from diffusion_world.bench.memory import run_memory
 
+        if guidance:
+            raise UserError("benchmark memory trains its own models: --history-guidance does not apply")
         result = run_memory(out, quick=quick, device=device, stem=stem, **({"sampler_steps": int(K)} if K else {}))
     elif suite == "termination":
         from diffusion_world.bench.termination import run_termination
@@ -90,7 +96,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark termination needs --world-model")
         result = run_termination(world_model, dataset_id=dataset_id, context=imagination.get("context_frames"),
                                  max_episodes=16 if quick else 128, sampler_steps=K,
-                                 device=device)
+                                 device=device, **guidance)
     elif suite == "control":
         from diffusion_world.bench.control import run_control
 
@@ -98,20 +104,20 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark control needs --world-model")
         result = run_control(world_model, out, num_starts=8 if quick else 32, horizon=8 if quick else 12,
                              context=imagination.get("context_frames"), sampler_steps=K,
-                             device=device, stem=stem)
+                             device=device, stem=stem, **guidance)
     elif suite == "random_play":
         from diffusion_world.bench.random_play import run_random_play
 
         if not world_model:
             raise UserError("benchmark random_play needs --world-model")
         result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
-                                 dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem)
+                                 dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem, **guidance)
     elif suite == "rl":
         from diffusion_world.bench.rl import plot_curves, run_rl
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
-        settings = _rl_settings(quick, termination, agent_steps, K)
+        settings = _rl_settings(quick, termination, agent_steps, K, w)
         result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
                         imagination_kwargs=settings["imagination_kwargs"] or None)
@@ -126,11 +132,13 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     return record_result(out, stem, result)
 
 
-def _rl_settings(quick: bool, termination: str | None, agent_steps: int | None, K: Any) -> dict[str, Any]:
+def _rl_settings(quick: bool, termination: str | None, agent_steps: int | None, K: Any,
+                 w: Any = None) -> dict[str, Any]:
     """What a ``benchmark rl`` result depends on besides the model and the seed, as its JSON records it."""
     return {"agent_steps": agent_steps or (2_000 if quick else 20_000), "eval_episodes": 3 if quick else 10,
             "imagination_kwargs": {**({"termination": termination} if termination else {}),
-                                   **({"sampler_steps": int(K)} if K else {})}, "quick": quick}
+                                   **({"sampler_steps": int(K)} if K else {}),
+                                   **({"history_guidance": float(w)} if w is not None else {})}, "quick": quick}
 
 
 def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem: str, card: str | None = None,
@@ -144,12 +152,14 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
     from diffusion_world.checkpoint import world_model_fingerprint
 
     fingerprint = world_model_fingerprint(world_model)
-    K = kwargs.get("sampler_steps")
-    if K is None and card:
+    K, w = kwargs.get("sampler_steps"), kwargs.get("history_guidance")
+    if card:
         from diffusion_world.cards import load_card
 
-        K = load_card(card).imagination.get("sampler_steps")
-    want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K)
+        card_imagination = load_card(card).imagination
+        K = K if K is not None else card_imagination.get("sampler_steps")
+        w = w if w is not None else card_imagination.get("history_guidance")
+    want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w)
     per_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         path = out / f"{stem}_seed{s}.json"

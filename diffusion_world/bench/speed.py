@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from diffusion_world.checkpoint import load_world_model
-from diffusion_world.diffusion.sampler import SamplerConfig, edm_sigmas, sample_next_frame
+from diffusion_world.diffusion.sampler import SamplerConfig, edm_sigmas, sample_next_frame, warmup
 from diffusion_world.model.config import preset_config
 from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
 from diffusion_world.model.mp import normalize_weights_
@@ -45,9 +45,11 @@ def env_step_time(model: DartWorldModel, B: int, context: int, sampler: SamplerC
     from the same state). Returns (seconds, frames in the cache)."""
     x, a, has = _inputs(model, B, max(context, 1), dev)
     state = model.new_state(B, dev)
-    if context:
-        model.warmup(state, x, sampler.sigma_min, a, has)
     gens = [torch.Generator().manual_seed(i) for i in range(B)]
+    if context:
+        warmup(model, state, x, sampler.sigma_min, a, has, gens, sampler)
+    elif sampler.guided:
+        state.guide = model.new_state(B, dev)
     sig = edm_sigmas(sampler, dev)
     best = float("inf")
     for r in range(repeat + 1):
@@ -72,7 +74,7 @@ def uncached_step_time(model: DartWorldModel, B: int, context: int, sampler: Sam
         _sync(dev)
         t0 = time.perf_counter()
         state = model.new_state(B, dev)
-        model.warmup(state, x, sampler.sigma_min, a, has)
+        warmup(model, state, x, sampler.sigma_min, a, has, gens, sampler)
         sample_next_frame(model, state, a[:, 0], has[:, 0], gens, sampler, sig)
         _sync(dev)
         if r:
@@ -119,7 +121,7 @@ def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device
 
 
 def run_speed(world_model: str | None = None, preset: str = "small", device: str = "cpu", quick: bool = False,
-              sampler_steps: int = 3, progress: bool = True) -> dict[str, Any]:
+              sampler_steps: int = 3, history_guidance: float = 1.0, progress: bool = True) -> dict[str, Any]:
     dev = torch.device(device)
     if world_model:
         model = load_world_model(world_model, device=dev).model
@@ -130,12 +132,14 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
     model.eval().requires_grad_(False)
     amp = dev.type == "cuda"
     repeat = 2 if quick else 5
-    sampler = SamplerConfig(num_steps=sampler_steps)
+    sampler = SamplerConfig(num_steps=sampler_steps, history_guidance=history_guidance)
+    sampler.validate()
     W = model.cfg.context_window
     say = print if progress else (lambda *a, **k: None)
     result: dict[str, Any] = {"world_model": world_model, "preset": None if world_model else preset,
                               "num_parameters": count_parameters(model), **forward_gflops_per_frame(model),
                               "device": str(dev), "amp_bf16": amp, "sampler_steps": sampler_steps,
+                              **({"history_guidance": history_guidance} if sampler.guided else {}),
                               "context_window": W, "model_config": model.cfg.to_dict()}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         batches = (1, 16) if quick else (1, 16, 64)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffusion_world.bench.common import sampler_label
 from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
@@ -108,6 +109,7 @@ def real_frame_head_probability(wm: WorldModel, frames: torch.Tensor, actions: t
 @torch.no_grad()
 def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
                     horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
+                    history_guidance: float | None = None,
                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     wm: WorldModel = load_world_model(world_model, device=device)
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
@@ -122,7 +124,8 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
         episodes = np.arange(cache.num_episodes)
         heldout = "every episode of a dataset the model was not trained on"
     context = int(context or wm.imagination.get("context_frames", 4))
-    K = int(sampler_steps or wm.imagination.get("sampler_steps", 3))
+    sampler = wm.sampler_config(sampler_steps, history_guidance)
+    K = sampler.num_steps
     ends = cache.episode_starts[episodes] + cache.live_lengths[episodes] - 1
     terminated = np.asarray(cache.terminations)[ends]
     if not terminated.any():
@@ -142,7 +145,6 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     # the real actions, for up to ``tolerance`` steps: a termination that comes late but on time is then seen.
     # Elsewhere they stop at the real terminal frame, and a late one counts as missed.
     past_end = np.minimum(tolerance, cache.episode_lengths[episodes] - cache.live_lengths[episodes])
-    sampler = SamplerConfig(num_steps=K)
     rows: dict[str, list[int | None]] = {"imagined": [], "imagined_head": [], "real_frames": []}
     sampled: list[np.ndarray] = []
     real: list[int] = []
@@ -168,6 +170,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
         "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,
+        **({"history_guidance": sampler.history_guidance} if sampler.guided else {}),
         "steps_past_end": int(past_end.min()) if past_end.min() == past_end.max() else past_end.tolist(),
         "termination_source": "classifier" if has_classifier else "head",
         "imagined": score_first_steps(rows["imagined"], real, tolerance),
@@ -203,7 +206,7 @@ def termination_markdown(r: dict[str, Any]) -> str:
 
     lines = [f"{r['imagined']['episodes']} terminated episodes ({r['heldout']}, `{r['dataset_id']}`): "
              f"{r['context_frames']} real context frames, then the real actions for up to {r['horizon']} steps, to "
-             f"the real terminal frame; K={r['sampler_steps']}; checkpoint step {r['checkpoint_step']}. On time: "
+             f"the real terminal frame; {sampler_label(r)}; checkpoint step {r['checkpoint_step']}. On time: "
              f"the imagined episode terminates within {r['tolerance']} steps of the real one. "
              + _past_end_note(r), "",
              "| terminations from | on time | early | missed | mean abs step error |", "|---|---|---|---|---|"]

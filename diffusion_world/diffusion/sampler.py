@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from diffusion_world.errors import UserError
-from diffusion_world.model.dart import DartWorldModel, InferenceState
+from diffusion_world.model.dart import DartWorldModel, InferenceState, ModelOutput
 
 
 @dataclass
@@ -23,6 +23,16 @@ class SamplerConfig:
     rho: float = 7.0
     order: int = 1  # 1: Euler, 2: Heun (2nd-order correction on all but the last step)
     s_churn: float = 0.0  # stochastic churn (EDM Alg. 2); 0 = deterministic given the initial noise
+    # History guidance (as classifier-free guidance, with a noisier past in place of no condition): every denoiser
+    # call above sigma_min also runs against a second set of caches holding the same context at noise level
+    # history_sigma (inside training's sigma_ctx range), and the prediction is pushed away from that one:
+    # D = D_u + w (D - D_u). w = 1 is off; w > 1 costs about twice the denoiser calls.
+    history_guidance: float = 1.0
+    history_sigma: float = 0.1
+
+    @property
+    def guided(self) -> bool:
+        return self.history_guidance != 1.0
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -31,6 +41,11 @@ class SamplerConfig:
             raise UserError("sampler needs 0 < sigma_min < sigma_max")
         if self.order not in (1, 2):
             raise UserError("sampler order must be 1 (Euler) or 2 (Heun)")
+        if isinstance(self.history_guidance, bool) or not isinstance(self.history_guidance, int | float) or not (
+                0 <= self.history_guidance < float("inf")):
+            raise UserError(f"history_guidance must be a number >= 0 (1 = off), got {self.history_guidance!r}")
+        if not 0 < self.history_sigma < float("inf"):
+            raise UserError(f"history_sigma must be > 0, got {self.history_sigma!r}")
 
 
 def edm_sigmas(cfg: SamplerConfig, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -61,6 +76,23 @@ def _row_noise(shape: Sequence[int], generators: Sequence[torch.Generator], devi
 
 
 @torch.no_grad()
+def warmup(model: DartWorldModel, state: InferenceState, x_clean: torch.Tensor, sigma_ctx: float | torch.Tensor,
+           actions: torch.Tensor, has_action: torch.Tensor, generators: Sequence[torch.Generator],
+           cfg: SamplerConfig) -> ModelOutput:
+    """:meth:`DartWorldModel.warmup` on real clean frames (B, F, C, H, W); with history guidance also the state's
+    guide, on the same frames noised to ``cfg.history_sigma`` (each row's noise drawn from its generator)."""
+    if cfg.guided and state.guide is None and bool((state.pos != 0).any()):
+        raise RuntimeError("history guidance needs a guide from the state's first warm-up")
+    out = model.warmup(state, x_clean, sigma_ctx, actions, has_action)
+    if cfg.guided:
+        if state.guide is None:
+            state.guide = model.new_state(state.batch_size, state.device)
+        noise = _row_noise(x_clean.shape[1:], generators, x_clean.device).to(x_clean.dtype)
+        model.warmup(state.guide, x_clean + cfg.history_sigma * noise, cfg.history_sigma, actions, has_action)
+    return out
+
+
+@torch.no_grad()
 def sample_next_frame(model: DartWorldModel, state: InferenceState, action: torch.Tensor, has_action: torch.Tensor,
                       generators: Sequence[torch.Generator], cfg: SamplerConfig,
                       sigmas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,6 +106,17 @@ def sample_next_frame(model: DartWorldModel, state: InferenceState, action: torc
     H, W = model.cfg.frame_size
     shape = (model.cfg.image_channels, H, W)
     B = state.batch_size
+    guide = state.guide if cfg.guided else None
+    if cfg.guided and guide is None:
+        raise RuntimeError("history guidance: warm the state up with diffusion.sampler.warmup (it has no guide)")
+
+    def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        d = model.denoise_step(state, x, s.expand(B), action, has_action)
+        if guide is not None and s > cfg.sigma_min:  # the final call at sigma_min barely changes the frame
+            d_u = model.denoise_step(guide, x, s.expand(B), action, has_action)
+            d = d_u + cfg.history_guidance * (d - d_u)
+        return d
+
     x = _row_noise(shape, generators, dev) * sig[0]
     dtype = next(model.parameters()).dtype
     x = x.to(dtype)
@@ -84,17 +127,21 @@ def sample_next_frame(model: DartWorldModel, state: InferenceState, action: torc
             s_hat = s * (1 + gamma)
             x = x + (s_hat**2 - s**2).sqrt() * _row_noise(shape, generators, dev).to(dtype)
             s = s_hat
-        denoised = model.denoise_step(state, x, s.expand(B), action, has_action)
+        denoised = denoise(x, s)
         d = (x - denoised) / s
         x_next = x + (s_next - s) * d
         if cfg.order == 2 and s_next > 0:  # Heun; the final step (to sigma=0) stays Euler
-            denoised2 = model.denoise_step(state, x_next, s_next.expand(B), action, has_action)
+            denoised2 = denoise(x_next, s_next)
             x_next = x + (s_next - s) * 0.5 * (d + (x_next - denoised2) / s_next)
         x = x_next
     # the last call provides the cache entries: for K >= 2 it ran at sigma_min on the nearly finished frame (final
     # Euler step, never churned); for K = 1 it ran at sigma_max on pure noise, so the context the next frames see
     # holds noise, not this frame (K = 2 draws the same frame with proper entries)
     reward, term = model.commit(state)
+    if guide is not None:  # the guide's context gets the new frame too, at its own noise level
+        x_u = x + cfg.history_sigma * _row_noise(shape, generators, dev).to(dtype)
+        model.denoise_step(guide, x_u, sig.new_full((B,), cfg.history_sigma), action, has_action)
+        model.commit(guide)
     return x, reward, term
 
 
@@ -118,8 +165,8 @@ def imagine(model: DartWorldModel, context_frames: torch.Tensor, context_actions
     dev = next(model.parameters()).device
     B, S = actions.shape[:2]
     state = model.new_state(B, dev)
-    model.warmup(state, frames_to_x(context_frames).to(dev), cfg.sigma_min if sigma_ctx is None else sigma_ctx,
-                 context_actions.to(dev), context_has_action.to(dev))
+    warmup(model, state, frames_to_x(context_frames).to(dev), cfg.sigma_min if sigma_ctx is None else sigma_ctx,
+           context_actions.to(dev), context_has_action.to(dev), generators, cfg)
     sig = edm_sigmas(cfg, dev)
     has = torch.ones(B, dtype=torch.bool, device=dev)
     frames, rewards, terms = [], [], []

@@ -28,11 +28,11 @@ from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
 from diffusion_world.diffusion.sampler import (
-    SamplerConfig,
     edm_sigmas,
     frames_to_x,
     sample_next_frame,
     symexp,
+    warmup,
     x_to_frames,
 )
 from diffusion_world.errors import UserError
@@ -43,7 +43,6 @@ TERMINATION_MODES = ("threshold", "sample")
 CONTEXT_SOURCES = ("auto", "dataset", "checkpoint")
 DEFAULT_CONTEXT_FRAMES = 4
 DEFAULT_HORIZON = 1000
-DEFAULT_SAMPLER_STEPS = 3
 BOX_TOLERANCE = 1e-6  # Box actions this far outside the bounds (float64 -> float32 rounding) are clipped
 
 
@@ -199,6 +198,9 @@ class ImaginationCore:
         horizon: steps after which an episode is truncated (default: the checkpoint's, else 1000).
         sampler_steps: denoiser calls per step, K (default: the checkpoint's, else 3). K = 1 commits its noisy
             sigma_max call to the caches; use K >= 2.
+        history_guidance: w of :class:`~diffusion_world.diffusion.sampler.SamplerConfig`'s history guidance
+            (default: the checkpoint's, else 1 = off): each denoiser call is pushed away from the prediction made
+            with a noisier past. w > 1 strengthens the imagined dynamics; a step costs about twice as much.
         frame_stack: frames per observation, stacked on the channel axis.
         device: torch device of the model.
         reset_mode: ``"episode_start"`` (contexts are episode starts) or ``"anywhere"`` (any window).
@@ -221,7 +223,8 @@ class ImaginationCore:
                  dataset_id: str | None = None, context_source: str = "auto", context_frames: int | None = None,
                  horizon: int | None = None, sampler_steps: int | None = None, frame_stack: int = 1,
                  device: str = "cpu", reset_mode: str = "episode_start",
-                 termination_threshold: float = 0.5, termination: str = "threshold") -> None:
+                 termination_threshold: float = 0.5, termination: str = "threshold",
+                 history_guidance: float | None = None) -> None:
         self.num_envs = _positive_int("num_envs", num_envs)
         if reset_mode not in RESET_MODES:
             raise UserError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
@@ -245,11 +248,7 @@ class ImaginationCore:
         self.reset_mode = reset_mode
         self.termination_threshold = float(termination_threshold)
         self.termination = termination
-        self.sampler = SamplerConfig(num_steps=_positive_int("sampler_steps", sampler_steps if sampler_steps
-                                                             is not None else defaults.get("sampler_steps",
-                                                                                           DEFAULT_SAMPLER_STEPS)),
-                                     order=int(defaults.get("sampler_order", 1)))
-        self.sampler.validate()
+        self.sampler = self.world_model.sampler_config(sampler_steps, history_guidance)
         self.sigmas = edm_sigmas(self.sampler, self.device)
         # Context frames enter the caches at the noise level of the sampler's last call, the one whose
         # activations become the cache entries of generated frames.
@@ -403,7 +402,8 @@ class ImaginationCore:
                 actions = torch.as_tensor(np.stack([drawn[j].actions for j in group])).to(self.device)
                 has_action = torch.as_tensor(np.stack([drawn[j].has_action for j in group])).to(self.device)
                 sub = self.model.new_state(len(group), self.device)
-                self.model.warmup(sub, x, self.sigma_ctx, actions, has_action)
+                warmup(self.model, sub, x, self.sigma_ctx, actions, has_action,
+                       [self.generators[rows[j]] for j in group], self.sampler)
                 self.state.load_rows(torch.tensor([rows[j] for j in group], device=self.device), sub)
         k = self.frame_stack
         for row, ctx in zip(rows, drawn):

@@ -26,7 +26,8 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
     Args (all JSON-serialisable, so ``gym.make`` records them): ``world_model`` (checkpoint path or shipped
     name), ``dataset_id``, ``context_source``, ``context_frames``, ``horizon``, ``sampler_steps``,
     ``frame_stack``, ``device``, ``render_mode`` (``None`` or ``"rgb_array"``), ``reset_mode``,
-    ``termination_threshold``, ``termination``; see :class:`~diffusion_world.envs.core.ImaginationCore`.
+    ``termination_threshold``, ``termination``, ``history_guidance``; see
+    :class:`~diffusion_world.envs.core.ImaginationCore`.
 
     Example::
 
@@ -41,14 +42,16 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
                  context_source: str = "auto", context_frames: int | None = None, horizon: int | None = None,
                  sampler_steps: int | None = None, frame_stack: int = 1, device: str = "cpu",
                  render_mode: str | None = None, reset_mode: str = "episode_start",
-                 termination_threshold: float = 0.5, termination: str = "threshold") -> None:
+                 termination_threshold: float = 0.5, termination: str = "threshold",
+                 history_guidance: float | None = None) -> None:
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         self.core = ImaginationCore(world_model, 1, dataset_id=dataset_id, context_source=context_source,
                                     context_frames=context_frames, horizon=horizon, sampler_steps=sampler_steps,
                                     frame_stack=frame_stack, device=device, reset_mode=reset_mode,
-                                    termination_threshold=termination_threshold, termination=termination)
+                                    termination_threshold=termination_threshold, termination=termination,
+                                    history_guidance=history_guidance)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

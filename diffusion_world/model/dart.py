@@ -65,6 +65,8 @@ class InferenceState:
     values: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, heads, W, n, d)
     temporal: dict[str, torch.Tensor] = field(default_factory=dict)  # this env step's causal-conv sums
     pending: dict[str, torch.Tensor] = field(default_factory=dict)  # last denoiser call's cache entries
+    # history guidance (diffusion.sampler): the same rollouts with their context held at a higher noise level
+    guide: InferenceState | None = None
 
     @classmethod
     def empty(cls, batch_size: int, window: int, device: torch.device | str = "cpu") -> InferenceState:
@@ -80,9 +82,18 @@ class InferenceState:
             t[rows] = 0
         self.temporal.clear()
         self.pending.clear()
+        if self.guide is not None:
+            self.guide.reset_rows(rows)
 
     def load_rows(self, rows: torch.Tensor, other: InferenceState) -> None:
-        """Copy ``other`` (a state of len(rows) rows, e.g. freshly warmed up) into ``rows`` of this state."""
+        """Copy ``other`` (a state of len(rows) rows, e.g. freshly warmed up) into ``rows`` of this state, its
+        guide (if any) into this state's guide."""
+        if other.guide is not None:
+            if self.guide is None:
+                self.guide = InferenceState.empty(self.batch_size, self.window, self.device)
+            self.guide.load_rows(rows, other.guide)
+        elif self.guide is not None:
+            self.guide.reset_rows(rows)
         self.pos[rows] = other.pos
         self.slot_pos[rows] = other.slot_pos
         for name, store in (("conv", self.conv), ("keys", self.keys), ("values", self.values)):
