@@ -238,6 +238,26 @@ def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Pa
     assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `memory_old`." in text
 
 
+def test_readme_block_sums_up_sampler_variants_in_the_sampler_table(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variants of the current model (``control_k2``, ``control_hg2``) are rows of the sampler table, not
+    sections of their own; the base result keeps its section."""
+    from diffusion_world.bench import report
+
+    monkeypatch.setitem(report.RENDERERS, "control", lambda r: "the control tables")
+    model = {"world_model": "m", "checkpoint_step": 5, "machine": {}}
+    sweep = {str(k): {"1": {"psnr": {"mean": 40.0}}, "32": {"psnr": {"mean": 20.0}}} for k in (2, 3)}
+    (tmp_path / "fidelity.json").write_text(json.dumps({**model, "sampler_steps": 3, "sampler_sweep": sweep}))
+    for stem, extra in (("control", {"sampler_steps": 3}), ("control_k2", {"sampler_steps": 2}),
+                        ("control_hg2", {"sampler_steps": 3, "history_guidance": 2.0})):
+        (tmp_path / f"{stem}.json").write_text(json.dumps(
+            {**model, **extra, "headline": {"gain_h8": 0.8, "termination_on_time": 0.5, "accuracy_h8": 1.0}}))
+    text = _readme_block(tmp_path, tmp_path / "README.md")
+    assert "| 2, off |" in text and "| 3, w=2 |" in text
+    assert "#### `control_k2`" not in text and "#### `control_hg2`" not in text
+    assert "#### `control`\n" in text
+
+
 def test_random_play_expected_length() -> None:
     from diffusion_world.bench.random_play import expected_length, survival
 
@@ -478,6 +498,16 @@ def test_sampler_steps_table() -> None:
     results["rl_50k_sampled_k3"] = {**results["rl_50k_sampled"], "imagination_kwargs": {"sampler_steps": 3},
                                     "imagination": {"mean": 40.0, "std": 1.0}, "machine": {"cpu": "AMD"}}
     assert rows()[1].endswith("| 54.4 ± 17.3 (`rl_50k_sampled`, ?); 40.0 ± 1.0 (`rl_50k_sampled_k3`, AMD) |")
+    # history guidance: a row per (K, w), its PSNR from the fidelity variant of that w
+    del results["rl_50k_sampled_k3"]
+    results["control_hg2"] = {**control(3, 0.9), "history_guidance": 2.0}
+    results["fidelity_hg2"] = {**fidelity, "history_guidance": 2.0,
+                               "sampler_sweep": {"3": {"1": {"psnr": {"mean": 36.5}}, "32": {"psnr": {"mean": 22.5}}}}}
+    text = sampler_steps_markdown(results)
+    assert text.startswith("| K, history guidance w |")
+    assert rows()[1:] == ["| 3, off (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | "
+                          "54.4 ± 17.3 |", "| 3, w=2 | 36.50 / 22.50 | 0.90 | 50 % | – | – | – |"]
+    assert "--history-guidance w --name <base>_hg<w>" in text
 
 
 def _fake_rl(calls: list[int]):

@@ -246,6 +246,7 @@ RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown,
 
 # result families compared across the sampler's K: a base result and its variants `<base>_k<K>` on the same model
 SAMPLER_FAMILIES = ("control", "termination_tails", "random_play", "rl_50k_sampled")
+SAMPLER_TITLE = "Sampler settings: denoiser steps per frame (K), history guidance (w)"
 
 
 def _pct(d: dict[str, Any]) -> str:
@@ -260,28 +261,44 @@ def same_model(r: dict[str, Any], ref: dict[str, Any]) -> bool:
             and r.get("model_sha256") == ref.get("model_sha256"))
 
 
-def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
-    """One row per K (denoiser calls per imagined frame) of the current model (``fidelity.json``'s): the fidelity
-    sweep's PSNR, and the ``control``, ``termination_tails``, ``random_play`` and ``rl_50k_sampled`` results
-    whose variants ``<base>_k<K>`` ran on the same checkpoint as their base. A cell with several results of one
-    K names each (result and CPU). None when fewer than two K."""
+def _guidance(r: dict[str, Any]) -> float:
+    """A result's history guidance w (1: off), recorded by the suite or, for rl, in its imagined env's kwargs."""
+    w = r.get("history_guidance") or (r.get("imagination_kwargs") or {}).get("history_guidance")
+    return float(w) if w is not None else 1.0
+
+
+def sampler_variant(stem: str, base: str) -> bool:
+    """Whether ``stem`` is ``base`` or a sampler variant of it: ``<base>_k<K>``, ``<base>_hg<w>`` or both."""
     import re
 
+    return re.fullmatch(rf"{re.escape(base)}(_k\d+)?(_hg[\d.]+)?", stem) is not None
+
+
+def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
+    """One row per sampler setting, K (denoiser calls per imagined frame) and history guidance w, of the current
+    model (``fidelity.json``'s): the fidelity sweep's PSNR (of ``fidelity`` and its ``fidelity_hg<w>`` variants),
+    and the ``control``, ``termination_tails``, ``random_play`` and ``rl_50k_sampled`` results whose variants
+    ``<base>_k<K>`` / ``<base>_hg<w>`` ran on the same checkpoint as their base. A cell with several results of
+    one setting names each (result and CPU). None when fewer than two settings were measured."""
     fid = results.get("fidelity")
     if not fid or "checkpoint_step" not in fid:
         return None
-    default_k = fid["sampler_steps"]  # the checkpoint's own K, which results run without --sampler-steps used
-    rows: dict[int, dict[str, Any]] = {int(k): {"psnr": v} for k, v in fid.get("sampler_sweep", {}).items()}
+    default = (fid["sampler_steps"], _guidance(fid))  # the checkpoint's own, which results run without options use
+    rows: dict[tuple[int, float], dict[str, Any]] = {}
+    for stem, r in results.items():
+        if sampler_variant(stem, "fidelity") and "_k" not in stem and same_model(r, fid):
+            for k, v in r.get("sampler_sweep", {}).items():
+                rows.setdefault((int(k), _guidance(r)), {})["psnr"] = v
     for base in SAMPLER_FAMILIES:
         ref = results.get(base)
         if not ref or any(ref.get(k) != fid.get(k) for k in ("checkpoint_step", "model_sha256")):
             continue  # (control records the checkpoint's path where the others record the name it was given)
         for stem, r in results.items():
-            if not re.fullmatch(rf"{base}(_k\d+)?", stem) or not same_model(r, ref):
+            if not sampler_variant(stem, base) or not same_model(r, ref):
                 continue
-            k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or default_k
-            rows.setdefault(int(k), {}).setdefault(base, []).append((stem, r))
-    measured = {k: row for k, row in rows.items() if set(row) - {"psnr"}}
+            k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or default[0]
+            rows.setdefault((int(k), _guidance(r)), {}).setdefault(base, []).append((stem, r))
+    measured = {key: row for key, row in rows.items() if set(row) - {"psnr"}}
     if len(measured) < 2:
         return None
     columns = [  # (family, header, value of one result)
@@ -301,18 +318,22 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
             return value(found[0][1])
         return "; ".join(f"{value(r)} (`{stem}`, {r.get('machine', {}).get('cpu', '?')})" for stem, r in found) or "–"
 
-    lines = ["| K | PSNR h=1 / 32 (dB) | " + " | ".join(header for _, header, _ in columns) + " |",
-             "|---" * (len(columns) + 2) + "|"]
-    for k, row in sorted(measured.items()):
+    guided = any(w != 1.0 for _, w in measured)
+    lines = [f"| K{', history guidance w' if guided else ''} | PSNR h=1 / 32 (dB) | "
+             + " | ".join(header for _, header, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for (k, w), row in sorted(measured.items()):
         psnr = row.get("psnr", {})
-        cells = [f"{k}{' (default)' if k == default_k else ''}",
+        label = f"{k}{f', w={w:g}' if w != 1.0 else (', off' if guided else '')}"
+        cells = [f"{label}{' (default)' if (k, w) == default else ''}",
                  f"{psnr['1']['psnr']['mean']:.2f} / {psnr['32']['psnr']['mean']:.2f}" if "1" in psnr and "32" in psnr
                  else "–", *(cell(row.get(family, []), value) for family, _, value in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     real = [r["headline"]["real_mean_length"] for row in measured.values() for _, r in row.get("random_play", [])]
     note = (f"Checkpoint step {fid['checkpoint_step']}; each column from the same start states, episodes and seeds "
-            f"for every K (`benchmark --sampler-steps K --name <base>_k<K>`)"
-            + (f"; real random-play episodes last {real[0]:.1f} steps" if real else "") + ".")
+            f"for every setting (`benchmark --sampler-steps K --name <base>_k<K>`"
+            + (", `--history-guidance w --name <base>_hg<w>`" if guided else "") + ")"
+            + (f"; real random-play episodes last {real[0]:.1f} steps" if real else "")
+            + ". Each variant's full table is in `benchmarks/README.md`.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -330,7 +351,7 @@ def make_readme(results_dir: str | Path, out: str | Path) -> str:
     results = {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
     sampler = sampler_steps_markdown(results)
     if sampler:
-        parts.append(f"### Denoiser steps per frame (K)\n\n{sampler}")
+        parts.append(f"### {SAMPLER_TITLE}\n\n{sampler}")
     for stem, r in results.items():
         parts.append(render(stem, r))
     text = "\n".join(parts)
@@ -354,11 +375,15 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     results = {path.stem: json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))}
     sampler = sampler_steps_markdown(results)
     if sampler:
-        parts.append(f"#### Denoiser steps per frame (K)\n\n{sampler}")
-    # a seed sweep's per-seed results are summed up by its own table (each in full in benchmarks/README.md)
+        parts.append(f"#### {SAMPLER_TITLE}\n\n{sampler}")
+    # a seed sweep's per-seed results are summed up by its own table, and the sampler variants of the current
+    # model by the sampler table (each in full in benchmarks/README.md)
     in_sweep = {row["result"] for r in results.values() for row in r.get("per_seed", {}).values()}
+    in_sampler_table = {stem for stem, r in results.items() for base in ("fidelity", *SAMPLER_FAMILIES)
+                        if sampler and stem != base and sampler_variant(stem, base) and base in results
+                        and same_model(r, results[base])}
     for stem, r in results.items():
-        if "headline" not in r or stem in in_sweep:
+        if "headline" not in r or stem in in_sweep or stem in in_sampler_table:
             continue
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)
