@@ -211,8 +211,10 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
                 for row in json.loads(path.read_text())["per_seed"].values()}
     for path in results.glob("*.json"):
         if "headline" in json.loads(path.read_text()):  # current results with their table, archived ones named
+            sampler_table = text.split("#### Sampler settings")[1].split("####")[0]
             assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
-                    or path.stem in in_sweep)  # a seed sweep's rows name each seed's result
+                    or path.stem in in_sweep  # a seed sweep's rows name each seed's result
+                    or f"`{path.stem}`" in sampler_table)  # so does the sampler table its variants
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 

@@ -329,11 +329,16 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
                  else "–", *(cell(row.get(family, []), value) for family, _, value in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     real = [r["headline"]["real_mean_length"] for row in measured.values() for _, r in row.get("random_play", [])]
+    variants = {stem for row in measured.values() for family in row if family != "psnr"
+                for stem, _ in row[family] if stem != family}
+    variants |= {stem for stem, r in results.items() if stem != "fidelity" and sampler_variant(stem, "fidelity")
+                 and "_k" not in stem and same_model(r, fid) and (int(r["sampler_steps"]), _guidance(r)) in measured}
     note = (f"Checkpoint step {fid['checkpoint_step']}; each column from the same start states, episodes and seeds "
             f"for every setting (`benchmark --sampler-steps K --name <base>_k<K>`"
             + (", `--history-guidance w --name <base>_hg<w>`" if guided else "") + ")"
             + (f"; real random-play episodes last {real[0]:.1f} steps" if real else "")
-            + ". Each variant's full table is in `benchmarks/README.md`.")
+            + ". The full tables of the variants are in `benchmarks/README.md`: "
+            + ", ".join(f"`{stem}`" for stem in sorted(variants)) + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
