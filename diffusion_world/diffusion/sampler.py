@@ -23,7 +23,8 @@ class SamplerConfig:
     rho: float = 7.0
     order: int = 1  # 1: Euler, 2: Heun (2nd-order correction on all but the last step)
     s_churn: float = 0.0  # stochastic churn (EDM Alg. 2); 0 = deterministic given the initial noise
-    # History guidance (as classifier-free guidance, with a noisier past in place of no condition): every denoiser
+    # History guidance (Song et al. 2025, arXiv 2502.06764, its "fractional" form: classifier-free guidance with a
+    # partly noised past in place of no condition; DART's clean stream is trained on such pasts): every denoiser
     # call above sigma_min also runs against a second set of caches holding the same context at noise level
     # history_sigma (inside training's sigma_ctx range), and the prediction is pushed away from that one:
     # D = D_u + w (D - D_u). w = 1 is off; w > 1 costs about twice the denoiser calls.
