@@ -31,13 +31,16 @@ def main() -> None:
                         help="how imagined episodes end: sampled from the model's probability, or above 0.5")
     parser.add_argument("--horizon", type=int, help="truncation (default: the checkpoint's)")
     parser.add_argument("--sampler-steps", type=int, help="denoiser calls per step (default: the checkpoint's)")
+    parser.add_argument("--history-guidance", type=float, metavar="W",
+                        help="the sampler's history guidance (1 = off, the default; about twice the compute)")
     parser.add_argument("--device", default="cpu", help="device of the world model and the agent")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/ppo_imagined.zip")
     args = parser.parse_args()
 
     env_kwargs = {k: v for k, v in {"horizon": args.horizon, "sampler_steps": args.sampler_steps,
-                                    "termination": args.termination}.items() if v is not None}
+                                    "termination": args.termination,
+                                    "history_guidance": args.history_guidance}.items() if v is not None}
     venv = make_sb3_vec_env(args.world_model, num_envs=args.num_envs, frame_stack=args.frame_stack,
                             device=args.device, **env_kwargs)
     H, W = venv.observation_space.shape[:2]
