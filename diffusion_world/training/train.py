@@ -235,8 +235,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- data
     cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
     train_eps, val_eps = cache.episode_split(cfg.val_fraction, cfg.seed)
-    train_windows = WindowSampler(cache, cfg.seq_len, train_eps, pad_ends=cfg.pad_episode_ends,
-                                  terminal_fraction=cfg.terminal_fraction)
+    with warnings.catch_warnings():  # the same data warnings on every process: rank 0 says them once
+        if rank != 0:
+            warnings.simplefilter("ignore")
+        train_windows = WindowSampler(cache, cfg.seq_len, train_eps, pad_ends=cfg.pad_episode_ends,
+                                      terminal_fraction=cfg.terminal_fraction)
     val_windows = None
     if len(val_eps) and (cache.episode_lengths[val_eps] >= cfg.seq_len).any():
         val_windows = WindowSampler(cache, cfg.seq_len, val_eps, pad_ends=cfg.pad_episode_ends)
