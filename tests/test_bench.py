@@ -148,7 +148,7 @@ def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, ti
                                                                  cache.episode_lengths[episodes])])
     assert np.array_equal(real, cache.terminations[frames]) and probs.shape == real.shape
     start, n = int(cache.episode_starts[0]), 4  # the first window, all T frames noisy
-    x = frames_to_x(torch.from_numpy(np.asarray(cache.frames[start: start + n]))[None])
+    x = frames_to_x(torch.from_numpy(np.array(cache.frames[start: start + n]))[None])  # a copy: writable
     sig = torch.full((1, n), 0.002)
     with torch.no_grad():
         out = wm.model(x, sig, x, sig, torch.from_numpy(cache.prev_actions[start: start + n])[None],
