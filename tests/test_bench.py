@@ -512,6 +512,44 @@ def test_sampler_steps_table() -> None:
     assert "--history-guidance w --name <base>_hg<w>" in text
 
 
+def test_glance_table_answers_from_current_results_only() -> None:
+    """The at-a-glance table takes each row from a result of the current checkpoint (fidelity's) at its default
+    sampler settings, next to its reference; results of another checkpoint or setting give no row."""
+    from diffusion_world.bench.report import glance_markdown
+
+    model = {"world_model": "m", "checkpoint_step": 5, "model_sha256": "ab"}
+    psnr = {str(h): {"psnr": {"mean": 40.0 - h / 2}} for h in (1, 8, 16, 32)}
+    last = {str(h): {"psnr": {"mean": 50.0 - h}} for h in (1, 8, 16, 32)}
+    results = {"fidelity": {**model, "sampler_steps": 3, "context_frames": 4, "model": psnr,
+                            "repeat_last_frame": last, "reward_mae": 0.125},
+               "control": {**model, "world_model": "/m.pt", "sampler_steps": 3,
+                           "headline": {"gain_h8": 0.75, "termination_on_time": 0.5}},
+               "control_hg2": {**model, "sampler_steps": 3, "history_guidance": 2.0,
+                               "headline": {"gain_h8": 0.99, "termination_on_time": 0.99}},
+               "termination_tails": {**model, "sampler_steps": 3, "imagined": {
+                   "episodes": 8, "on_time": 0.25, "early": 0.125, "missed": 0.625}},
+               "random_play": {**model, "checkpoint_step": 4, "sampler_steps": 3,
+                               "headline": {"threshold_mean_length": 30.0}},
+               "rl_50k_seeds": {**model, "agent_steps": 50000, "seeds": [0, 1],
+                                "imagination_kwargs": {"termination": "sample", "sampler_steps": 3},
+                                "across_seeds": {k: {"mean": m, "std": 1.0} for k, m in (
+                                    ("imagination", 80.0), ("real_trained", 70.0), ("random", 20.0))}},
+               "rl_hg2_seeds": {**model, "agent_steps": 50000, "seeds": [0],
+                                "imagination_kwargs": {"history_guidance": 2.0}, "across_seeds": {}}}
+    rows = [line.split(" | ") for line in glance_markdown(results).splitlines()[2:] if line.startswith("| ")]
+    assert [(r[1], r[2], r[3].rstrip(" |")) for r in rows] == [
+        ("36.00 / 32.00 / 24.00", "repeat the last real frame: 42.00 / 34.00 / 18.00", "`fidelity`"),
+        ("0.125", "0", "`fidelity`"), ("0.75", "1", "`control`"), ("50 %", "100 %", "`control`"),
+        ("25 / 12 / 62 %", "100 / 0 / 0 %", "`termination_tails`"),
+        ("80.0 ± 1.0", "PPO trained in the real env: 70.0 ± 1.0; random: 20.0 ± 1.0", "`rl_50k_seeds`")]
+    assert "termination='sample'" in rows[-1][0] and "over 2 seeds" in rows[-1][0]
+    assert "K=3 denoiser calls per frame, no history guidance" in glance_markdown(results)
+    # another checkpoint file: only fidelity's own rows remain
+    other = {k: {**v, "model_sha256": "cd"} if k != "fidelity" else v for k, v in results.items()}
+    assert glance_markdown(other).count("\n| ") == 2
+    assert glance_markdown({k: v for k, v in results.items() if k != "fidelity"}) is None
+
+
 def _fake_rl(calls: list[int]):
     """Stands in for run_rl (PPO) in the seed-sweep tests: returns that depend on the seed."""
 

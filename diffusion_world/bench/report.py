@@ -342,6 +342,102 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+GLANCE_TITLE = "The current model at a glance"
+
+
+def _on_checkpoint(r: dict[str, Any] | None, ref: dict[str, Any]) -> bool:
+    """Whether a result ran on ``ref``'s checkpoint: the same training step and checkpoint file (``control``
+    records the checkpoint's path where the other suites record the name it was given, so the name is not
+    compared)."""
+    return bool(r) and all(r.get(k) == ref.get(k) for k in ("checkpoint_step", "model_sha256"))
+
+
+def _default_settings(r: dict[str, Any], fid: dict[str, Any]) -> bool:
+    k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or fid["sampler_steps"]
+    return int(k) == int(fid["sampler_steps"]) and _guidance(r) == _guidance(fid)
+
+
+def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
+    """One row per question a user asks of the imagined env, each answered by a current result (run on
+    ``fidelity.json``'s checkpoint with its sampler settings) next to its reference: the real env, repeating the
+    last real frame, or PPO trained in the real env. A row whose result is missing, or ran on another checkpoint
+    or setting, is left out. None without a current ``fidelity`` result."""
+    fid = results.get("fidelity")
+    if not fid or "checkpoint_step" not in fid or "sampler_steps" not in fid:
+        return None
+
+    def current(stem: str) -> dict[str, Any] | None:
+        r = results.get(stem)
+        return r if r and _on_checkpoint(r, fid) and _default_settings(r, fid) else None
+
+    def at(table: dict[str, Any], hs: list[int]) -> str:
+        return " / ".join(f"{table[str(h)]['psnr']['mean']:.2f}" for h in hs)
+
+    rows: list[tuple[str, str, str, str]] = []  # (question, imagined env, reference, result)
+    hs = [h for h in (8, 16, 32) if str(h) in fid.get("model", {}) and str(h) in fid.get("repeat_last_frame", {})]
+    if hs:
+        rows.append((f"Do rollouts look right? PSNR {' / '.join(map(str, hs))} steps ahead (dB), replaying "
+                     f"held-out actions from {fid.get('context_frames', '?')} real frames",
+                     at(fid["model"], hs), f"repeat the last real frame: {at(fid['repeat_last_frame'], hs)}",
+                     "fidelity"))
+    if fid.get("reward_mae") is not None:
+        rows.append(("Are the rewards right? mean absolute error per step on the same rollouts",
+                     f"{fid['reward_mae']:.3f}", "0", "fidelity"))
+    control = current("control")
+    if control:
+        h = control["headline"]
+        rows.append(("Do actions matter as much as in the real env? Effect of an action held 8 steps, "
+                     "relative to the real one", _f(h["gain_h8"]), "1", "control"))
+        rows.append(("Do episodes of held actions end when the real ones do? (within "
+                     f"{control.get('tolerance', 2)} steps)", f"{100 * h['termination_on_time']:.0f} %", "100 %",
+                     "control"))
+    tails = current("termination_tails")
+    if tails:
+        rows.append((f"Do imagined episodes end when the real ones do? {tails['imagined']['episodes']} held-out "
+                     "terminations: on time / early / missed", _pct(tails["imagined"]), "100 / 0 / 0 %",
+                     "termination_tails"))
+    play = current("random_play")
+    if play:
+        h = play["headline"]
+        rows.append(("Does random play fail as fast as in the real env? Mean episode length (steps)",
+                     f"{h['threshold_mean_length']:.1f} (sampled terminations: {h['sampled_mean_length']:.1f})",
+                     f"real env: {h['real_mean_length']:.1f}", "random_play"))
+        per_step = play["return"]
+        rows.append(("Reward per step of random play", f"{per_step['threshold']['per_step']:.2f}",
+                     f"real env: {per_step['real']['per_step']:.2f}", "random_play"))
+    sweeps = sorted(stem for stem in results if stem.startswith("rl_") and stem.endswith("_seeds")
+                    and current(stem))
+    for stem in sweeps:
+        r, spread = results[stem], results[stem]["across_seeds"]
+
+        def ms(key: str, spread: dict[str, Any] = spread) -> str:
+            return f"{spread[key]['mean']:.1f} ± {spread[key]['std']:.1f}"
+
+        kw = {k: v for k, v in (r.get("imagination_kwargs") or {}).items() if k != "sampler_steps"}
+        rows.append((f"Does an agent trained only in it do well in the real env? PPO, {r['agent_steps']:,} steps"
+                     + (f" ({', '.join(f'{k}={v!r}' for k, v in kw.items())})" if kw else "")
+                     + f": real-env return, mean ± std over {len(r['seeds'])} seeds",
+                     ms("imagination"), f"PPO trained in the real env: {ms('real_trained')}; random: "
+                     f"{ms('random')}", stem))
+    speed = results.get("speed")
+    if speed and speed.get("batch_sweep") and speed.get("sampler_steps") == fid["sampler_steps"]:
+        sweep = {b["batch"]: b["steps_per_s"] for b in speed["batch_sweep"]}
+        batches = [b for b in (1, 16) if b in sweep] or sorted(sweep)[:1]
+        cpu = speed.get("machine", {}).get("gpu") or speed.get("machine", {}).get("cpu", "?")
+        rows.append((f"How fast is it? Imagined steps per second, {' / '.join(map(str, batches))} env(s) in one "
+                     f"batch ({speed.get('preset', '?')} preset, {speed.get('device', '?')}, {cpu})",
+                     " / ".join(f"{sweep[b]:.1f}" for b in batches), "", "speed"))
+    if not rows:
+        return None
+    lines = ["| question | imagined env | reference | result |", "|---|---|---|---|"]
+    lines += [f"| {q} | {v} | {ref or '–'} | `{stem}` |" for q, v, ref, stem in rows]
+    note = (f"Checkpoint step {fid['checkpoint_step']}, the settings `gym.make` uses "
+            f"(K={fid['sampler_steps']} denoiser calls per frame"
+            + (f", history guidance w={_guidance(fid):g}" if _guidance(fid) != 1.0 else ", no history guidance")
+            + "); each result's full table is below. Other sampler settings: the sampler table.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def render(name: str, r: dict[str, Any]) -> str:
     kind = next((k for k in RENDERERS if name.startswith(k)), None)
     body = RENDERERS[kind](r) if kind else generic_markdown(r)
@@ -354,6 +450,9 @@ def make_readme(results_dir: str | Path, out: str | Path) -> str:
              "Generated by `python -m diffusion_world.bench.report` from the JSON files in `benchmarks/results/`; "
              "every number below was printed by a benchmark run. Re-run a benchmark to update its section.", ""]
     results = {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
+    glance = glance_markdown(results)
+    if glance:
+        parts.append(f"### {GLANCE_TITLE}\n\n{glance}")
     sampler = sampler_steps_markdown(results)
     if sampler:
         parts.append(f"### {SAMPLER_TITLE}\n\n{sampler}")
@@ -378,6 +477,9 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
         return
     parts, archived = [], []
     results = {path.stem: json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))}
+    glance = glance_markdown(results)
+    if glance:
+        parts.append(f"#### {GLANCE_TITLE}\n\n{glance}")
     sampler = sampler_steps_markdown(results)
     if sampler:
         parts.append(f"#### {SAMPLER_TITLE}\n\n{sampler}")
