@@ -510,6 +510,16 @@ def test_sampler_steps_table() -> None:
     assert rows()[1:] == ["| 3, off (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | "
                           "54.4 ± 17.3 |", "| 3, w=2 | 36.50 / 22.50 | 0.90 | 50 % | – | – | – |"]
     assert "--history-guidance w --name <base>_hg<w>" in text
+    # RL seed sweeps: compared on the seeds both ran (imagination-trained return, real-trained in brackets)
+    def sweep(returns: dict[int, float], **kwargs: float) -> dict:
+        return {**model, "imagination_kwargs": {"termination": "sample", **kwargs}, "seeds": list(returns),
+                "per_seed": {str(s): {"imagination": v, "real_trained": 50.0 + s} for s, v in returns.items()}}
+
+    results["rl_50k_sampled_seeds"] = sweep({0: 10.0, 1: 30.0, 2: 80.0})
+    results["rl_50k_sampled_hg2_seeds"] = sweep({1: 40.0, 0: 60.0}, history_guidance=2.0)
+    assert rows()[1].endswith("| seeds 0, 1: 20.0 ± 10.0 (50.5); all 3: 40.0 ± 29.4 (51.0) |")
+    assert rows()[2].endswith("| seeds 0, 1: 50.0 ± 10.0 (50.5) |")
+    assert "`rl_50k_sampled_hg2_seeds`" in sampler_steps_markdown(results)
 
 
 def test_glance_table_answers_from_current_results_only() -> None:

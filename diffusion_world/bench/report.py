@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +246,7 @@ RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown,
 
 
 # result families compared across the sampler's K: a base result and its variants `<base>_k<K>` on the same model
-SAMPLER_FAMILIES = ("control", "termination_tails", "random_play", "rl_50k_sampled")
+SAMPLER_FAMILIES = ("control", "termination_tails", "random_play", "rl_50k_sampled", "rl_50k_sampled_seeds")
 SAMPLER_TITLE = "Sampler settings: denoiser steps per frame (K), history guidance (w)"
 
 
@@ -268,10 +269,29 @@ def _guidance(r: dict[str, Any]) -> float:
 
 
 def sampler_variant(stem: str, base: str) -> bool:
-    """Whether ``stem`` is ``base`` or a sampler variant of it: ``<base>_k<K>``, ``<base>_hg<w>`` or both."""
+    """Whether ``stem`` is ``base`` or a sampler variant of it: ``<base>_k<K>``, ``<base>_hg<w>`` or both; for a
+    seed sweep ``<name>_seeds``, ``<name>_k<K>_seeds`` and so on."""
     import re
 
-    return re.fullmatch(rf"{re.escape(base)}(_k\d+)?(_hg[\d.]+)?", stem) is not None
+    name, sweep = (base[: -len("_seeds")], "_seeds") if base.endswith("_seeds") else (base, "")
+    return re.fullmatch(rf"{re.escape(name)}(_k\d+)?(_hg[\d.]+)?{sweep}", stem) is not None
+
+
+def _seeds_cell(r: dict[str, Any], seeds: Sequence[int]) -> str:
+    """A seed sweep's imagination-trained real-env return, mean ± std over ``seeds`` (those every compared sweep
+    ran), the real-trained reference's mean on them in brackets, then the same over all of the sweep's seeds when
+    it ran more."""
+    import numpy as np
+
+    def over(keep: Sequence[int]) -> str:
+        rows = [r["per_seed"][str(s)] for s in keep]
+        own, ref = np.array([row["imagination"] for row in rows]), np.mean([row["real_trained"] for row in rows])
+        return f"{own.mean():.1f} ± {own.std():.1f} ({ref:.1f})"
+
+    mine = sorted(int(s) for s in r["seeds"])
+    same = [s for s in mine if s in seeds]
+    text = f"seed{'s' if len(same) > 1 else ''} {', '.join(map(str, same))}: {over(same)}"
+    return text + (f"; all {len(mine)}: {over(mine)}" if len(same) < len(mine) else "")
 
 
 def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
@@ -301,6 +321,8 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     measured = {key: row for key, row in rows.items() if set(row) - {"psnr"}}
     if len(measured) < 2:
         return None
+    sweeps = [r for row in measured.values() for _, r in row.get("rl_50k_sampled_seeds", [])]
+    common_seeds = sorted(set.intersection(*(set(map(int, r["seeds"])) for r in sweeps))) if sweeps else []
     columns = [  # (family, header, value of one result)
         ("control", "action gain, 8 steps held", lambda r: _f(r["headline"]["gain_h8"])),
         ("control", "held-action episodes ending on time",
@@ -310,7 +332,9 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
         ("random_play", "random-play length: threshold / sampled",
          lambda r: f"{r['headline']['threshold_mean_length']:.1f} / {r['headline']['sampled_mean_length']:.1f}"),
         ("rl_50k_sampled", "PPO 50k steps in imagination (sampled terminations): real-env return",
-         lambda r: f"{r['imagination']['mean']:.1f} ± {r['imagination']['std']:.1f}")]
+         lambda r: f"{r['imagination']['mean']:.1f} ± {r['imagination']['std']:.1f}"),
+        ("rl_50k_sampled_seeds", "PPO 50k steps in imagination (sampled terminations): real-env return, mean ± std "
+         "over seeds (PPO trained in the real env)", lambda r: _seeds_cell(r, common_seeds))]
     columns = [c for c in columns if any(c[0] in row for row in measured.values())]  # families measured at all
 
     def cell(found: list[tuple[str, dict[str, Any]]], value: Any) -> str:
