@@ -59,5 +59,7 @@ def test_main_job_tiny(tiny_world_model: str, tmp_path: Path) -> None:
     assert f"PSNR h=1 {fid['model']['1']['psnr']['mean']:.2f} dB" in table
     assert f"foreground retention h=4 {fid['foreground_retention']['model']['4']:.2f}" in table
     assert f"random {rl['random']['mean']:,.1f}" in table
+    assert (f"sampling the agents' actions: imagination-trained {rl['imagination']['stochastic']['mean']:,.1f}, "
+            f"real-trained {rl['real_trained']['stochastic']['mean']:,.1f}") in table
     assert table in (out / "summary.md").read_text()
     assert table in render("main_job", json.loads(record.read_text()))
