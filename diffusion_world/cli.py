@@ -225,6 +225,13 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--parallel", action="store_true",
                    help="rl: train the real-env reference agent in a second process, beside the imagination agent "
                         "(each gets half the torch threads)")
+    p.add_argument("--reset-mode", choices=["episode_start", "anywhere"],
+                   help="rl: where the imagined episodes the agent trains in start: real episode starts (default) "
+                        "or any window of the dataset (with a short --horizon: DIAMOND's short imagined episodes "
+                        "from real states)")
+    p.add_argument("--horizon", type=int,
+                   help="rl: imagined episodes are cut (truncated) after this many steps (default: the card's "
+                        "[imagination] horizon, else the checkpoint's)")
     p.add_argument("--sampler-steps", type=int,
                    help="denoiser calls per imagined frame, K (default: the card's, else the checkpoint's)")
     p.add_argument("--history-guidance", type=float, metavar="W",
@@ -238,7 +245,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                              device=args.device, name=args.name, short_memory=args.short_memory,
                              dataset_id=args.dataset_id, termination=args.termination,
                              agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
-                             sampler_steps=args.sampler_steps, history_guidance=args.history_guidance)
+                             sampler_steps=args.sampler_steps, history_guidance=args.history_guidance,
+                             reset_mode=args.reset_mode, horizon=args.horizon)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

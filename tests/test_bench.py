@@ -167,13 +167,27 @@ def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path) -> None:
+def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent trains in short imagined episodes from anywhere in the data (``reset_mode="anywhere"``, a
+    horizon of 6); the evaluation in imagination still plays whole episodes from episode starts, cut at the
+    env's own horizon (20)."""
+    from diffusion_world.bench import rl
     from diffusion_world.bench.report import render
     from diffusion_world.bench.rl import plot_curves, run_rl
     from diffusion_world.checkpoint import load_world_model
 
+    evaluated = []
+
+    def evaluate_imagined(*args, **kwargs):
+        evaluated.append((args[5], args[6]))
+        return original(*args, **kwargs)
+
+    original = rl.evaluate_imagined
+    monkeypatch.setattr(rl, "evaluate_imagined", evaluate_imagined)
+    kwargs = {"termination": "sample", "reset_mode": "anywhere", "horizon": 6}
     r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
-               progress=False, imagination_kwargs={"termination": "sample"})
+               progress=False, imagination_kwargs=kwargs)
+    assert evaluated == [(20, {"termination": "sample"})] * 3
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
@@ -183,11 +197,12 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path) -> None:
     for key in ("imagination", "real_trained", "random"):  # the tiny model never terminates: cut at the horizon
         assert len(im[key]["returns"]) == 2 and all(1 <= x <= 20 for x in im[key]["returns"])
     # learning curves: [steps, mean return, mean length, episodes] per rollout; 64 steps = 2 rollouts of 2 x 16
-    assert r["imagination_kwargs"] == {"termination": "sample"}
+    assert r["imagination_kwargs"] == kwargs
     for key in ("imagination", "real_trained"):
         curve = r[key]["curve"]
         assert curve and all(row[0] in (32, 64) and row[3] >= 1 and 1 <= row[2] for row in curve)
-    assert all(row[2] <= 20 for row in r["imagination"]["curve"])  # imagined episodes end by the horizon
+    assert all(row[2] <= 6 for row in r["imagination"]["curve"])  # imagined episodes end by their horizon
+    assert any(row[2] > 6 for row in r["real_trained"]["curve"])  # (the real env's do not)
     plot_curves(r, tmp_path / "rl.png")
     assert (tmp_path / "rl.png").stat().st_size > 1000
     text = render("rl", r)
@@ -450,10 +465,13 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
     from diffusion_world.bench.run import OPTION_SUITES
 
     for option, value in (("seed", 0), ("termination", "sample"), ("agent_steps", 64), ("parallel", True),
-                          ("short_memory", "short.pt"), ("dataset_id", "x/y-v0")):
+                          ("short_memory", "short.pt"), ("dataset_id", "x/y-v0"), ("reset_mode", "anywhere"),
+                          ("horizon", 15)):
         if suite in OPTION_SUITES[option]:
-            with pytest.raises(_Called):
+            with pytest.raises(_Called) as called:
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
+            if option in ("reset_mode", "horizon"):  # recorded with the imagined env's settings
+                assert called.value.args[0]["imagination_kwargs"][option] == value
         else:
             with pytest.raises(UserError, match=f"{option} .* applies to benchmark .* only, not to {suite}"):
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})

@@ -160,7 +160,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
            progress: bool = True, imagination_kwargs: dict[str, Any] | None = None,
            parallel: bool = False) -> dict[str, Any]:
     """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
-    "sample"}`` or ``{"reset_mode": "anywhere"}``); the evaluation in imagination uses them too. ``parallel``:
+    "sample"}``, or ``{"reset_mode": "anywhere", "horizon": 15}``: short imagined episodes from real states); the
+    evaluation in imagination uses them too, except where episodes start and end: it plays whole episodes from
+    episode starts, cut at ``imagined_eval_horizon`` (or ``horizon``, the env's own limit, if shorter), so that
+    its returns compare across settings. ``parallel``:
     train the real-env reference in a second process while the imagination agent trains (each with half the
     torch threads; the imagination agent gets them all back once the reference is done). On one thread each, the
     same seeds give the same agents as a sequential run; more threads can change float rounding."""
@@ -235,10 +238,11 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     env.action_space.seed(seed)
     rand = evaluate(env, lambda o: env.action_space.sample(), eval_episodes, eval_seed)
     h_imag = min(imagined_eval_horizon, horizon or int(wm.imagination.get("horizon", imagined_eval_horizon)))
+    eval_kwargs = {k: v for k, v in imagination_kwargs.items() if k not in ("reset_mode", "horizon")}
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     in_imagination = {
-        key: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag, imagination_kwargs))
+        key: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag, eval_kwargs))
         for key, act in (("imagination", lambda o: agent_imagined.predict(o, deterministic=True)[0]),
                          ("real_trained", lambda o: agent_real.predict(o, deterministic=True)[0]),
                          ("random", lambda o: rng.integers(0, env.action_space.n, len(o))

@@ -17,6 +17,7 @@ from diffusion_world.errors import UserError
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
+                 "reset_mode": ("rl",), "horizon": ("rl",),
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play")}
 
 
@@ -25,16 +26,21 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   short_memory: str | None = None, dataset_id: str | None = None,
                   termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
                   seed: int | Sequence[int] | None = None, sampler_steps: int | None = None,
-                  history_guidance: float | None = None) -> Path:
+                  history_guidance: float | None = None, reset_mode: str | None = None,
+                  horizon: int | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
     ``[imagination] sampler_steps``, which overrides the checkpoint's; so does ``history_guidance`` (the
     sampler's w, 1 = off). ``seed`` (rl): one seed, or several: see
-    :func:`run_rl_seeds`."""
+    :func:`run_rl_seeds`. ``reset_mode`` and ``horizon`` (rl): where the imagined episodes the agent trains in
+    start (``"episode_start"``, the default, or ``"anywhere"`` in the dataset) and where they are cut (default:
+    the card's ``[imagination] horizon``, else the checkpoint's), e.g. DIAMOND's short imagined episodes from
+    real states: ``reset_mode="anywhere", horizon=15``."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
     given = {"termination": termination is not None, "agent_steps": agent_steps is not None, "parallel": parallel,
              "seed": seed is not None, "short_memory": short_memory is not None,
-             "dataset_id": dataset_id is not None}
+             "dataset_id": dataset_id is not None, "reset_mode": reset_mode is not None,
+             "horizon": horizon is not None}
     for option, is_given in given.items():
         if is_given and suite not in OPTION_SUITES[option]:
             raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
@@ -47,9 +53,10 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         if len(seeds) > 1:
             return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
                                 termination=termination, agent_steps=agent_steps, parallel=parallel,
-                                sampler_steps=sampler_steps, history_guidance=history_guidance)
+                                sampler_steps=sampler_steps, history_guidance=history_guidance,
+                                reset_mode=reset_mode, horizon=horizon)
         seed = seeds[0]
-    for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps)):
+    for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps), ("horizon", horizon)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be positive, got {value}")
     machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
@@ -117,7 +124,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
-        settings = _rl_settings(quick, termination, agent_steps, K, w)
+        settings = _rl_settings(quick, termination, agent_steps, K, w, reset_mode, horizon)
         result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
                         imagination_kwargs=settings["imagination_kwargs"] or None)
@@ -133,12 +140,14 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
 
 def _rl_settings(quick: bool, termination: str | None, agent_steps: int | None, K: Any,
-                 w: Any = None) -> dict[str, Any]:
+                 w: Any = None, reset_mode: str | None = None, horizon: int | None = None) -> dict[str, Any]:
     """What a ``benchmark rl`` result depends on besides the model and the seed, as its JSON records it."""
     return {"agent_steps": agent_steps or (2_000 if quick else 20_000), "eval_episodes": 3 if quick else 10,
             "imagination_kwargs": {**({"termination": termination} if termination else {}),
                                    **({"sampler_steps": int(K)} if K else {}),
-                                   **({"history_guidance": float(w)} if w is not None else {})}, "quick": quick}
+                                   **({"history_guidance": float(w)} if w is not None else {}),
+                                   **({"reset_mode": reset_mode} if reset_mode else {}),
+                                   **({"horizon": int(horizon)} if horizon else {})}, "quick": quick}
 
 
 def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem: str, card: str | None = None,
@@ -159,7 +168,8 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
         card_imagination = load_card(card).imagination
         K = K if K is not None else card_imagination.get("sampler_steps")
         w = w if w is not None else card_imagination.get("history_guidance")
-    want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w)
+    want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w, kwargs.get("reset_mode"),
+                        kwargs.get("horizon"))
     per_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         path = out / f"{stem}_seed{s}.json"
