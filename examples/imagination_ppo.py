@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--termination", default="sample", choices=["sample", "threshold"],
                         help="how imagined episodes end: sampled from the model's probability, or above 0.5")
     parser.add_argument("--horizon", type=int, help="truncation (default: the checkpoint's)")
+    parser.add_argument("--reset-mode", choices=["episode_start", "anywhere"],
+                        help="where imagined episodes start: real episode starts (default) or anywhere in the data "
+                             "(with a short --horizon: DIAMOND's short imagined episodes from real states)")
     parser.add_argument("--sampler-steps", type=int, help="denoiser calls per step (default: the checkpoint's)")
     parser.add_argument("--history-guidance", type=float, metavar="W",
                         help="the sampler's history guidance (1 = off, the default; about twice the compute)")
@@ -40,7 +43,8 @@ def main() -> None:
 
     env_kwargs = {k: v for k, v in {"horizon": args.horizon, "sampler_steps": args.sampler_steps,
                                     "termination": args.termination,
-                                    "history_guidance": args.history_guidance}.items() if v is not None}
+                                    "history_guidance": args.history_guidance,
+                                    "reset_mode": args.reset_mode}.items() if v is not None}
     venv = make_sb3_vec_env(args.world_model, num_envs=args.num_envs, frame_stack=args.frame_stack,
                             device=args.device, **env_kwargs)
     H, W = venv.observation_space.shape[:2]
