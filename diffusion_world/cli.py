@@ -232,6 +232,10 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--horizon", type=int,
                    help="rl: imagined episodes are cut (truncated) after this many steps (default: the card's "
                         "[imagination] horizon, else the checkpoint's)")
+    p.add_argument("--reference-cache", metavar="DIR",
+                   help="rl: keep each real-env reference agent in DIR, keyed by all it depends on (env, PPO "
+                        "settings and budget, seed, torch threads, CPU, library versions), and reuse it: another "
+                        "world model or setting on the same seeds trains only its imagination agent")
     p.add_argument("--sampler-steps", type=int,
                    help="denoiser calls per imagined frame, K (default: the card's, else the checkpoint's)")
     p.add_argument("--history-guidance", type=float, metavar="W",
@@ -246,7 +250,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                              dataset_id=args.dataset_id, termination=args.termination,
                              agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
                              sampler_steps=args.sampler_steps, history_guidance=args.history_guidance,
-                             reset_mode=args.reset_mode, horizon=args.horizon)
+                             reset_mode=args.reset_mode, horizon=args.horizon,
+                             reference_cache=args.reference_cache)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

@@ -332,21 +332,42 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
 
 
 @pytest.mark.slow
-def test_rl_parallel_matches_sequential(tiny_world_model: str, one_torch_thread: None) -> None:
+def test_rl_parallel_matches_sequential(tiny_world_model: str, one_torch_thread: None, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The real-env reference trained in a second process is the agent a sequential run trains: same learning
-    curve, same evaluation returns (greedy and sampled)."""
-    from diffusion_world.bench.rl import run_rl
+    curve, same evaluation returns (greedy and sampled). So is the one kept in a ``reference_cache`` and read back
+    by a later run, which trains no reference of its own."""
+    from diffusion_world.bench import rl
+    from diffusion_world.bench.report import render
+    from diffusion_world.bench.rl import reference_key, run_rl
+    from diffusion_world.checkpoint import load_world_model
 
     kwargs = dict(agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=10, progress=False)
     seq = run_rl(tiny_world_model, **kwargs)
-    par = run_rl(tiny_world_model, parallel=True, **kwargs)
-    for key in ("imagination", "real_trained"):
-        assert par[key]["curve"] == seq[key]["curve"] and par[key]["returns"] == seq[key]["returns"]
-        assert par[key]["stochastic"]["returns"] == seq[key]["stochastic"]["returns"]
-    assert par["in_imagination"] == seq["in_imagination"]
+    par = run_rl(tiny_world_model, parallel=True, reference_cache=tmp_path / "cache", **kwargs)
+    assert len(list((tmp_path / "cache").glob("*.zip"))) == 1 and not list((tmp_path / "cache").glob("*tmp*"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the reference agent was trained again")
+
+    monkeypatch.setattr(rl, "_train_real", no_training)
+    reused = run_rl(tiny_world_model, reference_cache=tmp_path / "cache", **kwargs)
+    for run in (par, reused):
+        for key in ("imagination", "real_trained"):
+            assert run[key]["curve"] == seq[key]["curve"] and run[key]["returns"] == seq[key]["returns"]
+            assert run[key]["stochastic"]["returns"] == seq[key]["stochastic"]["returns"]
+        assert run["in_imagination"] == seq["in_imagination"]
+    assert "reused" not in par["real_trained"] and "reused" in reused["real_trained"]
+    assert "reused from `--reference-cache`" in render("rl", reused)
     import torch
 
     assert torch.get_num_threads() == 1  # restored
+    # what the reference depends on is in its key; what it does not (the world model's weights) is not
+    wm = load_world_model(tiny_world_model)
+    key = reference_key(wm, 64, 2, 2, 0, 1)
+    assert all(reference_key(wm, *args) != key for args in ((65, 2, 2, 0, 1), (64, 4, 2, 0, 1), (64, 2, 1, 0, 1),
+                                                             (64, 2, 2, 1, 1), (64, 2, 2, 0, 2)))
+    assert reference_key(wm, 64, 2, 2, 0, 1) == key
 
 
 def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path) -> None:
@@ -466,12 +487,14 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
 
     for option, value in (("seed", 0), ("termination", "sample"), ("agent_steps", 64), ("parallel", True),
                           ("short_memory", "short.pt"), ("dataset_id", "x/y-v0"), ("reset_mode", "anywhere"),
-                          ("horizon", 15)):
+                          ("horizon", 15), ("reference_cache", "refs")):
         if suite in OPTION_SUITES[option]:
             with pytest.raises(_Called) as called:
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
             if option in ("reset_mode", "horizon"):  # recorded with the imagined env's settings
                 assert called.value.args[0]["imagination_kwargs"][option] == value
+            if option == "reference_cache":  # not a setting of the result: the same agents either way
+                assert called.value.args[0]["reference_cache"] == value
         else:
             with pytest.raises(UserError, match=f"{option} .* applies to benchmark .* only, not to {suite}"):
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})

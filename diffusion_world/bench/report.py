@@ -200,6 +200,12 @@ def rl_markdown(r: dict[str, Any]) -> str:
         lines[-1] += (f" Return in imagination: the same {r['eval_episodes']} episodes' worth in the imagined env, "
                       f"cut at {imag['horizon']} steps (a policy that scores far higher there than in the real env "
                       f"exploits the model).")
+    reused = r["real_trained"].get("reused")
+    if reused:
+        m = reused.get("machine", {})
+        lines[-1] += (f" The real-env reference agent was reused from `--reference-cache` (trained "
+                      f"{m.get('date', '?')[:19]} on {m.get('cpu', '?')}, diffusion_world @ "
+                      f"{(m.get('git_commit') or '?')[:10]}, under the same key).")
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@ scores far higher there than in the real env exploits the model."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_world.checkpoint import load_world_model
+from diffusion_world.errors import UserError
 
 
 def evaluate(env: Any, act: Any, episodes: int, seed: int) -> np.ndarray:
@@ -155,10 +158,50 @@ def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: 
     return save_to, curve, seconds
 
 
+def reference_key(wm: Any, agent_steps: int, num_envs: int, frame_stack: int, seed: int,
+                  torch_threads: int) -> dict[str, Any]:
+    """Everything the real-env reference agent of ``run_rl`` depends on: the real env (as the world model records
+    it) and its pixels, PPO's settings and budget, the seed, and what changes PPO's float rounding (torch threads,
+    CPU model, library versions). Two runs with equal keys train the same agent."""
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    from diffusion_world import __version__
+    from diffusion_world.bench.common import cpu_model
+
+    return {"env_spec": wm.dataset.get("env_spec"), "frame_size": list(wm.config.frame_size),
+            "agent_steps": agent_steps, "num_envs": num_envs, "frame_stack": frame_stack, "seed": seed,
+            "ppo": {**PPO_SETTINGS, "learning_rate": f"linear {PPO_LR} -> 0"}, "torch_threads": torch_threads,
+            "cpu": cpu_model(), "versions": {"diffusion_world": __version__, "torch": str(torch.__version__),
+                                             "stable_baselines3": stable_baselines3.__version__,
+                                             "gymnasium": gymnasium.__version__, "numpy": np.__version__}}
+
+
+def _cache_paths(cache: Path, key: dict[str, Any]) -> tuple[Path, Path]:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache / f"{digest}.zip", cache / f"{digest}.json"
+
+
+def _store_reference(cache: Path, key: dict[str, Any], agent: Any, curve: list[list[float]], seconds: float) -> None:
+    """Keep a trained reference agent (atomically: a reader never sees half an entry)."""
+    from diffusion_world.bench.common import machine_info
+
+    cache.mkdir(parents=True, exist_ok=True)
+    zip_path, meta_path = _cache_paths(cache, key)
+    tmp = zip_path.with_name(zip_path.stem + ".tmp.zip")
+    agent.save(tmp)
+    tmp.replace(zip_path)
+    meta = {"key": key, "curve": curve, "train_s": seconds, "machine": machine_info()}
+    tmp_meta = meta_path.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_meta.replace(meta_path)
+
+
 def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,
            frame_stack: int = 4, horizon: int | None = None, imagined_eval_horizon: int = 200, seed: int = 0,
            progress: bool = True, imagination_kwargs: dict[str, Any] | None = None,
-           parallel: bool = False) -> dict[str, Any]:
+           parallel: bool = False, reference_cache: str | Path | None = None) -> dict[str, Any]:
     """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
     "sample"}``, or ``{"reset_mode": "anywhere", "horizon": 15}``: short imagined episodes from real states); the
     evaluation in imagination uses them too, except where episodes start and end: it plays whole episodes from
@@ -166,7 +209,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     its returns compare across settings. ``parallel``:
     train the real-env reference in a second process while the imagination agent trains (each with half the
     torch threads; the imagination agent gets them all back once the reference is done). On one thread each, the
-    same seeds give the same agents as a sequential run; more threads can change float rounding."""
+    same seeds give the same agents as a sequential run; more threads can change float rounding.
+    ``reference_cache``: a directory where the real-env reference agent is kept under its :func:`reference_key`
+    and reused from, so that comparing world models or settings on the same seeds trains each reference once; the
+    result then records ``real_trained.reused`` (when and where it was trained)."""
     import concurrent.futures
     import multiprocessing
     import tempfile
@@ -184,6 +230,19 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     say = print if progress else (lambda *a, **k: None)
 
     real_job, pool, tmp, threads_before = None, None, None, torch.get_num_threads()
+    cache = Path(reference_cache) if reference_cache is not None else None
+    key = reference_key(wm, agent_steps, num_envs, frame_stack, seed,
+                        max(1, threads_before // 2) if parallel else threads_before)
+    reused = None
+    if cache is not None and all(p.exists() for p in _cache_paths(cache, key)):
+        zip_path, meta_path = _cache_paths(cache, key)
+        meta = json.loads(meta_path.read_text())
+        if meta["key"] != key:
+            raise UserError(f"{meta_path} holds another reference agent (a hash collision?): remove it")
+        agent_real, t_real = PPO.load(zip_path, device="cpu"), float(meta["train_s"])
+        reused = {"path": str(zip_path), "machine": meta["machine"]}
+        say(f"PPO in the real env: reusing {zip_path} (trained {meta['machine']['date'][:19]})")
+        parallel = False
     if parallel:
         threads = max(1, torch.get_num_threads() // 2)
         torch.set_num_threads(threads)
@@ -207,20 +266,25 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
                                      on_rollout_end=reclaim_threads))
         t_imagined = time.perf_counter() - t0
         say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
-        if real_job is None:
+        if reused is not None:
+            curves["real_trained"] = meta["curve"]
+        elif real_job is None:
             agent_real, curves["real_trained"], t_real = _train_real(
                 world_model, agent_steps, num_envs, frame_stack, seed,
                 label="PPO in the real env" if progress else None)
         else:
             saved, curves["real_trained"], t_real = real_job.result()
             agent_real = PPO.load(saved, device="cpu")
+        if cache is not None and reused is None:
+            _store_reference(cache, key, agent_real, curves["real_trained"], t_real)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         if tmp is not None:
             tmp.cleanup()
         torch.set_num_threads(threads_before)
-    say(f"PPO in the real env: {agent_steps} steps in {t_real:.0f}s")
+    if reused is None:
+        say(f"PPO in the real env: {agent_steps} steps in {t_real:.0f}s")
 
     from diffusion_world.envs import make_real_env
 
@@ -257,7 +321,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"],
                         "stochastic": stochastic["imagination"]},
         "real_trained": {**_summary(real), "train_s": t_real, "curve": curves["real_trained"],
-                         "stochastic": stochastic["real_trained"]},
+                         "stochastic": stochastic["real_trained"], **({"reused": reused} if reused else {})},
         "random": _summary(rand),
         "in_imagination": {"horizon": h_imag, **in_imagination},
     }

@@ -17,7 +17,7 @@ from diffusion_world.errors import UserError
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
-                 "reset_mode": ("rl",), "horizon": ("rl",),
+                 "reset_mode": ("rl",), "horizon": ("rl",), "reference_cache": ("rl",),
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play")}
 
 
@@ -27,20 +27,21 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
                   seed: int | Sequence[int] | None = None, sampler_steps: int | None = None,
                   history_guidance: float | None = None, reset_mode: str | None = None,
-                  horizon: int | None = None) -> Path:
+                  horizon: int | None = None, reference_cache: str | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
     ``[imagination] sampler_steps``, which overrides the checkpoint's; so does ``history_guidance`` (the
     sampler's w, 1 = off). ``seed`` (rl): one seed, or several: see
     :func:`run_rl_seeds`. ``reset_mode`` and ``horizon`` (rl): where the imagined episodes the agent trains in
     start (``"episode_start"``, the default, or ``"anywhere"`` in the dataset) and where they are cut (default:
     the card's ``[imagination] horizon``, else the checkpoint's), e.g. DIAMOND's short imagined episodes from
-    real states: ``reset_mode="anywhere", horizon=15``."""
+    real states: ``reset_mode="anywhere", horizon=15``. ``reference_cache`` (rl): a directory that keeps the
+    real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`)."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
     given = {"termination": termination is not None, "agent_steps": agent_steps is not None, "parallel": parallel,
              "seed": seed is not None, "short_memory": short_memory is not None,
              "dataset_id": dataset_id is not None, "reset_mode": reset_mode is not None,
-             "horizon": horizon is not None}
+             "horizon": horizon is not None, "reference_cache": reference_cache is not None}
     for option, is_given in given.items():
         if is_given and suite not in OPTION_SUITES[option]:
             raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
@@ -54,7 +55,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
                                 termination=termination, agent_steps=agent_steps, parallel=parallel,
                                 sampler_steps=sampler_steps, history_guidance=history_guidance,
-                                reset_mode=reset_mode, horizon=horizon)
+                                reset_mode=reset_mode, horizon=horizon, reference_cache=reference_cache)
         seed = seeds[0]
     for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps), ("horizon", horizon)):
         if value is not None and value < 1:
@@ -127,7 +128,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         settings = _rl_settings(quick, termination, agent_steps, K, w, reset_mode, horizon)
         result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
-                        imagination_kwargs=settings["imagination_kwargs"] or None)
+                        imagination_kwargs=settings["imagination_kwargs"] or None, reference_cache=reference_cache)
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out / f"{stem}.png")
     else:
