@@ -227,9 +227,11 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
     for path in results.glob("*.json"):
         if "headline" in json.loads(path.read_text()):  # current results with their table, archived ones named
             sampler_table = text.split("#### Sampler settings")[1].split("####")[0]
+            training_table = text.split("#### Training in imagination")[1].split("####")[0]
             assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
                     or path.stem in in_sweep  # a seed sweep's rows name each seed's result
-                    or f"`{path.stem}`" in sampler_table)  # so does the sampler table its variants
+                    or f"`{path.stem}`" in sampler_table  # so does the sampler table its variants
+                    or f"`{path.stem}`" in training_table)  # and the training table the other RL recipes
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 
@@ -599,6 +601,40 @@ def test_glance_table_answers_from_current_results_only() -> None:
     other = {k: {**v, "model_sha256": "cd"} if k != "fidelity" else v for k, v in results.items()}
     assert glance_markdown(other).count("\n| ") == 2
     assert glance_markdown({k: v for k, v in results.items() if k != "fidelity"}) is None
+
+
+def test_rl_recipe_table_compares_training_recipes_on_common_seeds() -> None:
+    """The training table has one row per seed sweep of the current model at its default sampler settings, each
+    compared on the seeds all of them ran; the at-a-glance table keeps only the sweep whose imagined episodes
+    start and end as real ones do."""
+    from diffusion_world.bench.report import glance_markdown, rl_recipes_markdown
+
+    model = {"world_model": "m", "checkpoint_step": 5, "model_sha256": "ab"}
+
+    def sweep(seeds: dict[int, float], **kwargs: object) -> dict:
+        per_seed = {str(s): {"imagination": v, "imagination_sampled": v / 2, "imagination_in_imagination": 2 * v,
+                             "real_trained": 70.0 + s, "real_trained_in_imagination": 90.0} for s, v in seeds.items()}
+        mean = float(np.mean(list(seeds.values())))
+        return {**model, "agent_steps": 50000, "seeds": sorted(seeds), "per_seed": per_seed,
+                "imagination_kwargs": {"termination": "sample", "sampler_steps": 3, **kwargs},
+                "across_seeds": {k: {"mean": mean, "std": 0.0} for k in ("imagination", "real_trained", "random")}}
+
+    results = {"fidelity": {**model, "sampler_steps": 3, "context_frames": 4},
+               "rl_seeds": sweep({0: 100.0, 1: 40.0, 2: 10.0}),
+               "rl_anywhere_seeds": sweep({0: 30.0, 1: 10.0}, reset_mode="anywhere", horizon=15),
+               "rl_hg2_seeds": sweep({0: 1.0, 1: 1.0}, history_guidance=2.0),
+               "rl_old_seeds": {**sweep({0: 1.0, 1: 1.0}), "model_sha256": "cd"}}
+    rows = [line.split(" | ") for line in rl_recipes_markdown(results).splitlines()[2:] if line.startswith("| ")]
+    assert [r[0] for r in rows] == ["| sampled, episode starts, the env's horizon",
+                                    "| sampled, anywhere in the data, cut at 15 steps"]
+    # seeds 0 and 1 only: seed 2 of the first sweep is left out of the comparison
+    assert [r[2:6] for r in rows] == [["70.0 ± 30.0", "35.0 ± 15.0", "140.0 ± 60.0", "70.5 ± 0.5"],
+                                      ["20.0 ± 10.0", "10.0 ± 5.0", "40.0 ± 20.0", "70.5 ± 0.5"]]
+    assert rows[1][-1] == "`rl_anywhere_seeds` |" and "seeds 0, 1" in rl_recipes_markdown(results)
+    glance = glance_markdown(results)
+    assert "`rl_seeds`" in glance and "rl_anywhere_seeds" not in glance and "the training table" in glance
+    # one sweep: no table to compare
+    assert rl_recipes_markdown({k: v for k, v in results.items() if k != "rl_anywhere_seeds"}) is None
 
 
 def _fake_rl(calls: list[int]):

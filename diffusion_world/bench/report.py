@@ -387,18 +387,78 @@ def _default_settings(r: dict[str, Any], fid: dict[str, Any]) -> bool:
     return int(k) == int(fid["sampler_steps"]) and _guidance(r) == _guidance(fid)
 
 
+def _default_episodes(r: dict[str, Any]) -> bool:
+    """Whether an rl result's agent trained in imagined episodes that start where real ones do and run to the
+    env's own horizon (no ``reset_mode`` / ``horizon`` given)."""
+    kw = r.get("imagination_kwargs") or {}
+    return kw.get("reset_mode", "episode_start") == "episode_start" and kw.get("horizon") is None
+
+
+RECIPES_TITLE = "Training in imagination: where imagined episodes start, how long they run"
+
+
+def _recipe_sweeps(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The rl seed sweeps (``rl_*_seeds``) of the current model (fidelity's checkpoint, default sampler)."""
+    fid = results.get("fidelity")
+    if not fid or "checkpoint_step" not in fid or "sampler_steps" not in fid:
+        return []
+    return sorted(stem for stem, r in results.items() if stem.startswith("rl_") and stem.endswith("_seeds")
+                  and "per_seed" in r and _on_checkpoint(r, fid) and _default_settings(r, fid))
+
+
+def rl_recipes_markdown(results: dict[str, dict[str, Any]]) -> str | None:
+    """One row per way of training PPO in the current model's imagination (a seed sweep each): how imagined
+    episodes end, where they start (``reset_mode``) and where they are cut (``horizon``). Every row is compared
+    on the seeds all the sweeps ran, next to PPO trained in the real env on those seeds. None with fewer than
+    two sweeps."""
+    import numpy as np
+
+    stems = _recipe_sweeps(results)
+    if len(stems) < 2:
+        return None
+    seeds = sorted(set.intersection(*(set(map(int, results[s]["seeds"])) for s in stems)))
+    if not seeds:
+        return None
+
+    def over(r: dict[str, Any], key: str) -> str:
+        values = np.array([r["per_seed"][str(s)][key] for s in seeds])
+        return f"{values.mean():.1f} ± {values.std():.1f}"
+
+    lines = ["| imagined episodes the agent trains in: terminations, start, length | PPO steps | PPO in imagination: "
+             "real-env return | same, sampled actions | its return in imagination | PPO in the real env: real-env "
+             "return | its return in imagination | result |", "|---" * 8 + "|"]
+    for stem in sorted(stems, key=lambda s: (not _default_episodes(results[s]), s)):
+        r = results[stem]
+        kw = r.get("imagination_kwargs") or {}
+        start = "anywhere in the data" if kw.get("reset_mode") == "anywhere" else "episode starts"
+        length = f"cut at {kw['horizon']} steps" if kw.get("horizon") is not None else "the env's horizon"
+        label = f"{'sampled' if kw.get('termination') == 'sample' else 'thresholded'}, {start}, {length}"
+        lines.append(f"| {label} | {r['agent_steps']:,} | "
+                     f"{over(r, 'imagination')} | {over(r, 'imagination_sampled')} | "
+                     f"{over(r, 'imagination_in_imagination')} | {over(r, 'real_trained')} | "
+                     f"{over(r, 'real_trained_in_imagination')} | `{stem}` |")
+    note = (f"Mean ± std over seeds {', '.join(map(str, seeds))} (the seeds every row ran; each sweep's own table, "
+            "with all its seeds, is in `benchmarks/README.md`). Episodes start where real ones do and run to the "
+            "env's horizon unless the agent trained with `benchmark rl --reset-mode anywhere --horizon H`. "
+            "Returns in imagination play whole episodes from episode starts whatever the training episodes were, "
+            "so they compare across rows; an agent that earns far more there than in the real env exploits the "
+            "model.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     """One row per question a user asks of the imagined env, each answered by a current result (run on
-    ``fidelity.json``'s checkpoint with its sampler settings) next to its reference: the real env, repeating the
-    last real frame, or PPO trained in the real env. A row whose result is missing, or ran on another checkpoint
-    or setting, is left out. None without a current ``fidelity`` result."""
+    ``fidelity.json``'s checkpoint with its sampler settings; PPO trained in imagined episodes that start and end
+    as real ones do) next to its reference: the real env, repeating the last real frame, or PPO trained in the
+    real env. A row whose result is missing, or ran on another checkpoint or setting, is left out. None without a
+    current ``fidelity`` result."""
     fid = results.get("fidelity")
     if not fid or "checkpoint_step" not in fid or "sampler_steps" not in fid:
         return None
 
     def current(stem: str) -> dict[str, Any] | None:
         r = results.get(stem)
-        return r if r and _on_checkpoint(r, fid) and _default_settings(r, fid) else None
+        return r if r and _on_checkpoint(r, fid) and _default_settings(r, fid) and _default_episodes(r) else None
 
     def at(table: dict[str, Any], hs: list[int]) -> str:
         return " / ".join(f"{table[str(h)]['psnr']['mean']:.2f}" for h in hs)
@@ -464,7 +524,9 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     note = (f"Checkpoint step {fid['checkpoint_step']}, the settings `gym.make` uses "
             f"(K={fid['sampler_steps']} denoiser calls per frame"
             + (f", history guidance w={_guidance(fid):g}" if _guidance(fid) != 1.0 else ", no history guidance")
-            + "); each result's full table is below. Other sampler settings: the sampler table.")
+            + "); each result's full table is below. Other sampler settings: the sampler table"
+            + ("; other ways of training PPO in imagination: the training table" if rl_recipes_markdown(results)
+               else "") + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -486,6 +548,9 @@ def make_readme(results_dir: str | Path, out: str | Path) -> str:
     sampler = sampler_steps_markdown(results)
     if sampler:
         parts.append(f"### {SAMPLER_TITLE}\n\n{sampler}")
+    recipes = rl_recipes_markdown(results)
+    if recipes:
+        parts.append(f"### {RECIPES_TITLE}\n\n{recipes}")
     for stem, r in results.items():
         parts.append(render(stem, r))
     text = "\n".join(parts)
@@ -513,14 +578,19 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     sampler = sampler_steps_markdown(results)
     if sampler:
         parts.append(f"#### {SAMPLER_TITLE}\n\n{sampler}")
+    recipes = rl_recipes_markdown(results)
+    if recipes:
+        parts.append(f"#### {RECIPES_TITLE}\n\n{recipes}")
     # a seed sweep's per-seed results are summed up by its own table, and the sampler variants of the current
     # model by the sampler table (each in full in benchmarks/README.md)
     in_sweep = {row["result"] for r in results.values() for row in r.get("per_seed", {}).values()}
     in_sampler_table = {stem for stem, r in results.items() for base in ("fidelity", *SAMPLER_FAMILIES)
                         if sampler and stem != base and sampler_variant(stem, base) and base in results
                         and same_model(r, results[base])}
+    # and the seed sweeps of other training recipes by the recipe table
+    in_recipe_table = {stem for stem in _recipe_sweeps(results) if recipes and not _default_episodes(results[stem])}
     for stem, r in results.items():
-        if "headline" not in r or stem in in_sweep or stem in in_sampler_table:
+        if "headline" not in r or stem in in_sweep or stem in in_sampler_table or stem in in_recipe_table:
             continue
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)
