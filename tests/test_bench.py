@@ -649,7 +649,8 @@ def _fake_rl(calls: list[int]):
         return {"world_model": world_model, "checkpoint_step": 7, "agent_steps": agent_steps, "seed": seed,
                 "num_envs": 2, "frame_stack": 2, "eval_episodes": eval_episodes,
                 "imagination_kwargs": kwargs.get("imagination_kwargs") or {},
-                "imagination": {**summary(10.0 + 30 * seed), "train_s": 1.0, "curve": [[32, 5.0, 5.0, 1]],
+                "imagination": {**summary(10.0 + 30 * seed), "train_s": 1.0,  # training returns 1 + seed .. 7 + seed
+                                "curve": [[32 * i, float(i + seed), 5.0, 1] for i in range(1, 8)],
                                 "stochastic": summary(9.0 + seed)},
                 "real_trained": {**summary(50.0 + seed), "train_s": 1.0, "curve": [[32, 5.0, 5.0, 1]],
                                  "stochastic": summary(40.0)},
@@ -681,8 +682,12 @@ def test_rl_seed_sweep_writes_each_seed_and_their_spread_and_resumes(tiny_world_
     assert spread == {"mean": np.mean(imag), "std": np.std(imag), "min": min(imag), "max": max(imag), "n": 2}
     assert summary["per_seed"]["1"]["imagination_sampled"] == per_seed[1]["imagination"]["stochastic"]["mean"]
     assert summary["per_seed"]["0"]["real_trained_in_imagination"] == 12.0
+    # the training return at the end: the last 5 rollouts of the curve (returns 3..7, plus the seed)
+    assert [summary["per_seed"][s]["imagination_training_end"] for s in ("0", "1")] == [5.0, 6.0]
+    assert summary["across_seeds"]["imagination_training_end"]["mean"] == 5.5
     text = (tmp_path / "rl_sweep_seeds.md").read_text()
     assert "| mean ± std over seeds | 25.0 ± 15.0 |" in text and "`rl_sweep_seed1`" in text
+    assert "training return, last 5 rollouts |\n" in text and "| 5.5 ± 0.5 |\n" in text
 
     # adding a seed runs only that seed; the others are read back from their files
     assert main([*args, "--seed", "0", "1", "2"]) == 0

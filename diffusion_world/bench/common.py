@@ -81,3 +81,15 @@ def sampler_label(r: dict[str, Any]) -> str:
     """How a result's imagined frames were sampled, for its Markdown: ``K=3``, or ``K=3, history guidance w=2``."""
     w = r.get("history_guidance")
     return f"K={r['sampler_steps']}" + (f", history guidance w={w:g}" if w is not None else "")
+
+
+# the imagination agent's training return at the end: the mean over its last rollouts of the return of the
+# imagined episodes that ended in each (the learning curve); high next to a low real-env return = exploitation
+TRAINING_END_ROLLOUTS = 5
+
+
+def training_end_return(r: dict[str, Any], rollouts: int = TRAINING_END_ROLLOUTS) -> float | None:
+    """The mean return in the env it trains in of a ``benchmark rl`` result's imagination agent over the last
+    ``rollouts`` rollouts of its learning curve (None without one)."""
+    curve = (r.get("imagination") or {}).get("curve") or []
+    return float(sum(c[1] for c in curve[-rollouts:]) / len(curve[-rollouts:])) if curve else None

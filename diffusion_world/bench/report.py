@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusion_world.bench.common import sampler_label
+from diffusion_world.bench.common import TRAINING_END_ROLLOUTS, sampler_label
 
 
 def _f(v: Any, digits: int = 2) -> str:
@@ -140,22 +140,28 @@ def rl_seeds_markdown(r: dict[str, Any]) -> str:
     cols = [("imagination", "PPO in imagination: real-env return"), ("imagination_sampled", "same, sampled actions"),
             ("real_trained", "PPO in the real env"), ("random", "random"),
             ("imagination_in_imagination", "PPO in imagination: return in imagination"),
-            ("real_trained_in_imagination", "PPO in the real env: return in imagination")]
+            ("real_trained_in_imagination", "PPO in the real env: return in imagination"),
+            ("imagination_training_end", f"PPO in imagination: training return, last {TRAINING_END_ROLLOUTS} "
+                                         f"rollouts")]
+    cols = [c for c in cols if any(c[0] in row for row in r["per_seed"].values())]  # older results lack some
     settings = f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in kw.items())}" if kw else ""
     lines = [f"PPO for {r['agent_steps']:,} steps per agent, {len(r['seeds'])} seeds (agents, envs and evaluation "
              f"episodes; {r['eval_episodes']} real-env episodes each); world model at training step "
              f"{r.get('checkpoint_step')}{settings}. Each seed's own table is in `benchmarks/README.md`.", "",
              "| seed | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for s, row in r["per_seed"].items():
-        lines.append(f"| {s} (`{row['result']}`) | " + " | ".join(_f(row[k], 1) for k, _ in cols) + " |")
+        lines.append(f"| {s} (`{row['result']}`) | " + " | ".join(_f(row.get(k), 1) for k, _ in cols) + " |")
     spread = r["across_seeds"]
     lines.append("| mean ± std over seeds | " + " | ".join(
         f"{spread[k]['mean']:.1f} ± {spread[k]['std']:.1f}" if spread.get(k) else "–" for k, _ in cols) + " |")
     lines.append("| range | " + " | ".join(
         f"{spread[k]['min']:.1f} – {spread[k]['max']:.1f}" if spread.get(k) else "–" for k, _ in cols) + " |")
     cpus = sorted({row.get("cpu") or "?" for row in r["per_seed"].values()})
-    return "\n".join(lines) + "\n\nStd over seeds is the population std of the seeds' mean returns. " + (
-        f"Seeds ran on: {', '.join(cpus)}." if cpus else "")
+    training = (f" Training return: the imagined return of the episodes that ended in each of the imagination "
+                f"agent's last {TRAINING_END_ROLLOUTS} rollouts; high next to a low real-env return, the agent "
+                f"found what the model lets it get away with." if cols[-1][0] == "imagination_training_end" else "")
+    note = "Std over seeds is the population std of the seeds' mean returns." + training
+    return "\n".join(lines) + "\n\n" + note + (f" Seeds ran on: {', '.join(cpus)}." if cpus else "")
 
 
 def rl_markdown(r: dict[str, Any]) -> str:

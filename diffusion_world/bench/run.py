@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusion_world.bench.common import machine_info, write_result
+from diffusion_world.bench.common import machine_info, training_end_return, write_result
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.checkpoint import check_device
 from diffusion_world.errors import UserError
@@ -209,9 +209,10 @@ def seeds_summary(per_seed: dict[str, dict[str, Any]], stem: str) -> dict[str, A
             for k in where:
                 v = v.get(k) if isinstance(v, dict) else None
             row[key] = v
+        row["imagination_training_end"] = training_end_return(r)
         rows[s] = row
     spread: dict[str, Any] = {}
-    for key, _ in SEED_VALUES:
+    for key in [key for key, _ in SEED_VALUES] + ["imagination_training_end"]:
         vals = np.array([row[key] for row in rows.values() if row[key] is not None], dtype=float)
         spread[key] = ({"mean": float(vals.mean()), "std": float(vals.std()), "min": float(vals.min()),
                         "max": float(vals.max()), "n": len(vals)} if len(vals) else None)
