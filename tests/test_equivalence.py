@@ -246,3 +246,84 @@ def test_presets_build() -> None:
         cfg = preset_config(name)
         assert dataclasses.asdict(cfg)["frame_size"] == cfg.frame_size
         DartWorldModel(cfg)
+
+
+def test_inference_weight_memo_follows_every_weight_update() -> None:
+    """(8) Without autograd the normalised weight is memoised; every in-place update of the weight or its gain
+    (optimiser step, load_state_dict, EMA lerp_, forced normalisation) must show in the next call."""
+    torch.manual_seed(0)
+    conv = MPConv(8, 4, (3, 3))
+    gain = torch.nn.Parameter(torch.tensor(0.7))
+    x = torch.randn(2, 8, 5, 5)
+
+    def fresh() -> torch.Tensor:  # the reference: normalise now, NCHW, no memo
+        return torch.nn.functional.conv2d(x, conv.normalized_weight(gain).detach(), padding=1)
+
+    def memoised() -> torch.Tensor:
+        with torch.no_grad():
+            return conv(x, gain=gain)
+
+    first = memoised()
+    torch.testing.assert_close(first, fresh())
+    assert memoised().data_ptr() != first.data_ptr() and torch.equal(memoised(), first)  # served from the memo
+    opt = torch.optim.SGD([conv.weight, gain], lr=0.5)
+    (conv(x, gain=gain) ** 2).mean().backward()  # with autograd: no memo, gradients reach weight and gain
+    assert conv.weight.grad is not None and gain.grad is not None
+    opt.step()
+    updates = [lambda: None,  # the optimiser step just taken
+               lambda: conv.load_state_dict({"weight": torch.randn(4, 8, 3, 3)}),
+               lambda: conv.weight.lerp_(torch.randn(4, 8, 3, 3), 0.3),
+               lambda: gain.mul_(2.0)]
+    previous = first
+    for update in updates:
+        with torch.no_grad():
+            update()
+        now = memoised()
+        torch.testing.assert_close(now, fresh())
+        assert not torch.allclose(now, previous)
+        previous = now
+    with torch.no_grad():
+        for p in (conv.weight, gain):
+            p.requires_grad_(False)
+        assert torch.equal(conv(x, gain=gain), memoised())  # frozen params, grad mode on: memo too
+
+
+def test_channels_last_cpu_convolutions_equal_nchw() -> None:
+    """(9) CPU convolutions and decoder concatenations run channels-last (fast path); their values equal the
+    NCHW reference up to fp32 rounding, and the concatenation is exact."""
+    from diffusion_world.model.mp import conv2d
+
+    g = torch.Generator().manual_seed(0)
+    for B, C, O, k in ((1, 16, 32, 3), (3, 32, 16, 3), (2, 16, 48, 1)):
+        x, w = torch.randn(B, C, 9, 9, generator=g), torch.randn(O, C, k, k, generator=g)
+        y = conv2d(x, w)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=k // 2), atol=1e-4, rtol=1e-5)
+    a = torch.randn(1, 8, 4, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(1, 6, 4, 4, generator=g)
+    with torch.no_grad():
+        fast = mp_cat(a, b, dim=1, t=0.3)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fast, mp_cat(a.contiguous(), b, dim=1, t=0.3))  # grad mode: plain torch.cat
+
+
+def test_fp32_inference_fast_path_equals_recomputed_weights() -> None:
+    """(10) An fp32 model's cached generation under no_grad (memoised weights, cached attention masks) equals
+    the same calls with every weight normalised afresh (autograd on: no memo), bit for bit."""
+    model = make_model().float()
+    inp = {k: (v.float() if v.is_floating_point() else v) for k, v in make_inputs(model, B=2, T=4).items()}
+
+    def generate(no_grad: bool) -> list[torch.Tensor]:
+        state = model.new_state(2)
+        with torch.set_grad_enabled(not no_grad):
+            model.warmup(state, inp["x_clean"][:, :2], 0.01, inp["actions"][:, :2], inp["has_action"][:, :2])
+            outs = []
+            for t in range(2, 4):
+                for s in (2.0, 0.5):  # two denoiser calls against the same caches, then the commit
+                    outs.append(model.denoise_step(state, inp["x_noisy"][:, t], torch.full((2,), s),
+                                                   inp["actions"][:, t], inp["has_action"][:, t]).detach())
+                outs.extend(o.detach() for o in model.commit(state))
+        return outs
+
+    for a, b in zip(generate(no_grad=True), generate(no_grad=False)):
+        assert torch.equal(a, b)

@@ -42,7 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from diffusion_world.model.config import ModelConfig
-from diffusion_world.model.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from diffusion_world.model.mp import MPConv, MPFourier, compute_dtype, conv2d, mp_cat, mp_silu, mp_sum, normalize
 
 AttnBackend = Literal["sdpa", "flex"]
 
@@ -63,7 +63,7 @@ class InferenceState:
     conv: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, k-1, C, H, W) last clean inputs
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, heads, W, n, d), RoPE applied
     values: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, heads, W, n, d)
-    temporal: dict[str, torch.Tensor] = field(default_factory=dict)  # this env step's causal-conv sums
+    temporal: dict[str, torch.Tensor] = field(default_factory=dict)  # this env step's causal-conv sums, masks
     pending: dict[str, torch.Tensor] = field(default_factory=dict)  # last denoiser call's cache entries
     # history guidance (diffusion.sampler): the same rollouts with their context held at a higher noise level
     guide: InferenceState | None = None
@@ -190,17 +190,22 @@ class CausalConv(nn.Module):
         that follow the first k-1 (B, num_new, C_out, H, W), as one conv over the stacked previous inputs.
         With num_new=1 and past = the cache, that is the next frame's sum (its own input is not read)."""
         B = past.shape[0]
-        stacked = torch.cat([past[:, self.k - 1 - j: self.k - 1 - j + num_new] for j in range(1, self.k)], dim=2)
-        y = F.conv2d(stacked.flatten(0, 1), w_past, padding=1)
-        return y.unflatten(0, (B, num_new))
+        # concatenated on 4-D views: that keeps a channels-last layout (a 5-D concatenation would not)
+        stacked = torch.cat([past[:, self.k - 1 - j: self.k - 1 - j + num_new].flatten(0, 1)
+                             for j in range(1, self.k)], dim=1)
+        return conv2d(stacked, w_past).unflatten(0, (B, num_new))
 
     def forward(self, x: torch.Tensor, p: _Pass) -> torch.Tensor:
         B, Fr = x.shape[:2]
-        w = self.conv.normalized_weight().to(x.dtype)  # (out, in, k, 3, 3)
-        y = F.conv2d(x.flatten(0, 1), w[:, :, 0], padding=1).unflatten(0, (B, Fr))
+        dtype = compute_dtype(x)
+        # w: (out, in, k, 3, 3); tap 0 acts on the frame itself, taps j=1..k-1 (stacked along in-channels) on
+        # the k-1 previous clean inputs
+        y = conv2d(x.flatten(0, 1), self.conv.weight_for(dtype, tag="now", derive=lambda w: w[:, :, 0]))
+        y = y.unflatten(0, (B, Fr))
         if self.k == 1:
             return y
-        w_past = torch.cat([w[:, :, j] for j in range(1, self.k)], dim=1)  # taps j=1..k-1 along in-channels
+        w_past = self.conv.weight_for(dtype, tag="past", derive=lambda w: torch.cat(
+            [w[:, :, j] for j in range(1, self.k)], dim=1))
         pad_shape = (B, self.k - 1, *x.shape[2:])
         if p.mode == "train":
             T = p.num_clean
@@ -250,7 +255,10 @@ class Attention(nn.Module):
         else:
             q, k = _rope(q, p.positions, self.rope_base), _rope(k, p.positions, self.rope_base)
             y = self._video(q, k, v, p)
-        y = rearrange(y, "b h f (y x) d -> (b f) (h d) y x", y=H)
+        if y.is_cpu:  # straight into the channels-last layout the CPU convolutions use (mp.conv2d)
+            y = rearrange(y, "b h f (y x) d -> (b f) y x (h d)", y=H).permute(0, 3, 1, 2)
+        else:
+            y = rearrange(y, "b h f (y x) d -> (b f) (h d) y x", y=H)
         return self.proj(y).unflatten(0, (B, Fr))
 
     def _video(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: _Pass) -> torch.Tensor:
@@ -272,11 +280,17 @@ class Attention(nn.Module):
             state.values[self.name] = v.new_zeros((B, h, Wn, n, d))
         ck, cv = state.keys[self.name], state.values[self.name]
         q_pos = p.positions  # (B, F)
-        # cached frame j visible to query t iff present and t-W <= j < t (j < t holds by construction)
-        cache_ok = (state.slot_pos[:, None, :] >= 0) & (state.slot_pos[:, None, :] >= q_pos[:, :, None] - Wn)
-        new_ok = (q_pos[:, None, :] <= q_pos[:, :, None]) & (q_pos[:, None, :] >= q_pos[:, :, None] - Wn)
-        frame_ok = torch.cat([cache_ok, new_ok], dim=2)  # (B, F, W+F)
-        mask = frame_ok.repeat_interleave(n, 1).repeat_interleave(n, 2)[:, None]  # (B, 1, F*n, (W+F)*n)
+        mask = state.temporal.get(f"mask{n}") if p.mode == "step" else None  # one per env step and token count
+        if mask is None:
+            # cached frame j visible to query t iff present and t-W <= j < t (j < t holds by construction)
+            cache_ok = (state.slot_pos[:, None, :] >= 0) & (state.slot_pos[:, None, :] >= q_pos[:, :, None] - Wn)
+            new_ok = (q_pos[:, None, :] <= q_pos[:, :, None]) & (q_pos[:, None, :] >= q_pos[:, :, None] - Wn)
+            frame_ok = torch.cat([cache_ok, new_ok], dim=2)  # (B, F, W+F)
+            # (B, 1, F*n, (W+F)*n); one query row broadcast over the tokens when F = 1
+            mask = frame_ok.repeat_interleave(n, 2)
+            mask = (mask if Fr == 1 else mask.repeat_interleave(n, 1))[:, None]
+            if p.mode == "step":
+                state.temporal[f"mask{n}"] = mask
         keys = torch.cat([flat(ck), flat(k)], dim=2)
         values = torch.cat([flat(cv), flat(v)], dim=2)
         y = F.scaled_dot_product_attention(flat(q), keys, values, attn_mask=mask)
@@ -485,8 +499,9 @@ class DartWorldModel(nn.Module):
         x, emb = x[:, decode], emb[:, decode]
         skips = [s[:, decode] for s in skips]
         for block in self.dec:
-            if block.uses_skip:
-                x = mp_cat(x, skips.pop(), dim=2, t=self.cfg.concat_balance)
+            if block.uses_skip:  # on 4-D views, which keeps a channels-last layout (see _past_sum)
+                x = mp_cat(x.flatten(0, 1), skips.pop().flatten(0, 1), dim=1,
+                           t=self.cfg.concat_balance).unflatten(0, x.shape[:2])
             x = block(x, emb, p)
         out = self.conv_out(mp_silu(x).flatten(0, 1), gain=self.out_gain)
         return out.unflatten(0, x.shape[:2]), features

@@ -8,6 +8,7 @@ activations neither grow nor shrink through the network and no normalisation lay
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,7 +42,14 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
     c = math.sqrt((na + nb) / ((1 - t) ** 2 + t**2))
     wa = c / math.sqrt(na) * (1 - t)
     wb = c / math.sqrt(nb) * t
-    return torch.cat([wa * a, wb * b], dim=dim)
+    parts = [wa * a, wb * b]
+    if a.ndim == 4 and dim == 1 and a.is_cpu and not torch.is_grad_enabled():
+        # keep the channels-last layout of conv2d's activations (torch.cat does not always infer it: size-1
+        # batch dims leave strides it does not recognise). Inference only: ``out=`` does not take gradients.
+        out = torch.empty((a.shape[0], na + nb, *a.shape[2:]), dtype=torch.promote_types(a.dtype, b.dtype),
+                          device=a.device, memory_format=torch.channels_last)
+        return torch.cat(parts, dim=1, out=out)
+    return torch.cat(parts, dim=dim)
 
 
 class MPFourier(nn.Module):
@@ -62,6 +70,22 @@ class MPFourier(nn.Module):
         return y.cos() * math.sqrt(2)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul or convolution of ``x`` runs in: autocast's where it is on, else ``x``'s."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Same-padded 2-D convolution. On CPU in channels-last layout: oneDNN's convolutions run several times
+    faster on NHWC than on NCHW there (``benchmarks/results/speed.json``), and elementwise ops keep the layout,
+    so after the first conversion activations stay NHWC. Values are those of NCHW up to float rounding."""
+    if x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
 class MPConv(nn.Module):
     """Convolution (or linear layer when ``kernel == ()``) with weights normalised to unit norm per output
     channel and scaled by 1/sqrt(fan_in): unit-variance in => unit-variance out. EDM2 Sec. 2.3 & App. B.2.
@@ -69,24 +93,50 @@ class MPConv(nn.Module):
     The forward pass normalises the weight (so gradients are taken through the normalisation); the training
     loop additionally calls :func:`normalize_weights_` after each optimiser step ("forced weight
     normalisation", EDM2 Sec. 2.3) so that the stored weights stay on the unit sphere.
+
+    Without autograd through the weight (inference), the weight actually used is memoised (:meth:`weight_for`)
+    until the weight or gain changes, so a frozen model normalises each weight once, not once per call.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+        self._memo: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def normalized_weight(self, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
         w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))  # fp32 even under autocast
         w = normalize(w)  # unit norm per output channel (EDM2 Eq. 66)
         return w * (gain / math.sqrt(w[0].numel()))  # 1/sqrt(fan_in): unit variance out (EDM2 Eq. 67)
 
+    def weight_for(self, dtype: torch.dtype, gain: float | torch.Tensor = 1.0, tag: str = "",
+                   derive: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``derive(normalized_weight(gain).to(dtype))`` (identity ``derive`` by default). Memoised under
+        ``tag`` while no gradient flows to the weight or gain; the memo is keyed on their version counters
+        (bumped by every in-place update: optimiser steps, ``load_state_dict``, EMA), storage, device and dtype,
+        so it never serves a stale weight."""
+        gain_grad = isinstance(gain, torch.Tensor) and gain.requires_grad
+        if (torch.is_grad_enabled() and (self.weight.requires_grad or gain_grad)) or torch.compiler.is_compiling():
+            w = self.normalized_weight(gain).to(dtype)
+            return derive(w) if derive is not None else w
+        p = self.weight
+        gain_key = (gain._version, gain.data_ptr(), gain.device) if isinstance(gain, torch.Tensor) else float(gain)
+        key = (p._version, p.data_ptr(), p.device, p.dtype, dtype, gain_key)
+        hit = self._memo.get(tag)
+        if hit is None or hit[0] != key:
+            w = self.normalized_weight(gain).to(dtype)
+            w = (derive(w) if derive is not None else w).detach()
+            if w.ndim == 4 and w.device.type == "cpu":  # the layout conv2d wants there, converted once
+                w = w.contiguous(memory_format=torch.channels_last)
+            hit = self._memo[tag] = (key, w)
+        return hit[1]
+
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
-        w = self.normalized_weight(gain).to(x.dtype)
+        w = self.weight_for(compute_dtype(x), gain)
         if w.ndim == 2:
             return x @ w.t()
         assert w.ndim == 4
-        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+        return conv2d(x, w)
 
 
 @torch.no_grad()
