@@ -61,8 +61,9 @@ class InferenceState:
     pos: torch.Tensor  # (B,) index of the next frame of each row
     slot_pos: torch.Tensor  # (B, W) frame index held in each KV slot, -1 when empty
     conv: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, k-1, C, H, W) last clean inputs
-    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, heads, W, n, d), RoPE applied
-    values: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, heads, W, n, d)
+    # (B, heads, W + 1, n, d): W ring slots (RoPE applied to keys), then the slot of the frame being denoised
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
     temporal: dict[str, torch.Tensor] = field(default_factory=dict)  # this env step's causal-conv sums, masks
     pending: dict[str, torch.Tensor] = field(default_factory=dict)  # last denoiser call's cache entries
     # history guidance (diffusion.sampler): the same rollouts with their context held at a higher noise level
@@ -249,6 +250,8 @@ class Attention(nn.Module):
         B, Fr, C, H, W = x.shape
         qkv = self.qkv(x.flatten(0, 1))  # (B*F, 3C, H, W)
         qkv = rearrange(qkv, "(b f) (h d three) y x -> three b h f (y x) d", b=B, h=self.heads, three=3)
+        if qkv.is_cpu:  # d is strided here; the per-head norm over a contiguous d is ~7x faster on CPU
+            qkv = qkv.contiguous()
         q, k, v = normalize(qkv, dim=-1).unbind(0)  # (B, h, F, n, d), unit RMS per head (cosine attention)
         if not self.video:
             y = F.scaled_dot_product_attention(q, k, v)  # each frame's n tokens attend to themselves
@@ -275,9 +278,9 @@ class Attention(nn.Module):
         state = p.state
         assert state is not None
         Wn = state.window
-        if self.name not in state.keys:
-            state.keys[self.name] = k.new_zeros((B, h, Wn, n, d))
-            state.values[self.name] = v.new_zeros((B, h, Wn, n, d))
+        if self.name not in state.keys:  # W ring slots + 1 for the frame a step is denoising
+            state.keys[self.name] = k.new_zeros((B, h, Wn + 1, n, d))
+            state.values[self.name] = v.new_zeros((B, h, Wn + 1, n, d))
         ck, cv = state.keys[self.name], state.values[self.name]
         q_pos = p.positions  # (B, F)
         mask = state.temporal.get(f"mask{n}") if p.mode == "step" else None  # one per env step and token count
@@ -291,8 +294,12 @@ class Attention(nn.Module):
             mask = (mask if Fr == 1 else mask.repeat_interleave(n, 1))[:, None]
             if p.mode == "step":
                 state.temporal[f"mask{n}"] = mask
-        keys = torch.cat([flat(ck), flat(k)], dim=2)
-        values = torch.cat([flat(cv), flat(v)], dim=2)
+        if p.mode == "step":  # the new frame goes into the spare slot: no copy of the whole cache per call
+            ck[:, :, Wn], cv[:, :, Wn] = k[:, :, 0], v[:, :, 0]
+            keys, values = flat(ck), flat(cv)
+        else:
+            keys = torch.cat([flat(ck[:, :, :Wn]), flat(k)], dim=2)
+            values = torch.cat([flat(cv[:, :, :Wn]), flat(v)], dim=2)
         y = F.scaled_dot_product_attention(flat(q), keys, values, attn_mask=mask)
         if p.mode == "clean":  # committed at once; only the last W new frames can stay in the ring
             keep = min(Fr, Wn)
