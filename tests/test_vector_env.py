@@ -158,3 +158,25 @@ def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cach
     envs.step(np.array([0, 1]))
     frames = envs.render()
     assert len(frames) == 2 and frames[0].shape == (16, 16, 3)
+
+
+def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_model: str) -> None:
+    """precision="bf16" (autocast): vector == single env as in fp32; frames within rounding of fp32's (measured on
+    the tiny model over 12 steps: mean |diff| 0.45 of 255, max 3)."""
+    N, T, seed = 3, 12, 10
+    actions = np.random.default_rng(0).integers(0, 2, (T, N))
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=N, world_model=tiny_world_model, precision="bf16")
+    assert envs.core.amp
+    obs, _ = envs.reset(seed=seed)
+    frames = [obs]
+    for a in actions:
+        frames.append(envs.step(a)[0])
+    frames_v = np.stack(frames, 1)
+    for i in range(N):
+        frames_s, _ = single_rollout(tiny_world_model, seed + i, actions[:, i], precision="bf16")
+        assert_frames_close(frames_v[i], frames_s)
+        frames_32, _ = single_rollout(tiny_world_model, seed + i, actions[:, i])
+        diff = np.abs(frames_s.astype(np.int16) - frames_32.astype(np.int16))
+        assert 0 < diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    with pytest.raises(UserError, match="precision"):
+        gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision="fp16")

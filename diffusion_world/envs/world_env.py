@@ -26,7 +26,7 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
     Args (all JSON-serialisable, so ``gym.make`` records them): ``world_model`` (checkpoint path or shipped
     name), ``dataset_id``, ``context_source``, ``context_frames``, ``horizon``, ``sampler_steps``,
     ``frame_stack``, ``device``, ``render_mode`` (``None`` or ``"rgb_array"``), ``reset_mode``,
-    ``termination_threshold``, ``termination``, ``history_guidance``; see
+    ``termination_threshold``, ``termination``, ``history_guidance``, ``precision``; see
     :class:`~diffusion_world.envs.core.ImaginationCore`.
 
     Example::
@@ -43,7 +43,7 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
                  sampler_steps: int | None = None, frame_stack: int = 1, device: str = "cpu",
                  render_mode: str | None = None, reset_mode: str = "episode_start",
                  termination_threshold: float = 0.5, termination: str = "threshold",
-                 history_guidance: float | None = None) -> None:
+                 history_guidance: float | None = None, precision: str = "fp32") -> None:
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
@@ -51,7 +51,7 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
                                     context_frames=context_frames, horizon=horizon, sampler_steps=sampler_steps,
                                     frame_stack=frame_stack, device=device, reset_mode=reset_mode,
                                     termination_threshold=termination_threshold, termination=termination,
-                                    history_guidance=history_guidance)
+                                    history_guidance=history_guidance, precision=precision)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

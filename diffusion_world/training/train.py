@@ -34,6 +34,7 @@ from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, preset_config
 from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters
 from diffusion_world.model.mp import normalize_weights_
+from diffusion_world.precision import use_bf16
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
 from diffusion_world.training.monitor import Monitor
 
@@ -140,21 +141,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then EDM2's inverse square root decay (EDM2 Sec. 2.4, Eq. 16)."""
     lr = cfg.lr / math.sqrt(max(step / cfg.lr_decay_steps, 1))
     return lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (Intel AMX or AVX512-BF16), where oneDNN runs bf16
-    convolutions ~1.7x faster than fp32 (measured on the small preset); elsewhere bf16 is emulated and slower."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # private helpers that older/newer torch may not have
-        return False
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 def _step_rng(seed: int, step: int, device: torch.device | str = "cpu") -> tuple[np.random.Generator, torch.Generator]:
