@@ -2,15 +2,18 @@
 
     python benchmarks/env_speed.py                    # small preset, 64x64, K=3 Euler steps, CPU
     python benchmarks/env_speed.py --batches 1 16 --device cuda
+    python benchmarks/env_speed.py --precision fp32 bf16  # the env's precision= settings, one sweep each
 
 A step is the whole env step: K denoiser calls, the cache update, reward and termination, uint8 frames back as
 numpy, frame stack and truncation bookkeeping. Random weights (speed does not depend on them) and random
-context frames stored in a temporary checkpoint. Writes ``benchmarks/results/env_speed.json``.
+context frames stored in a temporary checkpoint; no episode ends while timing (termination_threshold=1), so every
+timed step generates a frame. Writes ``benchmarks/results/env_speed.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -23,11 +26,14 @@ import torch
 from diffusion_world.bench.common import loadavg, write_result
 from diffusion_world.checkpoint import save_checkpoint
 from diffusion_world.envs import DiffusionWorldVectorEnv
+from diffusion_world.envs.core import PRECISIONS
 from diffusion_world.model.config import preset_config
 from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
 from diffusion_world.model.mp import normalize_weights_
+from diffusion_world.precision import use_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "env_speed.json"
+NEVER_ENDS = 1.0  # termination_threshold while timing: a probability never exceeds it
 DIAMOND_CPU_STEPS_PER_S = 4.4  # DESIGN.md section 7: DIAMOND's Atari world model on this CPU, batch 1 and 16
 
 
@@ -51,16 +57,26 @@ def random_checkpoint(path: Path, preset: str, sampler_steps: int) -> dict[str, 
             "context_window": cfg.context_window, **forward_gflops_per_frame(model.eval())}
 
 
+def speed_envs(B: int, path: Path, device: str, precision: str = "fp32") -> DiffusionWorldVectorEnv:
+    """B envs on the random checkpoint whose episodes never end: its untrained termination head fires at random,
+    and a step after an episode end is an autoreset (a context warm-up, no frame generated), which would be
+    timed as a (much cheaper) imagined step. A probability never exceeds 1."""
+    return DiffusionWorldVectorEnv(B, str(path), context_source="checkpoint", device=device, precision=precision,
+                                   termination_threshold=NEVER_ENDS)
+
+
 def step_times(envs: DiffusionWorldVectorEnv, num_steps: int) -> list[float]:
     rng = np.random.default_rng(0)
     times = []
     for _ in range(num_steps):
         actions = rng.integers(0, 4, envs.num_envs)
         t0 = time.perf_counter()
-        envs.step(actions)
+        _, _, terminated, truncated, _ = envs.step(actions)
         if envs.core.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        if (terminated | truncated).any():
+            raise RuntimeError("an episode ended while timing: the next step would time an autoreset")
     return times
 
 
@@ -72,8 +88,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0, help="time budget per batch size (after warm-up)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
+                        help="env precision(s) to sweep (default: fp32, plus bf16 where it is native)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    precisions = args.precision or ["fp32"] + (["bf16"] if use_bf16("auto", torch.device(args.device)) else [])
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = loadavg()
@@ -86,24 +105,24 @@ def main() -> None:
               f"{model_info['denoiser_call_gflops']:.2f} GFLOP per denoiser call")
 
         batches = []
-        for B in args.batches:
-            envs = DiffusionWorldVectorEnv(B, str(path), context_source="checkpoint", device=args.device)
+        for B, precision in itertools.product(args.batches, precisions):  # alternating: the same load
+            envs = speed_envs(B, path, args.device, precision)
             envs.reset(seed=0)
             step_times(envs, 2)  # warm-up (first calls allocate and pick kernels)
             times: list[float] = []
             while sum(times) < args.seconds or len(times) < 3:
                 times += step_times(envs, 1)
             median = statistics.median(times)
-            row = {"batch_size": B, "steps_timed": len(times), "median_step_s": median, "best_step_s": min(times),
-                   "env_steps_per_s": B / median, "env_steps_per_s_best_step": B / min(times),
-                   "vs_diamond_cpu": B / median / DIAMOND_CPU_STEPS_PER_S}
+            row = {"precision": precision, "batch_size": B, "steps_timed": len(times), "median_step_s": median,
+                   "best_step_s": min(times), "env_steps_per_s": B / median,
+                   "env_steps_per_s_best_step": B / min(times), "vs_diamond_cpu": B / median / DIAMOND_CPU_STEPS_PER_S}
             batches.append(row)
-            print(f"batch {B:3d}: {row['env_steps_per_s']:8.1f} env steps/s (median step {median * 1e3:.0f} ms, "
-                  f"{len(times)} steps; DIAMOND on this CPU: {DIAMOND_CPU_STEPS_PER_S})")
+            print(f"{precision} batch {B:3d}: {row['env_steps_per_s']:8.1f} env steps/s (median step "
+                  f"{median * 1e3:.0f} ms, {len(times)} steps; DIAMOND on this CPU: {DIAMOND_CPU_STEPS_PER_S})")
 
         # step time vs frames already generated, batch 1: 0 .. 4x the KV window
         window = model_info["context_window"]
-        envs = DiffusionWorldVectorEnv(1, str(path), context_source="checkpoint", device=args.device)
+        envs = speed_envs(1, path, args.device)
         envs.reset(seed=0)
         step_times(envs, 2)
         envs.reset(seed=0)
@@ -125,7 +144,8 @@ def main() -> None:
     print(f"loadavg at end: {load_end}")
     result = {"benchmark": "env_speed", "device": args.device, "sampler": {"steps": args.sampler_steps,
                                                                           "solver": "euler"},
-              "model": model_info, "batches": batches, "step_time_vs_frames_generated": vs_length,
+              "model": model_info, "termination_threshold": NEVER_ENDS, "precisions": precisions, "batches": batches,
+              "step_time_vs_frames_generated": vs_length,
               "best_step_time_ratio_4x_window_vs_1x": flat_ratio, "loadavg_before_run": load_start,
               "loadavg_at_end": load_end,
               "diamond_reference_cpu_steps_per_s": DIAMOND_CPU_STEPS_PER_S}

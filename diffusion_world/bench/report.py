@@ -108,6 +108,14 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bf16_speed(speed: dict[str, Any], batches: list[int]) -> str:
+    """The same batches with the env's ``precision="bf16"``, where the speed run measured it."""
+    sweep = {b["batch"]: b["steps_per_s"] for b in speed.get("batch_sweep_bf16") or []}
+    if not all(b in sweep for b in batches):
+        return ""
+    return f'with `precision="bf16"`: {" / ".join(f"{sweep[b]:.1f}" for b in batches)}'
+
+
 def model_speed_markdown(r: dict[str, Any]) -> str:
     lines = [f"Preset `{r['preset']}`: {r['num_parameters'] / 1e6:.2f}M parameters, "
              f"{r['denoiser_call_gflops']:.2f} GFLOP per denoiser call (incl. the once-per-step temporal part), "
@@ -123,6 +131,29 @@ def model_speed_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {row['supervision']} | {row['batch']} × {row['seq_len']} | {row['step_s']:.2f} | "
                      f"{row['supervised_frames_per_s']:.1f} |")
     lines.append(f"\nDART / last-frame supervised frames/s: {r['dart_vs_last_frame_supervised_fps_ratio']:.2f}×")
+    return "\n".join(lines)
+
+
+def env_speed_markdown(r: dict[str, Any]) -> str:
+    """``benchmarks/env_speed.py``: whole vector-env steps/s by batch size and env precision."""
+    rows = r["batches"]
+    fp32 = {row["batch_size"]: row["env_steps_per_s"] for row in rows if row.get("precision", "fp32") == "fp32"}
+    m = r["model"]
+    lines = [f"`{m['preset']}` preset, {m['num_parameters'] / 1e6:.2f}M parameters, K={r['sampler']['steps']} "
+             f"denoiser calls per step, device {r['device']}. Median step time over the run (the best step: a "
+             f"shared machine's quiet moments)."
+             + (" Every timed step generates a frame (termination_threshold=1: no episode ends, so no autoreset "
+                "is timed)." if r.get("termination_threshold") == 1.0 else ""), "",
+             "| precision | batch | env steps/s (median) | best step ms | vs fp32 | vs DIAMOND on this CPU |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        precision, B = row.get("precision", "fp32"), row["batch_size"]
+        vs = f"{row['env_steps_per_s'] / fp32[B]:.2f}×" if precision != "fp32" and B in fp32 else "–"
+        lines.append(f"| {precision} | {B} | {row['env_steps_per_s']:.1f} | {row['best_step_s'] * 1e3:.0f} | {vs} | "
+                     f"{row['env_steps_per_s'] / r['diamond_reference_cpu_steps_per_s']:.1f}× |")
+    lines.append(f"\nBest step time after 4× the KV window / after 1×: "
+                 f"{r['best_step_time_ratio_4x_window_vs_1x']:.2f} (flat = 1). DIAMOND: "
+                 f"{r['diamond_reference_cpu_steps_per_s']} steps/s at batch 1 and 16, its own code on this CPU.")
     return "\n".join(lines)
 
 
@@ -252,9 +283,9 @@ def main_job_markdown(r: dict[str, Any]) -> str:
     return summary_table(r)
 
 
-RENDERERS = {"fidelity": fidelity_markdown, "model_speed": model_speed_markdown, "rl": rl_markdown,
-             "memory": memory_markdown, "main_job": main_job_markdown, "termination": termination_markdown,
-             "control": control_markdown, "random_play": random_play_markdown}
+RENDERERS = {"env_speed": env_speed_markdown, "fidelity": fidelity_markdown, "model_speed": model_speed_markdown,
+             "rl": rl_markdown, "memory": memory_markdown, "main_job": main_job_markdown,
+             "termination": termination_markdown, "control": control_markdown, "random_play": random_play_markdown}
 
 
 # result families compared across the sampler's K: a base result and its variants `<base>_k<K>` on the same model
@@ -522,7 +553,7 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
         cpu = speed.get("machine", {}).get("gpu") or speed.get("machine", {}).get("cpu", "?")
         rows.append((f"How fast is it? Imagined steps per second, {' / '.join(map(str, batches))} env(s) in one "
                      f"batch ({speed.get('preset', '?')} preset, {speed.get('device', '?')}, {cpu})",
-                     " / ".join(f"{sweep[b]:.1f}" for b in batches), "", "speed"))
+                     " / ".join(f"{sweep[b]:.1f}" for b in batches), _bf16_speed(speed, batches), "speed"))
     if not rows:
         return None
     lines = ["| question | imagined env | reference | result |", "|---|---|---|---|"]

@@ -19,8 +19,8 @@ from diffusion_world.diffusion.sampler import SamplerConfig, edm_sigmas, sample_
 from diffusion_world.model.config import preset_config
 from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
 from diffusion_world.model.mp import normalize_weights_
+from diffusion_world.precision import cpu_has_native_bf16, use_bf16
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
-from diffusion_world.training.train import cpu_has_native_bf16, use_bf16
 
 
 def _sync(dev: torch.device) -> None:
@@ -141,15 +141,24 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
                               "device": str(dev), "amp_bf16": amp, "sampler_steps": sampler_steps,
                               **({"history_guidance": history_guidance} if sampler.guided else {}),
                               "context_window": W, "model_config": model.cfg.to_dict()}
+    batches = (1, 16) if quick else (1, 16, 64)
+    if dev.type == "cuda":
+        batches = (1, 32, 256)
+    # the sweep in the run's precision, and on a CPU with native bf16 also in the env's precision="bf16",
+    # alternating per batch size so that both see the same machine load
+    main = "bf16" if amp else "fp32"
+    precisions = [main] + (["bf16"] if not amp and cpu_has_native_bf16() else [])
+    sweeps: dict[str, list[dict]] = {p: [] for p in precisions}
+    with torch.no_grad():
+        for B, precision in itertools.product(batches, precisions):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                t, _ = env_step_time(model, B, 4, sampler, dev, repeat)
+            sweeps[precision].append({"batch": B, "step_ms": t * 1e3, "steps_per_s": B / t})
+            say({"precision": precision, **sweeps[precision][-1]})
+    result["batch_sweep"] = sweeps[main]
+    if len(precisions) > 1:
+        result["batch_sweep_bf16"] = sweeps["bf16"]
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-        batches = (1, 16) if quick else (1, 16, 64)
-        if dev.type == "cuda":
-            batches = (1, 32, 256)
-        result["batch_sweep"] = []
-        for B in batches:
-            t, _ = env_step_time(model, B, 4, sampler, dev, repeat)
-            result["batch_sweep"].append({"batch": B, "step_ms": t * 1e3, "steps_per_s": B / t})
-            say(result["batch_sweep"][-1])
         result["context_sweep"] = []
         for n in sorted({0, 1, W // 4, W // 2, W, 2 * W} | (set() if quick else {4 * W})):
             t, cached = env_step_time(model, 1, n, sampler, dev, repeat)
@@ -173,6 +182,8 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
         "device": torch.cuda.get_device_name(dev) if amp else "cpu",
         "steps_per_s_batch1": by_b.get(1),
         "steps_per_s_batch16": by_b.get(16),
+        **({f"steps_per_s_batch{r['batch']}_bf16": r["steps_per_s"] for r in result["batch_sweep_bf16"]
+            if r["batch"] in (1, 16)} if "batch_sweep_bf16" in result else {}),
         "step_time_ratio_late_vs_early": sweep[late] / sweep[min(k for k in sweep if k > 0)],
         "cached_vs_uncached_speedup": t_unc / t_c,
         "dart_vs_last_frame_supervised_fps_ratio": tr["dart"] / tr["last_frame"],
