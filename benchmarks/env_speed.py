@@ -26,11 +26,10 @@ import torch
 from diffusion_world.bench.common import loadavg, write_result
 from diffusion_world.checkpoint import save_checkpoint
 from diffusion_world.envs import DiffusionWorldVectorEnv
-from diffusion_world.envs.core import PRECISIONS
 from diffusion_world.model.config import preset_config
 from diffusion_world.model.dart import DartWorldModel, count_parameters, forward_gflops_per_frame
 from diffusion_world.model.mp import normalize_weights_
-from diffusion_world.precision import use_bf16
+from diffusion_world.precision import PRECISIONS, use_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "env_speed.json"
 NEVER_ENDS = 1.0  # termination_threshold while timing: a probability never exceeds it

@@ -183,6 +183,7 @@ def _add_play(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--sampler-steps", type=int, help="denoiser calls per step (default: the checkpoint's)")
     p.add_argument("--frame-stack", type=int, help="frames per observation (default: what --policy needs, else 1)")
     p.add_argument("--device", help="torch device, default cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="the env's precision= (default fp32)")
     p.add_argument("--fps", type=int, default=15, help="frames per second of the video, default 15")
     p.add_argument("--scale", type=int, help="upscaling factor of the frames (default: to at least 128 pixels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -241,6 +242,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--history-guidance", type=float, metavar="W",
                    help="the sampler's history guidance w (1 = off; default: the card's, else the checkpoint's); "
                         "w > 1 costs about twice the denoiser calls")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="the imagined rollouts in fp32 (default) or bf16 autocast, as the env's precision=; "
+                        "fidelity, termination, control, random_play, rl")
 
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.bench.run import run_benchmark
@@ -251,7 +255,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                              agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
                              sampler_steps=args.sampler_steps, history_guidance=args.history_guidance,
                              reset_mode=args.reset_mode, horizon=args.horizon,
-                             reference_cache=args.reference_cache)
+                             reference_cache=args.reference_cache, precision=args.precision)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

@@ -191,7 +191,8 @@ def play_from_args(args: Any) -> dict[str, Any]:
     """The ``play`` subcommand: flags -> :func:`play`, then a short summary on stdout."""
     env_kwargs = {k: v for k, v in {"dataset_id": args.dataset_id, "context_frames": args.context_frames,
                                     "sampler_steps": args.sampler_steps, "device": args.device,
-                                    "frame_stack": args.frame_stack}.items() if v is not None}
+                                    "frame_stack": args.frame_stack, "precision": args.precision}.items()
+                  if v is not None}
     summary = play(args.world_model, steps=args.steps, out=args.out, policy=args.policy,
                    compare_real=args.compare_real, seed=args.seed, fps=args.fps, scale=args.scale,
                    progress=not args.quiet, **env_kwargs)

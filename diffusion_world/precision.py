@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from diffusion_world.errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 matrix instructions (Intel AMX or AVX512-BF16), where oneDNN runs bf16
@@ -20,3 +24,15 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision != "auto":
         return precision == "bf16"
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def inference_autocast(precision: str, device: torch.device | str) -> torch.autocast:
+    """The autocast context of a model's inference calls in ``precision`` (a no-op context for fp32)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(check_precision(precision), device))

@@ -489,7 +489,7 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
 
     for option, value in (("seed", 0), ("termination", "sample"), ("agent_steps", 64), ("parallel", True),
                           ("short_memory", "short.pt"), ("dataset_id", "x/y-v0"), ("reset_mode", "anywhere"),
-                          ("horizon", 15), ("reference_cache", "refs")):
+                          ("horizon", 15), ("reference_cache", "refs"), ("precision", "bf16")):
         if suite in OPTION_SUITES[option]:
             with pytest.raises(_Called) as called:
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
@@ -497,6 +497,9 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
                 assert called.value.args[0]["imagination_kwargs"][option] == value
             if option == "reference_cache":  # not a setting of the result: the same agents either way
                 assert called.value.args[0]["reference_cache"] == value
+            if option == "precision":  # the imagined env's setting for rl, the suite's own argument otherwise
+                seen = called.value.args[0]
+                assert (seen["imagination_kwargs"] if suite == "rl" else seen)["precision"] == value
         else:
             with pytest.raises(UserError, match=f"{option} .* applies to benchmark .* only, not to {suite}"):
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
@@ -716,3 +719,37 @@ def test_readme_block_sums_up_a_seed_sweep(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "fidelity.json").write_text(json.dumps({**current, "sampler_steps": 3}))
     text = _readme_block(tmp_path, tmp_path / "README.md")
     assert "#### `rl_sweep_seeds`" in text and "#### `rl_sweep_seed0`" not in text and "`rl_sweep_seed0`" in text
+
+
+def test_precision_table(tmp_path: Path) -> None:
+    """A row per measure of each `<base>_fp32` / `<base>_bf16` pair on one model; a pair that is incomplete, on two
+    models, or mislabelled gives nothing, and the paired results get no section of their own in the README."""
+    from diffusion_world.bench.report import precision_markdown, precision_stems
+
+    model = {"world_model": "m", "checkpoint_step": 5, "sampler_steps": 3}
+
+    def control(precision: str, gain: float) -> dict:
+        return {**model, "precision": precision, "headline": {"gain_h8": gain, "accuracy_h8": 0.5}}
+
+    def play(precision: str, length: float) -> dict:
+        return {**model, "precision": precision, "headline": {"threshold_mean_length": length,
+                                                              "sampled_mean_length": length - 1,
+                                                              "real_mean_length": 19.0}}
+
+    results = {"control_fp32": control("fp32", 0.8), "control_bf16": control("bf16", 0.7),
+               "random_play_fp32": play("fp32", 30.0)}
+    assert precision_stems(results) == ["control_fp32", "control_bf16"]
+    text = precision_markdown(results)
+    assert "| action gain, 8 steps held | 0.80 | 0.70 | real env: 1 | `control_fp32`, `control_bf16` |" in text
+    assert "random-play" not in text  # no bf16 result: no row
+    results["random_play_bf16"] = play("bf16", 25.0)
+    assert "| 30.0 / 29.0 | 25.0 / 24.0 | real env: 19.0 |" in precision_markdown(results)
+    results["random_play_bf16"] = {**play("bf16", 25.0), "checkpoint_step": 6}  # another model
+    assert "random-play" not in precision_markdown(results)
+    assert precision_markdown({"control_fp32": control("fp32", 0.8), "control_bf16": control("fp32", 0.7)}) is None
+    out = tmp_path / "results"
+    out.mkdir()
+    for stem in ("control_fp32", "control_bf16"):
+        (out / f"{stem}.json").write_text(json.dumps(results[stem]))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "fp32 or bf16" in text and "`control_fp32`, `control_bf16` |" in text and "#### `control_" not in text

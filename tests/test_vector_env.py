@@ -166,7 +166,7 @@ def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_mod
     N, T, seed = 3, 12, 10
     actions = np.random.default_rng(0).integers(0, 2, (T, N))
     envs = gym.make_vec("DiffusionWorld-v0", num_envs=N, world_model=tiny_world_model, precision="bf16")
-    assert envs.core.amp
+    assert envs.core.precision == "bf16"
     obs, _ = envs.reset(seed=seed)
     frames = [obs]
     for a in actions:
@@ -180,3 +180,31 @@ def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_mod
         assert 0 < diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
     with pytest.raises(UserError, match="precision"):
         gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision="fp16")
+
+
+def test_imagine_in_bf16_returns_fp32_heads_and_frames_near_fp32(tiny_world_model: str) -> None:
+    """The benchmarks' rollouts (``imagine``) take the envs' precision: bf16 changes the frames by rounding only,
+    and the reward and termination outputs stay fp32 (numpy has no bf16)."""
+    import torch
+
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.diffusion.sampler import imagine
+
+    wm = load_world_model(tiny_world_model)
+    rng = np.random.default_rng(0)
+    B, c, S = 2, 3, 8
+    frames = torch.from_numpy(rng.integers(0, 256, (B, c, *wm.config.frame_size, 3), dtype=np.uint8))
+    actions = torch.from_numpy(rng.integers(0, 2, (B, c + S)))
+    has = torch.ones(B, c, dtype=torch.bool)
+    out = {p: imagine(wm.model, frames, actions[:, :c], has, actions[:, c:],
+                      [torch.Generator().manual_seed(i) for i in range(B)], wm.sampler_config(None, None),
+                      precision=p) for p in ("fp32", "bf16")}
+    for p in out:
+        assert out[p]["frames"].dtype == torch.uint8
+        assert out[p]["rewards"].dtype == out[p]["termination_logits"].dtype == torch.float32
+    diff = (out["bf16"]["frames"].short() - out["fp32"]["frames"].short()).abs().float()
+    assert 0 < diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    assert torch.allclose(out["bf16"]["rewards"], out["fp32"]["rewards"], atol=0.1)
+    with pytest.raises(UserError, match="precision"):
+        imagine(wm.model, frames, actions[:, :c], has, actions[:, c:], [torch.Generator()] * B,
+                wm.sampler_config(None, None), precision="half")

@@ -330,3 +330,21 @@ def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path
     assert main(["play", "--world-model", tiny_world_model, "--out", str(tmp_path / "x.avi"), "--quiet"]) == 2
     for flag in ("--fps", "--scale", "--frame-stack"):  # refused before the rollout, not a crash after it
         assert main(["play", "--world-model", tiny_world_model, "--out", str(gif), flag, "0", "--quiet"]) == 2
+    bf16 = tmp_path / "bf16.gif"  # --precision is the env's precision=
+    assert main(["play", "--world-model", tiny_world_model, "--steps", "3", "--out", str(bf16), "--precision", "bf16",
+                 "--quiet"]) == 0
+    with Image.open(bf16) as im, Image.open(gif) as im32:
+        assert im.n_frames == 4 and im.size == im32.size
+
+
+def test_play_cli_passes_precision_to_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffusion_world.play as play_module
+    from diffusion_world.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(play_module, "play", lambda *a, **kwargs: seen.update(kwargs) or {})
+    assert main(["play", "--precision", "bf16", "--quiet"]) == 0
+    assert seen["precision"] == "bf16"
+    seen.clear()
+    assert main(["play", "--quiet"]) == 0
+    assert "precision" not in seen  # the env's default

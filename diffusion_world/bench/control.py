@@ -172,7 +172,8 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
                 horizon: int = 12, samples: int = 2, context: int | None = None, sampler_steps: int | None = None,
                 history_guidance: float | None = None,
                 sigma_ctx: float | None = None, tolerance: int = 2, seed: int = 0, device: str = "cpu",
-                batch_size: int = 64, progress: bool = True, stem: str = "control") -> dict[str, Any]:
+                batch_size: int = 64, progress: bool = True, stem: str = "control",
+                precision: str = "fp32") -> dict[str, Any]:
     """Run the benchmark (see the module docstring); writes ``{stem}.png`` and ``{stem}_rollouts.png`` into
     ``out_dir`` when given."""
     from diffusion_world.envs.world_env import make_real_env
@@ -208,7 +209,8 @@ def run_control(world_model: str | WorldModel, out_dir: str | Path | None = None
         sl = slice(lo, lo + batch_size)
         gens = [torch.Generator().manual_seed(seed + lo + j) for j in range(len(ctx[sl]))]
         res = imagine(wm.model, torch.from_numpy(ctx[sl]), torch.from_numpy(ctx_actions[sl]),
-                      torch.from_numpy(ctx_has[sl]), torch.from_numpy(seq[sl]), gens, sampler, sigma_ctx=sigma_ctx)
+                      torch.from_numpy(ctx_has[sl]), torch.from_numpy(seq[sl]), gens, sampler, sigma_ctx=sigma_ctx,
+                      precision=precision)
         frames.append(res["frames"].numpy())
         probs.append(wm.termination_probability(res["termination_logits"], frames_to_x(res["frames"])).numpy())
     imagined = np.concatenate(frames).reshape(N, A, R, horizon, *real["frames"].shape[3:])

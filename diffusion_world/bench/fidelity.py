@@ -155,7 +155,8 @@ def frame_scores(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def rollout(wm: WorldModel, cache: FrameCache, starts: np.ndarray, context: int, horizon: int, sampler: SamplerConfig,
-            batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+            batch_size: int = 16, seed: int = 0, progress: bool = True,
+            precision: str = "fp32") -> dict[str, np.ndarray]:
     """Imagine ``horizon`` steps from each window's first ``context`` real frames, replaying its actions."""
     frames, rewards, terms = [], [], []
     for lo in tqdm(range(0, len(starts), batch_size), desc=f"imagine (K={sampler.num_steps})", disable=not progress,
@@ -165,7 +166,8 @@ def rollout(wm: WorldModel, cache: FrameCache, starts: np.ndarray, context: int,
         act = torch.from_numpy(cache.prev_actions[idx])
         has = torch.from_numpy(cache.has_prev_action[idx])
         gens = [torch.Generator().manual_seed(seed + lo + i) for i in range(len(idx))]
-        out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens, sampler)
+        out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens, sampler,
+                      precision=precision)
         frames.append(out["frames"].numpy())
         rewards.append(out["rewards"].numpy())
         terms.append(wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy())
@@ -237,11 +239,12 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                  horizon: int = 32, num_windows: int = 32, sampler_sweep: tuple[int, ...] = (1, 2, 3, 5, 10),
                  short_memory: str | None = None, seed: int = 0, device: str = "cpu",
                  progress: bool = True, sampler_steps: int | None = None, history_guidance: float | None = None,
-                 stem: str = "fidelity") -> dict[str, Any]:
+                 stem: str = "fidelity", precision: str = "fp32") -> dict[str, Any]:
     """Run the fidelity benchmark; returns the result dict (see module docstring). Also writes ``{stem}.png`` and
     the GIF ``{stem}_rollout.gif`` into ``out_dir``.
     ``sampler_steps``: K of the main table (default: the checkpoint's, else 3). ``history_guidance``: the
-    sampler's w at every K (default: the checkpoint's, else off)."""
+    sampler's w at every K (default: the checkpoint's, else off). ``precision``: the rollouts'
+    model calls in fp32 or bf16 autocast, as the imagined envs' ``precision``."""
     wm = load_world_model(world_model, device=device)
     ckpt = load_checkpoint(wm.path)
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
@@ -274,7 +277,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     by_k: dict[int, dict[str, np.ndarray]] = {}
     for k in ks:
         by_k[k] = rollout(wm, cache, starts, context, horizon, dataclasses.replace(sampler, num_steps=k), seed=seed,
-                          progress=progress)
+                          progress=progress, precision=precision)
     main = by_k[default_k]
     repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
     result: dict[str, Any] = {
@@ -301,7 +304,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     if short_memory:
         sm = load_world_model(short_memory, device=device)
         sm_out = rollout(sm, cache, starts, min(context, sm.config.context_window), horizon,
-                         dataclasses.replace(sampler, num_steps=default_k), seed=seed, progress=progress)
+                         dataclasses.replace(sampler, num_steps=default_k), seed=seed, progress=progress,
+                         precision=precision)
         sm_train = load_checkpoint(sm.path).get("train_config", {})
         result["short_memory"] = {"world_model": short_memory, "context_window": sm.config.context_window,
                                   "checkpoint_step": sm.step, "init_from": sm_train.get("init_from") or None,

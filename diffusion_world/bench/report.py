@@ -409,6 +409,77 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+PRECISION_TITLE = "fp32 or bf16: does the imagined env's precision change what it does?"
+# result families measured in both precisions, `<base>_fp32` and `<base>_bf16` (`benchmark --precision`)
+PRECISION_FAMILIES = ("fidelity", "termination_tails", "control", "random_play")
+
+
+def precision_stems(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The ``<base>_fp32`` / ``<base>_bf16`` pairs that the precision table compares (both present, same model)."""
+    stems = []
+    for base in PRECISION_FAMILIES:
+        a, b = results.get(f"{base}_fp32"), results.get(f"{base}_bf16")
+        if a and b and same_model(a, b) and _precision(a) == "fp32" and _precision(b) == "bf16":
+            stems += [f"{base}_fp32", f"{base}_bf16"]
+    return stems
+
+
+def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
+    """One row per measure of the ``<base>_fp32`` / ``<base>_bf16`` pairs (the same model, episodes, start states
+    and seeds, run in the two precisions of ``benchmark --precision``), and ``env_speed``'s steps/s at batch 16 in
+    both; None without a pair."""
+    stems = precision_stems(results)
+    if not stems:
+        return None
+    pairs = {stem.rsplit("_", 1)[0]: (results[stem], results[stem.replace("_fp32", "_bf16")])
+             for stem in stems if stem.endswith("_fp32")}
+    rows: list[tuple[str, Any, str, str]] = []  # (measure, value of one result, reference, source)
+    if "fidelity" in pairs:
+        fid = pairs["fidelity"][0]
+        h = str(fid["horizons"][-1])
+        rows += [(f"PSNR at 1 / 16 / {h} imagined steps (dB)",
+                  lambda r: " / ".join(f"{r['model'][k]['psnr']['mean']:.2f}" for k in ("1", "16", h)),
+                  f"repeat the last real frame at {h}: {fid['repeat_last_frame'][h]['psnr']['mean']:.2f}", "fidelity"),
+                 (f"foreground recall at {h} steps",
+                  lambda r: _f(r["foreground_recall"]["model"][h]),
+                  f"repeat-last: {_f(fid['foreground_recall']['repeat_last_frame'][h])}", "fidelity"),
+                 ("reward error per step (MAE)", lambda r: f"{r['reward_mae']:.4f}", "–", "fidelity")]
+    if "termination_tails" in pairs:
+        rows += [("terminations on time / early / missed (threshold)", lambda r: _pct(r["imagined"]), "–",
+                  "termination_tails"),
+                 ("the same (sampled)", lambda r: _pct(r["imagined_sampled"]), "–", "termination_tails")]
+    if "control" in pairs:
+        rows += [("action gain, 8 steps held", lambda r: _f(r["headline"]["gain_h8"]), "real env: 1", "control"),
+                 ("frames nearest their own action's real frame, 8 steps",
+                  lambda r: f"{100 * r['headline']['accuracy_h8']:.0f} %", "chance: 50 %", "control")]
+    if "random_play" in pairs:
+        real = pairs["random_play"][0]["headline"]["real_mean_length"]
+        rows.append(("random-play episode length: threshold / sampled",
+                     lambda r: f"{r['headline']['threshold_mean_length']:.1f} / "
+                               f"{r['headline']['sampled_mean_length']:.1f}", f"real env: {real:.1f}", "random_play"))
+    lines = ["| measure | fp32 | bf16 | reference | results |", "|---|---|---|---|---|"]
+    for measure, value, reference, base in rows:
+        a, b = pairs[base]
+        lines.append(f"| {measure} | {value(a)} | {value(b)} | {reference} | `{base}_fp32`, `{base}_bf16` |")
+    speed = {(row.get("precision", "fp32"), row["batch_size"]): row["env_steps_per_s"]
+             for row in results.get("env_speed", {}).get("batches", [])}
+    if ("fp32", 16) in speed and ("bf16", 16) in speed:
+        lines.append(f"| env steps/s, 16 envs in one batch (random weights) | {speed['fp32', 16]:.1f} | "
+                     f"{speed['bf16', 16]:.1f} | – | `env_speed` |")
+    first = next(iter(pairs.values()))[0]
+    cpus = sorted({r.get("machine", {}).get("cpu", "?") for pair in pairs.values() for r in pair})
+    notes = [f"Checkpoint step {first.get('checkpoint_step')}, K={first.get('sampler_steps')}, on {', '.join(cpus)}; "
+             "each pair from the same episodes, start states and seeds (`benchmark --precision fp32|bf16 --name "
+             "<base>_fp32|_bf16`)"]
+    if "fidelity" in pairs:
+        notes.append(f"fidelity on {pairs['fidelity'][0]['num_windows']} windows of "
+                     f"`{pairs['fidelity'][0]['dataset_id']}`")
+    if "termination_tails" in pairs:
+        t = pairs["termination_tails"][0]
+        notes.append(f"terminations of {t.get('episodes', '?')} episodes of `{t['dataset_id']}`")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
+
+
 GLANCE_TITLE = "The current model at a glance"
 
 
@@ -421,7 +492,13 @@ def _on_checkpoint(r: dict[str, Any] | None, ref: dict[str, Any]) -> bool:
 
 def _default_settings(r: dict[str, Any], fid: dict[str, Any]) -> bool:
     k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or fid["sampler_steps"]
-    return int(k) == int(fid["sampler_steps"]) and _guidance(r) == _guidance(fid)
+    return (int(k) == int(fid["sampler_steps"]) and _guidance(r) == _guidance(fid)
+            and _precision(r) == _precision(fid))
+
+
+def _precision(r: dict[str, Any]) -> str:
+    """The imagined rollouts' precision (``benchmark --precision``); results from before the option ran in fp32."""
+    return r.get("precision") or (r.get("imagination_kwargs") or {}).get("precision") or "fp32"
 
 
 def _default_episodes(r: dict[str, Any]) -> bool:
@@ -618,6 +695,10 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     recipes = rl_recipes_markdown(results)
     if recipes:
         parts.append(f"#### {RECIPES_TITLE}\n\n{recipes}")
+    precision = precision_markdown(results)
+    if precision:
+        parts.append(f"#### {PRECISION_TITLE}\n\n{precision}")
+    in_precision_table = set(precision_stems(results))
     # a seed sweep's per-seed results are summed up by its own table, and the sampler variants of the current
     # model by the sampler table (each in full in benchmarks/README.md)
     in_sweep = {row["result"] for r in results.values() for row in r.get("per_seed", {}).values()}
@@ -627,7 +708,8 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     # and the seed sweeps of other training recipes by the recipe table
     in_recipe_table = {stem for stem in _recipe_sweeps(results) if recipes and not _default_episodes(results[stem])}
     for stem, r in results.items():
-        if "headline" not in r or stem in in_sweep or stem in in_sampler_table or stem in in_recipe_table:
+        if ("headline" not in r or stem in in_sweep or stem in in_sampler_table or stem in in_recipe_table
+                or stem in in_precision_table):
             continue
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)

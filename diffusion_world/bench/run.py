@@ -13,12 +13,14 @@ from diffusion_world.bench.common import machine_info, training_end_return, writ
 from diffusion_world.bench.report import make_readme, render, update_readme_section
 from diffusion_world.checkpoint import check_device
 from diffusion_world.errors import UserError
+from diffusion_world.precision import check_precision
 
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
                  "reset_mode": ("rl",), "horizon": ("rl",), "reference_cache": ("rl",),
-                 "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play")}
+                 "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play"),
+                 "precision": ("fidelity", "termination", "control", "random_play", "rl")}
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -27,7 +29,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   termination: str | None = None, agent_steps: int | None = None, parallel: bool = False,
                   seed: int | Sequence[int] | None = None, sampler_steps: int | None = None,
                   history_guidance: float | None = None, reset_mode: str | None = None,
-                  horizon: int | None = None, reference_cache: str | None = None) -> Path:
+                  horizon: int | None = None, reference_cache: str | None = None,
+                  precision: str | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
     ``[imagination] sampler_steps``, which overrides the checkpoint's; so does ``history_guidance`` (the
     sampler's w, 1 = off). ``seed`` (rl): one seed, or several: see
@@ -35,18 +38,24 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     start (``"episode_start"``, the default, or ``"anywhere"`` in the dataset) and where they are cut (default:
     the card's ``[imagination] horizon``, else the checkpoint's), e.g. DIAMOND's short imagined episodes from
     real states: ``reset_mode="anywhere", horizon=15``. ``reference_cache`` (rl): a directory that keeps the
-    real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`)."""
+    real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`). ``precision``: the imagined
+    rollouts in ``"fp32"`` (the default) or ``"bf16"`` autocast, as the imagined envs' ``precision``; recorded in
+    the result when given."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
     given = {"termination": termination is not None, "agent_steps": agent_steps is not None, "parallel": parallel,
              "seed": seed is not None, "short_memory": short_memory is not None,
              "dataset_id": dataset_id is not None, "reset_mode": reset_mode is not None,
-             "horizon": horizon is not None, "reference_cache": reference_cache is not None}
+             "horizon": horizon is not None, "reference_cache": reference_cache is not None,
+             "precision": precision is not None}
     for option, is_given in given.items():
         if is_given and suite not in OPTION_SUITES[option]:
             raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
                             f"{' / '.join(OPTION_SUITES[option])} only, not to {suite}")
     check_device(device)
+    if precision is not None:
+        check_precision(precision)
+    amp = {} if precision is None else {"precision": precision}
     if seed is not None and not isinstance(seed, int):
         seeds = [int(s) for s in seed]
         if len(seeds) != len(set(seeds)) or not seeds:
@@ -55,7 +64,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             return run_rl_seeds(seeds, world_model, out, stem, card=card, quick=quick, device=device,
                                 termination=termination, agent_steps=agent_steps, parallel=parallel,
                                 sampler_steps=sampler_steps, history_guidance=history_guidance,
-                                reset_mode=reset_mode, horizon=horizon, reference_cache=reference_cache)
+                                reset_mode=reset_mode, horizon=horizon, reference_cache=reference_cache,
+                                precision=precision)
         seed = seeds[0]
     for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps), ("horizon", horizon)):
         if value is not None and value < 1:
@@ -85,7 +95,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         result = run_fidelity(world_model, out, dataset_id=dataset_id, context=imagination.get("context_frames"),
                               horizon=16 if quick else 32, num_windows=8 if quick else 32,
                               sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
-                              device=device, sampler_steps=K, stem=stem, **guidance)
+                              device=device, sampler_steps=K, stem=stem, **guidance, **amp)
     elif suite == "speed":
         from diffusion_world.bench.speed import run_speed
 
@@ -104,7 +114,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark termination needs --world-model")
         result = run_termination(world_model, dataset_id=dataset_id, context=imagination.get("context_frames"),
                                  max_episodes=16 if quick else 128, sampler_steps=K,
-                                 device=device, **guidance)
+                                 device=device, **guidance, **amp)
     elif suite == "control":
         from diffusion_world.bench.control import run_control
 
@@ -112,20 +122,21 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark control needs --world-model")
         result = run_control(world_model, out, num_starts=8 if quick else 32, horizon=8 if quick else 12,
                              context=imagination.get("context_frames"), sampler_steps=K,
-                             device=device, stem=stem, **guidance)
+                             device=device, stem=stem, **guidance, **amp)
     elif suite == "random_play":
         from diffusion_world.bench.random_play import run_random_play
 
         if not world_model:
             raise UserError("benchmark random_play needs --world-model")
         result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
-                                 dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem, **guidance)
+                                 dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem, **guidance,
+                                 **amp)
     elif suite == "rl":
         from diffusion_world.bench.rl import plot_curves, run_rl
 
         if not world_model:
             raise UserError("benchmark rl needs --world-model")
-        settings = _rl_settings(quick, termination, agent_steps, K, w, reset_mode, horizon)
+        settings = _rl_settings(quick, termination, agent_steps, K, w, reset_mode, horizon, precision)
         result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
                         imagination_kwargs=settings["imagination_kwargs"] or None, reference_cache=reference_cache)
@@ -134,6 +145,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     else:
         raise UserError(f"unknown benchmark {suite!r}; choose one of {', '.join(SUITES)}")
     result["quick"] = quick
+    if precision is not None:
+        result["precision"] = precision
     if fingerprint:
         result["model_sha256"] = fingerprint
     result["machine"] = machine
@@ -141,14 +154,16 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
 
 def _rl_settings(quick: bool, termination: str | None, agent_steps: int | None, K: Any,
-                 w: Any = None, reset_mode: str | None = None, horizon: int | None = None) -> dict[str, Any]:
+                 w: Any = None, reset_mode: str | None = None, horizon: int | None = None,
+                 precision: str | None = None) -> dict[str, Any]:
     """What a ``benchmark rl`` result depends on besides the model and the seed, as its JSON records it."""
     return {"agent_steps": agent_steps or (2_000 if quick else 20_000), "eval_episodes": 3 if quick else 10,
             "imagination_kwargs": {**({"termination": termination} if termination else {}),
                                    **({"sampler_steps": int(K)} if K else {}),
                                    **({"history_guidance": float(w)} if w is not None else {}),
                                    **({"reset_mode": reset_mode} if reset_mode else {}),
-                                   **({"horizon": int(horizon)} if horizon else {})}, "quick": quick}
+                                   **({"horizon": int(horizon)} if horizon else {}),
+                                   **({"precision": precision} if precision else {})}, "quick": quick}
 
 
 def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem: str, card: str | None = None,
@@ -170,7 +185,7 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
         K = K if K is not None else card_imagination.get("sampler_steps")
         w = w if w is not None else card_imagination.get("history_guidance")
     want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w, kwargs.get("reset_mode"),
-                        kwargs.get("horizon"))
+                        kwargs.get("horizon"), kwargs.get("precision"))
     per_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         path = out / f"{stem}_seed{s}.json"

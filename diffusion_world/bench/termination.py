@@ -76,7 +76,8 @@ def end_windows(cache: FrameCache, episodes: np.ndarray, context: int, horizon: 
 
 def imagine_windows(wm: WorldModel, cache: FrameCache, starts: np.ndarray, steps: np.ndarray, context: int,
                     sampler: SamplerConfig, seed: int = 0, progress: bool = True, batch_size: int = 16,
-                    desc: str = "rollouts") -> Iterator[tuple[np.ndarray, torch.Tensor, dict[str, torch.Tensor]]]:
+                    desc: str = "rollouts", precision: str = "fp32"
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, dict[str, torch.Tensor]]]:
     """Replay the real actions of each window (``starts``, ``steps`` as from :func:`end_windows`) from its first
     ``context`` real frames, in batches of windows with the same number of steps. Yields the windows' positions
     in ``starts``, their real frames (b, context + h, H, W, 3) and :func:`imagine`'s output; window i's sampler
@@ -91,7 +92,7 @@ def imagine_windows(wm: WorldModel, cache: FrameCache, starts: np.ndarray, steps
             has = torch.from_numpy(cache.has_prev_action[idx])
             gens = [torch.Generator().manual_seed(seed + int(i)) for i in sel]
             yield sel, fr, imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:],
-                                   gens, sampler)
+                                   gens, sampler, precision=precision)
 
 
 @torch.no_grad()
@@ -109,8 +110,8 @@ def real_frame_head_probability(wm: WorldModel, frames: torch.Tensor, actions: t
 @torch.no_grad()
 def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
                     horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
-                    history_guidance: float | None = None,
-                    seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                    history_guidance: float | None = None, seed: int = 0, device: str = "cpu",
+                    progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
     wm: WorldModel = load_world_model(world_model, device=device)
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
     if not dataset_id:
@@ -150,7 +151,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     real: list[int] = []
     has_classifier = wm.termination_classifier is not None
     for sel, fr, out in imagine_windows(wm, cache, starts, steps + past_end, context, sampler, seed, progress,
-                                        desc="termination rollouts"):
+                                        desc="termination rollouts", precision=precision):
         h = fr.shape[1] - context
         p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
         p_head = wm.head_termination_probability(out["termination_logits"]).numpy()

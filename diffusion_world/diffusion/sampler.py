@@ -10,6 +10,7 @@ import torch
 
 from diffusion_world.errors import UserError
 from diffusion_world.model.dart import DartWorldModel, InferenceState, ModelOutput
+from diffusion_world.precision import inference_autocast
 
 
 @dataclass
@@ -157,24 +158,26 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def imagine(model: DartWorldModel, context_frames: torch.Tensor, context_actions: torch.Tensor,
             context_has_action: torch.Tensor, actions: torch.Tensor, generators: Sequence[torch.Generator],
-            cfg: SamplerConfig, sigma_ctx: float | None = None) -> dict[str, torch.Tensor]:
+            cfg: SamplerConfig, sigma_ctx: float | None = None, precision: str = "fp32") -> dict[str, torch.Tensor]:
     """Warm up on real context frames (B, c, H, W, 3) uint8, then generate one frame per action (B, S[, D]).
+    ``precision``: the model's calls in fp32 or bf16 autocast, as the imagined envs' ``precision``.
 
     Returns ``frames`` (B, S, H, W, 3) uint8, ``rewards`` (B, S) and ``termination_logits`` (B, S).
     Example: replaying a held-out episode's actions from its first frames (fidelity benchmark, dashboard).
     """
     dev = next(model.parameters()).device
-    B, S = actions.shape[:2]
-    state = model.new_state(B, dev)
-    warmup(model, state, frames_to_x(context_frames).to(dev), cfg.sigma_min if sigma_ctx is None else sigma_ctx,
-           context_actions.to(dev), context_has_action.to(dev), generators, cfg)
-    sig = edm_sigmas(cfg, dev)
-    has = torch.ones(B, dtype=torch.bool, device=dev)
-    frames, rewards, terms = [], [], []
-    for s in range(S):
-        x, r, t = sample_next_frame(model, state, actions[:, s].to(dev), has, generators, cfg, sig)
-        frames.append(x_to_frames(x).cpu())
-        rewards.append(symexp(r).cpu())
-        terms.append(t.cpu())
+    with inference_autocast(precision, dev):
+        B, S = actions.shape[:2]
+        state = model.new_state(B, dev)
+        warmup(model, state, frames_to_x(context_frames).to(dev), cfg.sigma_min if sigma_ctx is None else sigma_ctx,
+               context_actions.to(dev), context_has_action.to(dev), generators, cfg)
+        sig = edm_sigmas(cfg, dev)
+        has = torch.ones(B, dtype=torch.bool, device=dev)
+        frames, rewards, terms = [], [], []
+        for s in range(S):
+            x, r, t = sample_next_frame(model, state, actions[:, s].to(dev), has, generators, cfg, sig)
+            frames.append(x_to_frames(x).cpu())
+            rewards.append(symexp(r.float()).cpu())  # fp32 also under bf16 autocast
+            terms.append(t.float().cpu())
     return {"frames": torch.stack(frames, 1), "rewards": torch.stack(rewards, 1),
             "termination_logits": torch.stack(terms, 1)}

@@ -37,10 +37,9 @@ from diffusion_world.diffusion.sampler import (
 )
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_from_dict, action_space_to_dict
-from diffusion_world.precision import use_bf16
+from diffusion_world.precision import check_precision, inference_autocast
 
 RESET_MODES = ("episode_start", "anywhere")
-PRECISIONS = ("fp32", "bf16", "auto")
 TERMINATION_MODES = ("threshold", "sample")
 CONTEXT_SOURCES = ("auto", "dataset", "checkpoint")
 DEFAULT_CONTEXT_FRAMES = 4
@@ -231,8 +230,7 @@ class ImaginationCore:
                  termination_threshold: float = 0.5, termination: str = "threshold",
                  history_guidance: float | None = None, precision: str = "fp32") -> None:
         self.num_envs = _positive_int("num_envs", num_envs)
-        if precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         if reset_mode not in RESET_MODES:
             raise UserError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
         if termination not in TERMINATION_MODES:
@@ -244,7 +242,6 @@ class ImaginationCore:
             raise UserError(f"termination_threshold must be a number in [0, 1], got {termination_threshold!r}")
         self.device = check_device(device)
         self.precision = precision
-        self.amp = use_bf16(precision, self.device)
         self.world_model = (world_model if isinstance(world_model, WorldModel)
                             else load_world_model(world_model, device=self.device))
         self.model = self.world_model.model.to(self.device)
@@ -452,7 +449,7 @@ class ImaginationCore:
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the model's calls when ``precision`` asks for it (a no-op context otherwise)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return inference_autocast(self.precision, self.device)
 
     def observations(self, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """The current observations of ``rows`` (default: all), a new array (n, H, W, 3 * frame_stack)."""
