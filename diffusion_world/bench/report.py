@@ -476,7 +476,9 @@ def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
                      f"`{pairs['fidelity'][0]['dataset_id']}`")
     if "termination_tails" in pairs:
         t = pairs["termination_tails"][0]
-        notes.append(f"terminations of {t.get('episodes', '?')} episodes of `{t['dataset_id']}`")
+        notes.append(f"terminations of {t.get('headline', {}).get('episodes', '?')} episodes of `{t['dataset_id']}`")
+    if "random_play" in pairs and pairs["random_play"][0].get("contexts"):
+        notes.append(f"random play from {pairs['random_play'][0]['contexts']}")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
