@@ -228,10 +228,12 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
         if "headline" in json.loads(path.read_text()):  # current results with their table, archived ones named
             sampler_table = text.split("#### Sampler settings")[1].split("####")[0]
             training_table = text.split("#### Training in imagination")[1].split("####")[0]
+            precision_table = text.split("#### fp32 or bf16")[1].split("####")[0]
             assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
                     or path.stem in in_sweep  # a seed sweep's rows name each seed's result
                     or f"`{path.stem}`" in sampler_table  # so does the sampler table its variants
-                    or f"`{path.stem}`" in training_table)  # and the training table the other RL recipes
+                    or f"`{path.stem}`" in training_table  # and the training table the other RL recipes
+                    or f"`{path.stem}`" in precision_table)  # and the precision table its fp32 / bf16 pairs
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 
