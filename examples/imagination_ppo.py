@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--history-guidance", type=float, metavar="W",
                         help="the sampler's history guidance (1 = off, the default; about twice the compute)")
     parser.add_argument("--device", default="cpu", help="device of the world model and the agent")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                        help="the imagined envs' precision (default fp32; bf16: 1.8x the env steps/s at 16 envs "
+                             "on an AMX CPU, benchmarks/results/env_speed.json; PPO in bf16 is not benchmarked)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/ppo_imagined.zip")
     args = parser.parse_args()
@@ -44,7 +47,8 @@ def main() -> None:
     env_kwargs = {k: v for k, v in {"horizon": args.horizon, "sampler_steps": args.sampler_steps,
                                     "termination": args.termination,
                                     "history_guidance": args.history_guidance,
-                                    "reset_mode": args.reset_mode}.items() if v is not None}
+                                    "reset_mode": args.reset_mode, "precision": args.precision}.items()
+                  if v is not None}
     venv = make_sb3_vec_env(args.world_model, num_envs=args.num_envs, frame_stack=args.frame_stack,
                             device=args.device, **env_kwargs)
     H, W = venv.observation_space.shape[:2]

@@ -115,6 +115,6 @@ def test_examples_train_imagine_evaluate(tiny_dataset_id: str, tmp_path, monkeyp
     check_env(env.unwrapped)
     run("imagination_ppo.py", "--world-model", ckpt, "--steps", "32", "--num-envs", "2", "--n-steps", "16",
         "--frame-stack", "2", "--history-guidance", "2", "--reset-mode", "anywhere", "--horizon", "4",
-        "--out", str(tmp_path / "agent.zip"))
+        "--precision", "bf16", "--out", str(tmp_path / "agent.zip"))
     out = run("evaluate_real.py", "--world-model", ckpt, "--agent", str(tmp_path / "agent.zip"), "--episodes", "2")
     assert "frame_stack=2" in out and "agent" in out and "±" in out
