@@ -749,6 +749,15 @@ def test_precision_table(tmp_path: Path) -> None:
     results["random_play_bf16"] = {**play("bf16", 25.0), "checkpoint_step": 6}  # another model
     assert "random-play" not in precision_markdown(results)
     assert precision_markdown({"control_fp32": control("fp32", 0.8), "control_bf16": control("fp32", 0.7)}) is None
+
+    def rl(precision: str, ret: float, minutes: float) -> dict:
+        return {**model, "agent_steps": 50_000, "seed": 0, "imagination_kwargs": {"precision": precision},
+                "imagination": {"mean": ret, "std": 1.0, "train_s": 60 * minutes}, "real_trained": {"mean": 80.0}}
+
+    results.update(rl_50k_sampled_fp32=rl("fp32", 90.0, 30.0), rl_50k_sampled_bf16=rl("bf16", 70.0, 20.0))
+    text = precision_markdown(results)
+    assert "seed 0: real-env return | 90.0 ± 1.0 | 70.0 ± 1.0 | PPO trained in the real env: 80.0 |" in text
+    assert "| minutes of PPO training in imagination | 30.0 | 20.0 |" in text.replace("the same: ", "")
     out = tmp_path / "results"
     out.mkdir()
     for stem in ("control_fp32", "control_bf16"):

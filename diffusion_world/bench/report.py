@@ -411,7 +411,7 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
 
 PRECISION_TITLE = "fp32 or bf16: does the imagined env's precision change what it does?"
 # result families measured in both precisions, `<base>_fp32` and `<base>_bf16` (`benchmark --precision`)
-PRECISION_FAMILIES = ("fidelity", "termination_tails", "control", "random_play")
+PRECISION_FAMILIES = ("fidelity", "termination_tails", "control", "random_play", "rl_50k_sampled")
 
 
 def precision_stems(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -457,6 +457,16 @@ def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
         rows.append(("random-play episode length: threshold / sampled",
                      lambda r: f"{r['headline']['threshold_mean_length']:.1f} / "
                                f"{r['headline']['sampled_mean_length']:.1f}", f"real env: {real:.1f}", "random_play"))
+    if "rl_50k_sampled" in pairs:
+        rl = pairs["rl_50k_sampled"][0]
+        same_reference = all(r.get("real_trained", {}).get("mean") == rl["real_trained"]["mean"]
+                             for r in pairs["rl_50k_sampled"])
+        rows += [(f"PPO {rl['agent_steps']:,} steps in imagination (termination='sample'), seed {rl.get('seed', 0)}: "
+                  "real-env return", lambda r: f"{r['imagination']['mean']:.1f} ± {r['imagination']['std']:.1f}",
+                  f"PPO trained in the real env: {rl['real_trained']['mean']:.1f}"
+                  + ("" if same_reference else " (fp32 run)"), "rl_50k_sampled"),
+                 ("the same: minutes of PPO training in imagination",
+                  lambda r: f"{r['imagination']['train_s'] / 60:.1f}", "–", "rl_50k_sampled")]
     lines = ["| measure | fp32 | bf16 | reference | results |", "|---|---|---|---|---|"]
     for measure, value, reference, base in rows:
         a, b = pairs[base]
