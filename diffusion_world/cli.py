@@ -88,6 +88,10 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
                    help="share of windows drawn from those containing a termination, at any position (default 0)")
     p.add_argument("--context-window", type=int,
                    help="override the preset's context window in frames (e.g. 4 for a short-memory baseline)")
+    p.add_argument("--input-temporal-kernel", type=int,
+                   help="frames the input convolution reads (default 1, each frame alone: frames first meet after a "
+                        "2x downsampling); k > 1 reads the raw pixels of the last k frames. With --init-from a model "
+                        "with a smaller k, the new taps start at zero (the model computes what it did)")
     p.add_argument("--sigma-ctx-max", type=float,
                    help="upper end of the clean stream's context noise (log-uniform from 0.002; default 0.1): "
                         "noisier context in training makes the model lean less on its own imperfect past frames")
@@ -110,8 +114,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             attn_backend=args.attn_backend, max_minutes=args.max_minutes, precision=args.precision, seed=args.seed,
             terminal_fraction=args.terminal_fraction, sigma_ctx_max=args.sigma_ctx_max,
             init_from=args.init_from,
-            model_overrides=({"context_window": args.context_window} if args.context_window is not None
-                             else None),
+            model_overrides={k: v for k, v in (("context_window", args.context_window),
+                                               ("input_temporal_kernel", args.input_temporal_kernel)) if v is not None},
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)

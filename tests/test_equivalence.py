@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusion_world.model.config import preset_config
-from diffusion_world.model.dart import DartWorldModel, dart_frame_mask
+from diffusion_world.model.dart import DartWorldModel, dart_frame_mask, grow_input_temporal_kernel
 from diffusion_world.model.mp import MPConv, mp_cat, mp_silu, mp_sum, normalize
 
 ATOL = 1e-9
@@ -60,10 +60,10 @@ def rows(inp: dict[str, torch.Tensor], sl) -> dict[str, torch.Tensor]:
     return {k: v[sl] for k, v in inp.items()}
 
 
-@pytest.mark.parametrize("action", ["discrete", "box"])
-def test_training_mode_equals_cached_inference(action: str) -> None:
+@pytest.mark.parametrize("action,input_k", [("discrete", 1), ("box", 1), ("discrete", 3)])
+def test_training_mode_equals_cached_inference(action: str, input_k: int) -> None:
     """(1) Noisy frame t in training == one denoiser call after warming the caches up on clean frames < t."""
-    model = make_model(action)
+    model = make_model(action, input_temporal_kernel=input_k)
     inp = make_inputs(model)
     T = inp["x_clean"].shape[1]
     with torch.no_grad():
@@ -82,9 +82,10 @@ def test_training_mode_equals_cached_inference(action: str) -> None:
     assert ref.denoised.abs().mean() > 0.05  # the comparison is not between zeros
 
 
-def test_causality() -> None:
+@pytest.mark.parametrize("input_k", [1, 3])
+def test_causality(input_k: int) -> None:
     """(2) Outputs at t never change when clean frames > t or noisy frames != t change."""
-    model = make_model()
+    model = make_model(input_temporal_kernel=input_k)
     inp = make_inputs(model, T=6)
     t = 2
     with torch.no_grad():
@@ -121,11 +122,11 @@ def test_flex_attention_equals_dense_sdpa() -> None:
     torch.testing.assert_close(flex.reward, dense.reward, atol=1e-7, rtol=0)
 
 
-@pytest.mark.parametrize("action", ["discrete", "box"])
-def test_incremental_generation_equals_recompute(action: str) -> None:
+@pytest.mark.parametrize("action,input_k", [("discrete", 1), ("box", 1), ("discrete", 3)])
+def test_incremental_generation_equals_recompute(action: str, input_k: int) -> None:
     """(4) Frames added one at a time through denoise_step + commit (the cache update from the last denoiser
     call) leave the caches and heads exactly as a from-scratch warm-up over the whole window."""
-    model = make_model(action)
+    model = make_model(action, input_temporal_kernel=input_k)
     inp = make_inputs(model, T=7)
     T = 7
     with torch.no_grad():
@@ -208,6 +209,29 @@ def test_batch_independence_and_row_reset() -> None:
                                      inp["has_action"][:1, 4])
     torch.testing.assert_close(after[1:], before[1:], atol=ATOL, rtol=0)
     torch.testing.assert_close(after[:1], expect0, atol=ATOL, rtol=0)
+
+
+def test_grown_input_temporal_kernel_computes_what_the_model_did() -> None:
+    """A model grown from input_temporal_kernel 1 to 3 (new taps zero) gives the old outputs, up to the epsilon of
+    the weight normalisation (1e-4, relative to the weight's RMS, now taken over 3x the elements); once the new
+    taps move, its outputs depend on the pixels of the frames before."""
+    old = make_model()
+    grown = make_model(input_temporal_kernel=3)
+    grown.load_state_dict(grow_input_temporal_kernel(old.state_dict(), 1, 3))
+    w = grown.conv_in.conv.weight  # (O, I, k, 3, 3), stored normalised, zero on the older frames
+    assert torch.all(w[:, :, 1:] == 0)
+    torch.testing.assert_close(w.square().mean(dim=(1, 2, 3, 4)), torch.ones(w.shape[0], dtype=w.dtype), atol=1e-3,
+                               rtol=0)  # unit RMS per output channel, up to normalize's eps
+    inp = make_inputs(old)
+    with torch.no_grad():
+        ref, out = train_forward(old, inp), train_forward(grown, inp)
+        torch.testing.assert_close(out.denoised, ref.denoised, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.reward, ref.reward, atol=1e-4, rtol=0)
+        w[:, :, 1:] = torch.randn_like(w[:, :, 1:])
+        moved = train_forward(grown, inp)
+    assert (moved.denoised - ref.denoised).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="shrink"):
+        grow_input_temporal_kernel(grown.state_dict(), 3, 2)
 
 
 def test_dart_frame_mask() -> None:

@@ -339,6 +339,25 @@ def test_init_from_an_inference_export(tiny_dataset_id: str, tmp_path: Path) -> 
         train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(empty)))
 
 
+def test_init_from_grows_the_input_temporal_kernel(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """--init-from a run with a per-frame input convolution into one that reads 3 frames: the old taps carry over,
+    the new ones start at zero, Adam starts fresh (its moments do not fit the grown weight) and training then
+    moves the new taps; shrinking is refused."""
+    a = train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2))
+    with pytest.warns(UserWarning, match="nothing to train"):
+        start = load_checkpoint(train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=2, init_from=str(a),
+                                               model={"input_temporal_kernel": 3})))
+    old = load_checkpoint(a)["model"]["conv_in.weight"]  # (O, I, 3, 3)
+    w = start["model"]["conv_in.conv.weight"]  # (O, I, 3 frames, 3, 3)
+    assert start["model_config"]["input_temporal_kernel"] == 3 and start["optimizer"]["state"] == {}
+    assert torch.all(w[:, :, 1:] == 0) and torch.allclose(w[:, :, 0] / w[:, :, 0].norm(), old / old.norm())
+    grown = train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=4, init_from=str(a),
+                           model={"input_temporal_kernel": 3}))
+    assert load_checkpoint(grown)["model"]["conv_in.conv.weight"][:, :, 1:].abs().max() > 0
+    with pytest.raises(UserError, match="can grow it, not shrink it"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=5, init_from=str(grown)))
+
+
 def test_attention_backend_resolution() -> None:
     from diffusion_world.training.train import resolve_attn_backend
 

@@ -33,6 +33,10 @@ class ModelConfig:
     attention_head_dim: int = 32
     emb_channels: int = 128
     temporal_kernel: int = 3  # k of the causal 3D convolutions
+    # k of the input convolution over frames: 1 = each frame alone (frames first meet at the next level, after
+    # a 2x downsampling); k > 1 makes it a causal conv over the raw pixels of the last k frames, where motion of
+    # a thin object by a fraction of a pixel is still visible
+    input_temporal_kernel: int = 1
     context_window: int = 32  # W: frames kept in the KV cache (and visible to attention in training)
     sigma_data: float = 0.5
     head_channels: int = 128  # reward / termination heads
@@ -58,8 +62,8 @@ class ModelConfig:
         if any(c % self.attention_head_dim for c, r in zip(self.channels, self.resolutions)
                if r in self.frame_attention or r in self.video_attention):
             raise UserError("attention channels must be a multiple of attention_head_dim")
-        if self.temporal_kernel < 1 or self.context_window < 1:
-            raise UserError("temporal_kernel and context_window must be >= 1")
+        if self.temporal_kernel < 1 or self.input_temporal_kernel < 1 or self.context_window < 1:
+            raise UserError("temporal_kernel, input_temporal_kernel and context_window must be >= 1")
         kind = self.action_space.get("type")
         if kind not in ("discrete", "box"):
             raise UserError(f"unsupported action space {self.action_space!r}: need Discrete or Box")

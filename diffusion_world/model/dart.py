@@ -9,7 +9,8 @@ Training (one pass, every frame of the window supervised)::
 Frames interact only in the *encoder*, through two layer types:
 
 * ``CausalConv``: ``out_t = Conv_0(in_t) + sum_{j=1}^{k-1} Conv_j(clean_in_{t-j})``. The temporal sum is computed
-  once on the clean stream and added to both halves.
+  once on the clean stream and added to both halves. The encoder's blocks use it, and the input convolution
+  too when ``input_temporal_kernel > 1`` (on the raw pixels of the last k frames).
 * ``Attention(video=True)``: multi-head cosine attention over the tokens of the visible frames (DART mask),
   RoPE over the frame index. FlexAttention with a block mask on CUDA, SDPA with the same dense mask elsewhere.
 
@@ -420,7 +421,9 @@ class DartWorldModel(nn.Module):
 
         res, ch = cfg.resolutions, cfg.channels
         self.enc = nn.ModuleList()
-        self.conv_in = MPConv(cfg.image_channels + 1, ch[0], (3, 3))  # +1: constant channel (EDM2)
+        self.conv_in: MPConv | CausalConv = (  # +1: constant channel (EDM2)
+            MPConv(cfg.image_channels + 1, ch[0], (3, 3)) if cfg.input_temporal_kernel == 1
+            else CausalConv("conv_in", cfg.image_channels + 1, ch[0], cfg.input_temporal_kernel))
         cin = ch[0]
         for level, (r, c) in enumerate(zip(res, ch)):
             video = "video" if r in cfg.video_attention else ("frame" if r in cfg.frame_attention else None)
@@ -495,7 +498,10 @@ class DartWorldModel(nn.Module):
         ``decode`` frames. Returns (F output of the decoded frames, encoder output of all frames)."""
         B, Fr = x_in.shape[:2]
         x = torch.cat([x_in, torch.ones_like(x_in[:, :, :1])], dim=2)
-        x = self.conv_in(x.flatten(0, 1)).unflatten(0, (B, Fr))
+        if isinstance(self.conv_in, CausalConv):
+            x = self.conv_in(x, p)
+        else:
+            x = self.conv_in(x.flatten(0, 1)).unflatten(0, (B, Fr))
         skips = [x]
         for block in self.enc:
             x = block(x, emb, p)
@@ -601,6 +607,23 @@ class DartWorldModel(nn.Module):
         reward, term = self._heads(state.pending.pop("features"))
         state.pending.clear()
         return reward[:, 0], term[:, 0]
+
+
+def grow_input_temporal_kernel(state_dict: dict[str, torch.Tensor], old_k: int, new_k: int
+                               ) -> dict[str, torch.Tensor]:
+    """Weights of a model with ``input_temporal_kernel=old_k`` for one with ``new_k > old_k``: the input
+    convolution's new taps (older frames) start at zero, so the grown model computes what the old one did (up
+    to the weight normalisation's epsilon, 1e-4 relative), and training can then make it read the frames
+    before. Weights are stored normalised (EDM2's forced weight normalisation), so the grown weight is
+    normalised again, which leaves its effective weight as it was."""
+    if new_k < old_k:
+        raise ValueError(f"cannot shrink input_temporal_kernel from {old_k} to {new_k}")
+    out = dict(state_dict)
+    w = out.pop("conv_in.weight")[:, :, None] if old_k == 1 else out.pop("conv_in.conv.weight")  # (O, I, k, 3, 3)
+    w = torch.cat([w, w.new_zeros((*w.shape[:2], new_k - old_k, *w.shape[3:]))], dim=2)
+    out["conv_in.conv.weight" if new_k > 1 else "conv_in.weight"] = (
+        normalize(w.to(torch.promote_types(w.dtype, torch.float32))).to(w.dtype) if new_k > 1 else w[:, :, 0])
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

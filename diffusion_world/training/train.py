@@ -32,7 +32,7 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, preset_config
-from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters
+from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters, grow_input_temporal_kernel
 from diffusion_world.model.mp import normalize_weights_
 from diffusion_world.precision import use_bf16
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
@@ -404,19 +404,28 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
     weights_only = "optimizer" not in ckpt
     if weights_only and not isinstance(ckpt.get("ema"), dict):
         raise UserError(f"{path} holds neither a training state nor EMA weights")
+    old_k, new_k = ckpt["model_config"].get("input_temporal_kernel", 1), model_cfg.get("input_temporal_kernel", 1)
+    if new_k < old_k:
+        raise UserError(f"{path} has input_temporal_kernel {old_k}: a run from it can grow it, not shrink it "
+                        f"to {new_k}")
+
+    def adapt(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return grow_input_temporal_kernel(weights, old_k, new_k) if new_k != old_k else weights
+
+    fresh_optimizer = weights_only or new_k != old_k  # Adam's moments do not fit a grown weight
     try:
         if weights_only:
-            ema_fp32 = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["ema"].items()}
+            ema_fp32 = {k: v.float() if v.is_floating_point() else v for k, v in adapt(ckpt["ema"]).items()}
             model.load_state_dict(ema_fp32)
             ema.load_state_dict(ema_fp32)
         else:
-            model.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
+            model.load_state_dict(adapt(ckpt["model"]))
+            ema.load_state_dict(adapt(ckpt["ema"]))
     except RuntimeError as e:
         changed = sorted(k for k, v in model_cfg.items() if ckpt["model_config"].get(k) != v)
         raise UserError(f"{path} does not fit this model (config differs in {changed}): "
                         f"{str(e).splitlines()[0]}") from e
-    if not weights_only:
+    if not fresh_optimizer:
         opt.load_state_dict(ckpt["optimizer"])
     same_env = env_spec is not None and ckpt.get("dataset", {}).get("env_spec") == env_spec
     extra = {"termination_classifier": ckpt["termination_classifier"]} if (
