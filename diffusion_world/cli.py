@@ -77,7 +77,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--supervision", choices=["dart", "last_frame"], help="DART (all frames) or the ablation")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model: fused kernels, after a first step that compiles (minutes on a CPU)")
     p.add_argument("--attn-backend", choices=["auto", "flex", "sdpa"],
                    help="video attention in training (default auto: FlexAttention on CUDA, dense-mask SDPA elsewhere)")
     p.add_argument("--max-minutes", type=float,

@@ -234,6 +234,21 @@ def test_grown_input_temporal_kernel_computes_what_the_model_did() -> None:
         grow_input_temporal_kernel(grown.state_dict(), 3, 2)
 
 
+@pytest.mark.parametrize("input_k", [1, 3])
+def test_training_forward_compiles_to_one_graph(input_k: int) -> None:
+    """torch.compile (``train --compile``) sees the whole training forward as one graph: no graph breaks, which
+    would split it into pieces that cannot be fused (a Python scalar as torch.add's input once broke it at every
+    weight normalisation). Tracing only, so it is fast."""
+    import torch._dynamo
+
+    model = make_model(input_temporal_kernel=input_k).float()
+    inp = {k: v.float() if v.is_floating_point() else v for k, v in make_inputs(model).items()}
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(train_forward)(model, inp)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 def test_dart_frame_mask() -> None:
     """The frame-level mask written out by hand for T=3, all frames noisy."""
     m = dart_frame_mask(3, torch.arange(3), None).int()

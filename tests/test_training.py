@@ -62,6 +62,20 @@ def test_resume_is_exact(tiny_dataset_id: str, tmp_path: Path) -> None:
     assert not torch.equal(c["model"]["conv_out.weight"], a["model"]["conv_out.weight"])
 
 
+@pytest.mark.slow
+def test_compiled_training_equals_eager(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """``--compile`` on CPU (inductor) trains what eager mode trains: the same losses step by step and weights
+    that differ only by float rounding (fused kernels sum in another order)."""
+    eager = train(tiny_cfg(tiny_dataset_id, tmp_path / "eager", steps=3))
+    compiled = train(tiny_cfg(tiny_dataset_id, tmp_path / "compiled", steps=3, compile=True))
+    le = [r["loss"] for r in metrics(tmp_path / "eager") if "loss" in r]
+    lc = [r["loss"] for r in metrics(tmp_path / "compiled") if "loss" in r]
+    assert len(le) == len(lc) == 3
+    assert max(abs(a - b) for a, b in zip(le, lc)) < 1e-4, (le, lc)
+    a, b = load_checkpoint(eager)["model"], load_checkpoint(compiled)["model"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
+
+
 def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Path) -> None:
     """torchrun with 2 gloo processes == 1 process with the combined batch (tolerance: float reduction order)."""
     args = ["train", "--dataset-id", tiny_dataset_id, "--preset", "tiny", "--steps", "3", "--batch-size", "4",

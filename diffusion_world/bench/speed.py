@@ -89,33 +89,51 @@ def training_precisions(dev: torch.device) -> list[str]:
     return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
 
 
-def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device, repeat: int) -> list[dict]:
+def _timed_training_step(net: Any, model: DartWorldModel, inputs: tuple[torch.Tensor, ...], lcfg: LossConfig,
+                         amp: bool, opt: torch.optim.Optimizer, seed: int, dev: torch.device) -> tuple[float, int]:
+    """One optimiser step of ``net`` (the model, or its compiled wrapper): (seconds, supervised frames)."""
+    x0, a, has, zeros = inputs
+    draw = draw_noise(x0.shape[0], x0.shape[1], tuple(x0.shape[2:]), lcfg, torch.Generator().manual_seed(seed))
+    _sync(dev)
+    t0 = time.perf_counter()
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        out = dart_loss(net, x0, a, has, zeros, zeros.bool(), draw, lcfg, model.cfg.sigma_data,
+                        "flex" if dev.type == "cuda" else "sdpa")
+    out.total.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync(dev)
+    return time.perf_counter() - t0, out.num_supervised
+
+
+def training_throughput(model: DartWorldModel, B: int, T: int, dev: torch.device, repeat: int,
+                        compiled: bool = False) -> list[dict]:
+    """Best step time of DART and last-frame training in each precision worth timing; with ``compiled``, also
+    DART training of ``torch.compile(model)`` (``train --compile``) in the precision `train` uses here, with the
+    time its first step took (the compilation)."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     x0, a, has = _inputs(model, B, T, dev)
-    zeros = torch.zeros(B, T, device=dev)
+    inputs = (x0, a, has, torch.zeros(B, T, device=dev))
+    runs: list[tuple[str, str, bool]] = [(p, s, False) for p, s in
+                                         itertools.product(training_precisions(dev), ("dart", "last_frame"))]
+    if compiled:
+        runs.append(("bf16" if use_bf16("auto", dev) else "fp32", "dart", True))
     rows = []
-    for precision, supervision in itertools.product(training_precisions(dev), ("dart", "last_frame")):
-        amp = precision == "bf16"
+    for precision, supervision, compile_ in runs:
         lcfg = LossConfig(supervision=supervision)
-        best, n = float("inf"), 0
+        net: Any = torch.compile(model) if compile_ else model
+        best, n, first = float("inf"), 0, 0.0
         for r in range(repeat + 1):
-            draw = draw_noise(B, T, tuple(x0.shape[2:]), lcfg, torch.Generator().manual_seed(r))
-            _sync(dev)
-            t0 = time.perf_counter()
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                out = dart_loss(model, x0, a, has, zeros, zeros.bool(), draw, lcfg, model.cfg.sigma_data,
-                                "flex" if dev.type == "cuda" else "sdpa")
-            out.total.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(dev)
-            if r:
-                best = min(best, time.perf_counter() - t0)
-            n = out.num_supervised
+            t, n = _timed_training_step(net, model, inputs, lcfg, precision == "bf16", opt, r, dev)
+            if r:  # the first try warms up (and compiles)
+                best = min(best, t)
+            else:
+                first = t
         rows.append({"precision": precision, "supervision": supervision,
                      "batch": B, "seq_len": T, "step_s": best, "supervised_frames": n,
-                     "supervised_frames_per_s": n / best})
+                     "supervised_frames_per_s": n / best,
+                     **({"compiled": True, "first_step_s": first} if compile_ else {})})
     model.eval()
     return rows
 
@@ -169,15 +187,18 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
         result["cached_vs_uncached"] = {"context": W, "cached_step_ms": t_c * 1e3, "uncached_step_ms": t_unc * 1e3}
         say(result["cached_vs_uncached"])
     model.requires_grad_(True)
-    result["training"] = training_throughput(model, 4, 16, dev, 1 if quick else 3)
+    # compiling takes minutes on a CPU: in a full run, and on CUDA (gpu_train.sh runs --quick) also in a quick one
+    result["training"] = training_throughput(model, 4, 16, dev, 1 if quick else 3,
+                                             compiled=not quick or dev.type == "cuda")
     say(result["training"])
     sweep = {r["frames_generated"]: r["step_ms"] for r in result["context_sweep"]}
     late = max(k for k in sweep)
     by_b = {r["batch"]: r["steps_per_s"] for r in result["batch_sweep"]}
     default = "bf16" if use_bf16("auto", dev) else "fp32"  # what `diffusion-world train` uses here
-    tr = {r["supervision"]: r["supervised_frames_per_s"] for r in result["training"] if r["precision"] == default}
-    dart_by_precision = {r["precision"]: r["supervised_frames_per_s"] for r in result["training"]
-                         if r["supervision"] == "dart"}
+    eager = [r for r in result["training"] if not r.get("compiled")]
+    tr = {r["supervision"]: r["supervised_frames_per_s"] for r in eager if r["precision"] == default}
+    dart_by_precision = {r["precision"]: r["supervised_frames_per_s"] for r in eager if r["supervision"] == "dart"}
+    compiled = [r for r in result["training"] if r.get("compiled")]
     result["headline"] = {
         "device": torch.cuda.get_device_name(dev) if amp else "cpu",
         "steps_per_s_batch1": by_b.get(1),
@@ -192,4 +213,7 @@ def run_speed(world_model: str | None = None, preset: str = "small", device: str
     }
     if len(dart_by_precision) == 2:
         result["headline"]["bf16_vs_fp32_training_speedup"] = dart_by_precision["bf16"] / dart_by_precision["fp32"]
+    if compiled:
+        result["headline"]["compiled_vs_eager_training_speedup"] = compiled[0]["supervised_frames_per_s"] / tr["dart"]
+        result["headline"]["training_compile_s"] = compiled[0]["first_step_s"]
     return result

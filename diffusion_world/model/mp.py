@@ -21,8 +21,10 @@ def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: fl
     if dim is None:
         dim = tuple(range(1, x.ndim))
     norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
-    numel = np.prod([x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim)])
-    norm = torch.add(eps, norm, alpha=math.sqrt(1.0 / numel))
+    numel = math.prod([x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim)])
+    # eps + norm / sqrt(numel), written with the tensor first: torch.add(eps, norm, ...) with a Python scalar as
+    # its input is a graph break under torch.compile (a data-dependent scalar), once per call
+    norm = norm * math.sqrt(1.0 / numel) + eps
     return x / norm.to(x.dtype)
 
 
