@@ -15,6 +15,7 @@ from diffusion_world.bench.fidelity import (
     foreground_retention,
     frame_scores,
     horizons,
+    motion,
     real_frame_termination_probs,
     run_fidelity,
     static_background,
@@ -44,7 +45,7 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
                      short_memory=tiny_world_model, progress=False)
     h = r["headline"]
     assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "foreground_retention_h16", "foreground_recall_h16",
-                      "repeat_last_psnr_h16",
+                      "motion_h16", "repeat_last_psnr_h16",
                       "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
     assert 1 <= r["window_episodes"] <= min(4, r["heldout_episodes"])
@@ -67,6 +68,10 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert set(r["background_error"][str(r["sampler_steps"])]) == {"1", "2", "4"}
     assert all(v["share"] is None or 0 <= v["share"] <= 1 for v in r["background_error"]["1"].values())
     assert "quiet background" in render("fidelity", {**r, "machine": {}})
+    assert set(r["motion"]["model"]) == {"1", "2", "4"} and r["motion"]["short_memory"] == r["motion"]["model"]
+    assert "| motion |" in render("fidelity", {**r, "machine": {}})
+    seeds = r["heldout_episode_seeds"]  # the tiny dataset's episodes were collected with recorded seeds
+    assert seeds is not None and seeds[0] <= seeds[1]
 
 
 def test_heldout_windows_too_short_names_the_longest() -> None:
@@ -113,6 +118,27 @@ def test_foreground_retention() -> None:
     assert foreground_recall(real, half, background, [1], radius=0)["1"] == 0.5
     assert foreground_recall(real, half, background, [1], radius=1)["1"] == 1.0
     assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
+
+
+def test_motion() -> None:
+    """An object that moves as in reality scores 1, one left where it was 0, one drawn half way (half contrast at
+    both places) 0.5, one that moved the other way 0.5 as well (it did leave its place: half of the real change);
+    nothing moving in the real frames gives None."""
+    last = np.full((2, 8, 8, 3), 255, np.uint8)
+    last[:, 2:4, 3] = 0
+    real = np.repeat(last[:, None], 4, axis=1)  # (N=2, h=4, 8, 8, 3)
+    real[:, :, 2:4, 3] = 255
+    real[:, :, 2:4, 4] = 0  # one pixel to the right
+    fake = real.copy()
+    fake[:, 1] = last  # h=2: stayed
+    fake[:, 2, 2:4, 3] = 128  # h=3: half here, half there
+    fake[:, 2, 2:4, 4] = 128
+    fake[:, 3, 2:4, 4] = 255  # h=4: moved left instead
+    fake[:, 3, 2:4, 3] = 255
+    fake[:, 3, 2:4, 2] = 0
+    m = motion(real, fake, last, [1, 2, 3, 4])
+    assert m["1"] == 1.0 and m["2"] == 0.0 and m["3"] == pytest.approx(0.5, abs=0.01) and m["4"] == 0.5
+    assert motion(np.repeat(last[:, None], 1, axis=1), real[:, :1], last, [1])["1"] is None
 
 
 def test_background_error() -> None:
@@ -558,6 +584,15 @@ def test_sampler_steps_table() -> None:
     assert rows()[1:] == ["| 3, off (default) | 37.00 / 23.00 | 0.75 | 50 % | 25 / 50 / 25 % | 10 / 20 / 70 % | "
                           "54.4 ± 17.3 |", "| 3, w=2 | 36.50 / 22.50 | 0.90 | 50 % | – | – | – |"]
     assert "--history-guidance w --name <base>_hg<w>" in text
+    # a fidelity variant on other held-out windows gives no PSNR to compare with
+    other_windows = {**results, "fidelity_hg2": {**results["fidelity_hg2"], "dataset_id": "other/test-v0"}}
+    assert "| 3, w=2 | – | 0.90 |" in sampler_steps_markdown(other_windows)
+    # motion (fidelity's, at each result's own K and w) gets a column once a fidelity result has it
+    results["fidelity_hg2"] = {**results["fidelity_hg2"], "motion": {"model": {"8": 0.875, "32": 0.5}}}
+    text = sampler_steps_markdown(results)
+    assert "| PSNR h=1 / 32 (dB) | motion h=8 / 32 |" in text
+    assert "| 3, w=2 | 36.50 / 22.50 | 0.88 / 0.50 | 0.90 |" in text and "| 37.00 / 23.00 | – | 0.75 |" in text
+    del results["fidelity_hg2"]["motion"]
     # RL seed sweeps: compared on the seeds both ran (imagination-trained return, real-trained in brackets)
     def sweep(returns: dict[int, float], **kwargs: float) -> dict:
         return {**model, "imagination_kwargs": {"termination": "sample", **kwargs}, "seeds": list(returns),
@@ -579,7 +614,8 @@ def test_glance_table_answers_from_current_results_only() -> None:
     psnr = {str(h): {"psnr": {"mean": 40.0 - h / 2}} for h in (1, 8, 16, 32)}
     last = {str(h): {"psnr": {"mean": 50.0 - h}} for h in (1, 8, 16, 32)}
     results = {"fidelity": {**model, "sampler_steps": 3, "context_frames": 4, "model": psnr,
-                            "repeat_last_frame": last, "reward_mae": 0.125},
+                            "repeat_last_frame": last, "reward_mae": 0.125,
+                            "motion": {"model": {"8": 0.75, "16": 0.5, "32": 0.25}}},
                "control": {**model, "world_model": "/m.pt", "sampler_steps": 3,
                            "headline": {"gain_h8": 0.75, "termination_on_time": 0.5}},
                "control_hg2": {**model, "sampler_steps": 3, "history_guidance": 2.0,
@@ -597,6 +633,7 @@ def test_glance_table_answers_from_current_results_only() -> None:
     rows = [line.split(" | ") for line in glance_markdown(results).splitlines()[2:] if line.startswith("| ")]
     assert [(r[1], r[2], r[3].rstrip(" |")) for r in rows] == [
         ("36.00 / 32.00 / 24.00", "repeat the last real frame: 42.00 / 34.00 / 18.00", "`fidelity`"),
+        ("0.75 / 0.50 / 0.25", "1 (repeating the last frame: 0)", "`fidelity`"),
         ("0.125", "0", "`fidelity`"), ("0.75", "1", "`control`"), ("50 %", "100 %", "`control`"),
         ("25 / 12 / 62 %", "100 / 0 / 0 %", "`termination_tails`"),
         ("80.0 ± 1.0", "PPO trained in the real env: 70.0 ± 1.0; random: 20.0 ± 1.0", "`rl_50k_seeds`")]
@@ -604,7 +641,7 @@ def test_glance_table_answers_from_current_results_only() -> None:
     assert "K=3 denoiser calls per frame, no history guidance" in glance_markdown(results)
     # another checkpoint file: only fidelity's own rows remain
     other = {k: {**v, "model_sha256": "cd"} if k != "fidelity" else v for k, v in results.items()}
-    assert glance_markdown(other).count("\n| ") == 2
+    assert glance_markdown(other).count("\n| ") == 3
     assert glance_markdown({k: v for k, v in results.items() if k != "fidelity"}) is None
 
 

@@ -6,7 +6,8 @@ interval over windows; reward MAE; termination precision / recall / F1 and first
 termination scoring alone (the model's classifier if it has one, else its head) on every real frame of the held-out
 episodes (teacher-forced, no rollout drift);
 foreground retention (how much of the moving objects an imagined frame still draws: thin objects that fade over a
-rollout cost little PSNR on a mostly static screen, so PSNR alone hides them). In the
+rollout cost little PSNR on a mostly static screen, so PSNR alone hides them); motion (how much of the real change
+since the last context frame the imagined frames reproduce: damped dynamics). In the
 same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
 4 frames) trained with the same budget, and the model's own sampler-steps sweep.
 """
@@ -137,6 +138,28 @@ def background_error(real: np.ndarray, fake: np.ndarray, background: np.ndarray,
         out[str(h)] = {"share": float(se[quiet].sum()) / total if total > 0 else None,
                        "mean_abs": float(np.abs(f - r).mean(-1)[quiet].mean()) if quiet.any() else None}
     return out
+
+
+def motion(real: np.ndarray, fake: np.ndarray, last: np.ndarray, hs: list[int]) -> dict[str, float | None]:
+    """real, fake: (N, H, h, w, 3); last: (N, h, w, 3), the last real context frame. Per horizon: the share of the
+    real change since that frame that the imagined frames reproduce, sum <fake - last, real - last> over
+    sum |real - last|^2 (all windows together). 1: the objects moved as far as the real ones, in the same
+    direction; 0: nothing moved (repeating the last frame); below 1: damped dynamics, e.g. an imagined pole that
+    falls more slowly than the real one (an object that fades also counts as partly moved away). None where
+    nothing moved in the real frames."""
+    ref = last.astype(np.float64)
+    out: dict[str, float | None] = {}
+    for h in hs:
+        dr = real[:, h - 1].astype(np.float64) - ref
+        den = float((dr * dr).sum())
+        out[str(h)] = float(((fake[:, h - 1].astype(np.float64) - ref) * dr).sum() / den) if den > 0 else None
+    return out
+
+
+def _seed_range(seeds: np.ndarray) -> list[int] | None:
+    """[lowest, highest] reset seed of the episodes (where collect recorded them all): enough to collect the same
+    held-out episodes again (``collect --seed`` gives episode i the seed seed + i)."""
+    return [int(seeds.min()), int(seeds.max())] if len(seeds) and (seeds >= 0).all() else None
 
 
 def _mean_ci(values: np.ndarray) -> dict[str, float]:
@@ -279,12 +302,14 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         by_k[k] = rollout(wm, cache, starts, context, horizon, dataclasses.replace(sampler, num_steps=k), seed=seed,
                           progress=progress, precision=precision)
     main = by_k[default_k]
-    repeat_last = np.repeat(np.asarray(cache.frames[starts + context - 1])[:, None], horizon, axis=1)
+    last = np.asarray(cache.frames[starts + context - 1])
+    repeat_last = np.repeat(last[:, None], horizon, axis=1)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
         "num_windows": len(starts), "heldout_episodes": len(val_eps),
         "window_episodes": len(np.unique(np.searchsorted(cache.episode_starts, starts, side="right") - 1)),
-        "heldout": heldout, "sampler_steps": default_k,
+        "heldout": heldout, "heldout_episode_seeds": _seed_range(cache.episode_seeds[val_eps]),
+        "sampler_steps": default_k,
         **({"history_guidance": sampler.history_guidance} if sampler.guided else {}),
         "checkpoint_step": wm.step, "horizons": hs,
         "model": score(real, main["frames"], hs),
@@ -293,6 +318,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                                  "repeat_last_frame": foreground_retention(real, repeat_last, background, hs)},
         "foreground_recall": {"model": foreground_recall(real, main["frames"], background, hs),
                               "repeat_last_frame": foreground_recall(real, repeat_last, background, hs)},
+        "motion": {"model": motion(real, main["frames"], last, hs)},
         "background_error": {str(k): background_error(real, by_k[k]["frames"], background,
                                                       hs if k == default_k else [1, hs[-1]]) for k in ks},
         "reward_mae": float(np.abs(main["rewards"] - real_rewards).mean()),
@@ -312,6 +338,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                                   **score(real, sm_out["frames"], hs)}
         result["foreground_retention"]["short_memory"] = foreground_retention(real, sm_out["frames"], background, hs)
         result["foreground_recall"]["short_memory"] = foreground_recall(real, sm_out["frames"], background, hs)
+        result["motion"]["short_memory"] = motion(real, sm_out["frames"], last, hs)
     h16 = str(16) if "16" in result["model"] else str(hs[-1])
     result["headline"] = {
         "psnr_h1": result["model"]["1"]["psnr"]["mean"],
@@ -319,6 +346,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "ssim_h16": result["model"][h16]["ssim"]["mean"],
         "foreground_retention_h16": result["foreground_retention"]["model"][h16],
         "foreground_recall_h16": result["foreground_recall"]["model"][h16],
+        "motion_h16": result["motion"]["model"][h16],
         "repeat_last_psnr_h16": result["repeat_last_frame"][h16]["psnr"]["mean"],
         "short_memory_psnr_h16": result["short_memory"][h16]["psnr"]["mean"] if short_memory else None,
         "termination_f1": result["termination"]["f1"],

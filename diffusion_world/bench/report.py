@@ -40,6 +40,7 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
     fg = r.get("foreground_retention")  # results from before these metrics existed do not have them
     rc = r.get("foreground_recall")
+    mo = r.get("motion")  # results from before it do not have it
     be = r.get("background_error", {})  # per K; results from before it do not have it
     bg = be.get(str(r["sampler_steps"]))
     sm_note = ""
@@ -55,9 +56,9 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else "")
              + (" foreground retention |" if fg else "") + (" foreground recall |" if rc else "")
-             + (" quiet background: error share, mean abs error |" if bg else ""),
+             + (" motion |" if mo else "") + (" quiet background: error share, mean abs error |" if bg else ""),
              "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")
-             + ("---|" if rc else "") + ("---|" if bg else "")]
+             + ("---|" if rc else "") + ("---|" if mo else "") + ("---|" if bg else "")]
     for h in r["horizons"]:
         m, b = r["model"][str(h)], r["repeat_last_frame"][str(h)]
         row = (f"| {h} | {m['psnr']['mean']:.2f} ± {m['psnr']['ci95']:.2f} | {m['ssim']['mean']:.3f} "
@@ -68,6 +69,8 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
             row += f" {_f(fg['model'][str(h)])} |"
         if rc:
             row += f" {_f(rc['model'][str(h)])} (repeat-last {_f(rc['repeat_last_frame'][str(h)])}) |"
+        if mo:
+            row += f" {_f(mo['model'][str(h)])} |"
         if bg:
             row += f" {_pct_or_dash(bg[str(h)]['share'])}, {_f(bg[str(h)]['mean_abs'])} |"
         lines.append(row)
@@ -81,6 +84,11 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         lines += ["", "Foreground recall: the share of the real frame's object pixels that the imagined frame also "
                   "draws (within 1 pixel), every pixel counting the same: a thin, faint object that fades away "
                   "shows here even when a bold one dominates the retention."]
+    if mo:
+        lines += ["", "Motion: the share of the real change since the last context frame that the imagined frames "
+                  "reproduce, sum <imagined - last, real - last> / sum |real - last|^2 over the windows; 1 = the "
+                  "objects moved as far as the real ones, 0 = nothing moved (repeating the last frame), below 1 = "
+                  "damped dynamics."]
     if bg:
         lines += ["", "Quiet background: the pixels where neither the real nor the imagined frame draws an object; "
                   "the share of the squared error (PSNR's denominator) that lies there, and the mean absolute error "
@@ -349,9 +357,12 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     default = (fid["sampler_steps"], _guidance(fid))  # the checkpoint's own, which results run without options use
     rows: dict[tuple[int, float], dict[str, Any]] = {}
     for stem, r in results.items():
-        if sampler_variant(stem, "fidelity") and "_k" not in stem and same_model(r, fid):
+        if (sampler_variant(stem, "fidelity") and "_k" not in stem and same_model(r, fid)
+                and r.get("dataset_id") == fid.get("dataset_id")):  # one column: the same held-out windows
             for k, v in r.get("sampler_sweep", {}).items():
                 rows.setdefault((int(k), _guidance(r)), {})["psnr"] = v
+            if r.get("motion"):  # measured at the result's own K only
+                rows.setdefault((int(r["sampler_steps"]), _guidance(r)), {})["motion"] = r["motion"]["model"]
     for base in SAMPLER_FAMILIES:
         ref = results.get(base)
         if not ref or any(ref.get(k) != fid.get(k) for k in ("checkpoint_step", "model_sha256")):
@@ -361,7 +372,8 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
                 continue
             k = r.get("sampler_steps") or (r.get("imagination_kwargs") or {}).get("sampler_steps") or default[0]
             rows.setdefault((int(k), _guidance(r)), {}).setdefault(base, []).append((stem, r))
-    measured = {key: row for key, row in rows.items() if set(row) - {"psnr"}}
+    measured = {key: row for key, row in rows.items() if set(row) - {"psnr", "motion"}}
+    with_motion = any("motion" in row for row in measured.values())
     if len(measured) < 2:
         return None
     sweeps = [r for row in measured.values() for _, r in row.get("rl_50k_sampled_seeds", [])]
@@ -387,19 +399,25 @@ def sampler_steps_markdown(results: dict[str, dict[str, Any]]) -> str | None:
 
     guided = any(w != 1.0 for _, w in measured)
     lines = [f"| K{', history guidance w' if guided else ''} | PSNR h=1 / 32 (dB) | "
-             + " | ".join(header for _, header, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+             + ("motion h=8 / 32 | " if with_motion else "")
+             + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 2 + with_motion) + "|"]
     for (k, w), row in sorted(measured.items()):
         psnr = row.get("psnr", {})
         label = f"{k}{f', w={w:g}' if w != 1.0 else (', off' if guided else '')}"
         cells = [f"{label}{' (default)' if (k, w) == default else ''}",
                  f"{psnr['1']['psnr']['mean']:.2f} / {psnr['32']['psnr']['mean']:.2f}" if "1" in psnr and "32" in psnr
-                 else "–", *(cell(row.get(family, []), value) for family, _, value in columns)]
+                 else "–",
+                 *([" / ".join(_f(row["motion"].get(h)) for h in ("8", "32")) if "motion" in row else "–"]
+                   if with_motion else []),
+                 *(cell(row.get(family, []), value) for family, _, value in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     real = [r["headline"]["real_mean_length"] for row in measured.values() for _, r in row.get("random_play", [])]
-    variants = {stem for row in measured.values() for family in row if family != "psnr"
+    variants = {stem for row in measured.values() for family in row if family not in ("psnr", "motion")
                 for stem, _ in row[family] if stem != family}
     variants |= {stem for stem, r in results.items() if stem != "fidelity" and sampler_variant(stem, "fidelity")
-                 and "_k" not in stem and same_model(r, fid) and (int(r["sampler_steps"]), _guidance(r)) in measured}
+                 and "_k" not in stem and same_model(r, fid) and r.get("dataset_id") == fid.get("dataset_id")
+                 and (int(r["sampler_steps"]), _guidance(r)) in measured}
     note = (f"Checkpoint step {fid['checkpoint_step']}; each column from the same start states, episodes and seeds "
             f"for every setting (`benchmark --sampler-steps K --name <base>_k<K>`"
             + (", `--history-guidance w --name <base>_hg<w>`" if guided else "") + ")"
@@ -596,6 +614,11 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
                      f"held-out actions from {fid.get('context_frames', '?')} real frames",
                      at(fid["model"], hs), f"repeat the last real frame: {at(fid['repeat_last_frame'], hs)}",
                      "fidelity"))
+    mo = fid.get("motion", {}).get("model", {})
+    if all(mo.get(str(h)) is not None for h in hs) and hs:
+        rows.append((f"Do things move as far as in the real env? Share of the real change since the last real frame "
+                     f"that the same rollouts reproduce, {' / '.join(map(str, hs))} steps ahead",
+                     " / ".join(_f(mo[str(h)]) for h in hs), "1 (repeating the last frame: 0)", "fidelity"))
     if fid.get("reward_mae") is not None:
         rows.append(("Are the rewards right? mean absolute error per step on the same rollouts",
                      f"{fid['reward_mae']:.3f}", "0", "fidelity"))
