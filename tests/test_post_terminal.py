@@ -149,7 +149,8 @@ def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_worl
     collect("CartPole-v1", "tt/no-tail-v0", steps=160, size=16, seed=3, progress=False)
     r = termination.run_termination(tiny_world_model, dataset_id="tt/no-tail-v0", horizon=6, tolerance=2,
                                     progress=False)
-    assert r["steps_past_end"] == 0
+    assert r["steps_past_end"] == 0 and r["heldout"].startswith("every episode")
+    assert r["heldout_episode_seeds"][0] == 3  # collect --seed 3: episode i reset with seed 3 + i
     assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 0.0
     assert "stop at the real terminal frame" in termination.termination_markdown(r)
     collect("CartPole-v1", "tt/cut-v0", steps=5, size=16, seed=3, progress=False)  # one episode, cut after 5 steps

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -93,3 +94,21 @@ def training_end_return(r: dict[str, Any], rollouts: int = TRAINING_END_ROLLOUTS
     ``rollouts`` rollouts of its learning curve (None without one)."""
     curve = (r.get("imagination") or {}).get("curve") or []
     return float(sum(c[1] for c in curve[-rollouts:]) / len(curve[-rollouts:])) if curve else None
+
+
+def heldout_episodes(cache: Any, dataset: dict[str, Any], train_config: dict[str, Any]
+                     ) -> tuple[np.ndarray, str, list[int] | None]:
+    """The episodes of ``cache`` (a ``FrameCache``) a world model trained with ``train_config`` on ``dataset``
+    (its checkpoint's) did not see: the training run's validation split when ``cache`` is its own dataset, else
+    every episode. Returns (episode indices, how they were held out, [lowest, highest] reset seed of those episodes
+    where collect recorded them all: ``collect --seed`` gives episode i the seed seed + i, so they can be collected
+    again)."""
+    if cache.dataset_id == dataset.get("dataset_id"):
+        _, episodes = cache.episode_split(train_config.get("val_fraction", 0.1), train_config.get("seed", 0))
+        how = "validation split of the training dataset"
+    else:
+        episodes = np.arange(cache.num_episodes)
+        how = "every episode of a dataset the model was not trained on"
+    seeds = np.asarray(cache.episode_seeds)[episodes]
+    seed_range = [int(seeds.min()), int(seeds.max())] if len(seeds) and (seeds >= 0).all() else None
+    return episodes, how, seed_range

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_world.bench.common import sampler_label
+from diffusion_world.bench.common import heldout_episodes, sampler_label
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
@@ -156,12 +156,6 @@ def motion(real: np.ndarray, fake: np.ndarray, last: np.ndarray, hs: list[int]) 
     return out
 
 
-def _seed_range(seeds: np.ndarray) -> list[int] | None:
-    """[lowest, highest] reset seed of the episodes (where collect recorded them all): enough to collect the same
-    held-out episodes again (``collect --seed`` gives episode i the seed seed + i)."""
-    return [int(seeds.min()), int(seeds.max())] if len(seeds) and (seeds >= 0).all() else None
-
-
 def _mean_ci(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
@@ -275,12 +269,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         raise UserError("the checkpoint names no dataset: pass --dataset-id")
     cache = FrameCache.open(dataset_id, progress=progress)
     tc = ckpt.get("train_config", {})
-    if dataset_id == wm.dataset.get("dataset_id"):  # the training run's own validation episodes
-        _, val_eps = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
-        heldout = "validation split of the training dataset"
-    else:  # a dataset the model never saw (e.g. freshly collected with other seeds): every episode is held out
-        val_eps = np.arange(cache.num_episodes)
-        heldout = "every episode of a dataset the model was not trained on"
+    val_eps, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)
     if len(val_eps) == 0:
         raise UserError(f"dataset {dataset_id!r} has no held-out episodes")
     context = context or int(wm.imagination.get("context_frames", 4))
@@ -308,7 +297,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
         "num_windows": len(starts), "heldout_episodes": len(val_eps),
         "window_episodes": len(np.unique(np.searchsorted(cache.episode_starts, starts, side="right") - 1)),
-        "heldout": heldout, "heldout_episode_seeds": _seed_range(cache.episode_seeds[val_eps]),
+        "heldout": heldout, "heldout_episode_seeds": seed_range,
         "sampler_steps": default_k,
         **({"history_guidance": sampler.history_guidance} if sampler.guided else {}),
         "checkpoint_step": wm.step, "horizons": hs,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_world.bench.common import sampler_label
+from diffusion_world.bench.common import heldout_episodes, sampler_label
 from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
@@ -118,12 +118,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
         raise UserError("the checkpoint names no dataset: pass --dataset-id")
     cache = FrameCache.open(dataset_id, progress=progress)
     tc = load_checkpoint(wm.path).get("train_config", {})
-    if dataset_id == wm.dataset.get("dataset_id"):
-        _, episodes = cache.episode_split(tc.get("val_fraction", 0.1), tc.get("seed", 0))
-        heldout = "validation split of the training dataset"
-    else:
-        episodes = np.arange(cache.num_episodes)
-        heldout = "every episode of a dataset the model was not trained on"
+    episodes, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)
     context = int(context or wm.imagination.get("context_frames", 4))
     sampler = wm.sampler_config(sampler_steps, history_guidance)
     K = sampler.num_steps
@@ -169,7 +164,8 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
             sampled.append(p[j])
             real.append(int(steps[sel[j]]))
     result: dict[str, Any] = {
-        "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout, "checkpoint_step": wm.step,
+        "world_model": str(world_model), "dataset_id": dataset_id, "heldout": heldout,
+        "heldout_episode_seeds": seed_range, "checkpoint_step": wm.step,
         "context_frames": context, "horizon": horizon, "tolerance": tolerance, "sampler_steps": K,
         **({"history_guidance": sampler.history_guidance} if sampler.guided else {}),
         "steps_past_end": int(past_end.min()) if past_end.min() == past_end.max() else past_end.tolist(),
