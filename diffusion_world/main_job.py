@@ -83,7 +83,9 @@ def summary_table(summary: dict[str, Any]) -> str:
          f"(repeat-last-frame {f['repeat_last_psnr_h1']:.2f} / {f['repeat_last_psnr_hmax']:.2f} dB); "
          f"SSIM h={f['horizon']} {f['ssim_hmax']:.3f}"
          + (f"; foreground retention h={f['horizon']} {f['foreground_retention_hmax']:.2f}"
-            if f.get("foreground_retention_hmax") is not None else "") + _termination_text(f)),
+            if f.get("foreground_retention_hmax") is not None else "")
+         + (f"; motion h={f['horizon']} {f['motion_hmax']:.2f} of the real change"
+            if f.get("motion_hmax") is not None else "") + _termination_text(f)),
         ("RL (shipped)", r["seconds"],
          f"{r['agent_steps']:,} PPO steps; real-env return: imagination-trained {_fmt(r['imagination_mean'])} "
          f"± {_fmt(r['imagination_std'])}, real-trained {_fmt(r['real_trained_mean'])} "
@@ -201,6 +203,7 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
         "psnr_h1": fid["model"]["1"]["psnr"]["mean"], "psnr_hmax": fid["model"][hmax]["psnr"]["mean"],
         "ssim_hmax": fid["model"][hmax]["ssim"]["mean"],
         "foreground_retention_hmax": fid["foreground_retention"]["model"][hmax],
+        "motion_hmax": fid["motion"]["model"][hmax],
         "repeat_last_psnr_h1": fid["repeat_last_frame"]["1"]["psnr"]["mean"],
         "repeat_last_psnr_hmax": fid["repeat_last_frame"][hmax]["psnr"]["mean"],
         "reward_mae": fid["reward_mae"], "termination_f1": fid["termination"]["f1"],

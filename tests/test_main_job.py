@@ -58,6 +58,7 @@ def test_main_job_tiny(tiny_world_model: str, tmp_path: Path) -> None:
     table = summary_table(s)
     assert f"PSNR h=1 {fid['model']['1']['psnr']['mean']:.2f} dB" in table
     assert f"foreground retention h=4 {fid['foreground_retention']['model']['4']:.2f}" in table
+    assert f"motion h=4 {fid['motion']['model']['4']:.2f} of the real change" in table
     assert f"random {rl['random']['mean']:,.1f}" in table
     assert (f"sampling the agents' actions: imagination-trained {rl['imagination']['stochastic']['mean']:,.1f}, "
             f"real-trained {rl['real_trained']['stochastic']['mean']:,.1f}") in table
