@@ -34,3 +34,37 @@ def test_default_env_runs_without_the_dataset(tmp_path, monkeypatch) -> None:
     assert steps <= 3
     named = gym.make("DiffusionWorld-v0", world_model="cartpole")
     assert named.observation_space == env.observation_space
+
+
+def test_cartpole_data_script_names_the_shipped_models_data(monkeypatch) -> None:
+    """scripts/cartpole_data.sh (dry run): every command parses with today's CLI, its training mix is the one
+    cartpole.json records, and its held-out sets are the ones the committed benchmark results replayed."""
+    import json
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from diffusion_world.cards import load_card
+    from diffusion_world.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("DRY_RUN", "1")
+    out = subprocess.run(["bash", str(root / "scripts" / "cartpole_data.sh")], capture_output=True, text=True,
+                         check=True).stdout
+    commands = [shlex.split(line) for line in out.splitlines()]
+    assert len(commands) == 5 and all(c[0] == "diffusion-world" for c in commands)
+    parser, _ = build_parser()
+    parsed = [parser.parse_args(c[1:]) for c in commands]
+    provenance = json.loads((root / "diffusion_world" / "shipped" / "cartpole.json").read_text())["provenance"]
+    record = provenance["collect"] + provenance["data"]
+    expert = load_card(root / "envs" / "cartpole.toml").collect  # the expert's episodes: the card's settings
+    assert commands[0][-2:] == ["--card", "envs/cartpole.toml"] and parsed[0].dataset_id is None
+    assert f"--epsilon {expert['epsilon']} --steps {expert['steps']}" in provenance["collect"]
+    for c in commands[1:3]:  # random play with post-terminal steps, and the mix: as recorded
+        assert " ".join(c[c.index("--card") + 2 if "--card" in c else 1:]) in record
+    results = root / "benchmarks" / "results"
+    fidelity = json.loads((results / "fidelity.json").read_text())
+    tails = json.loads((results / "termination_tails_fp32.json").read_text())
+    held_out = {a.dataset_id: a for a in parsed[3:]}
+    assert set(held_out) == {fidelity["dataset_id"], tails["dataset_id"]}
+    assert held_out[fidelity["dataset_id"]].seed == fidelity["heldout_episode_seeds"][0]
