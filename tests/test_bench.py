@@ -25,6 +25,9 @@ from diffusion_world.bench.report import make_readme, render
 from diffusion_world.cli import main
 from diffusion_world.errors import UserError
 
+OTHER_CHECKPOINTS = ("Other checkpoints (earlier shipped models, candidates not shipped), with their settings "
+                     "(tables in `benchmarks/README.md`): ")
+
 
 def test_horizons_and_scores() -> None:
     assert horizons(16) == [1, 2, 4, 8, 16] and horizons(12) == [1, 2, 4, 8, 12]
@@ -255,7 +258,7 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
             sampler_table = text.split("#### Sampler settings")[1].split("####")[0]
             training_table = text.split("#### Training in imagination")[1].split("####")[0]
             precision_table = text.split("#### fp32 or bf16")[1].split("####")[0]
-            assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Earlier checkpoints")[1]
+            assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Other checkpoints")[1]
                     or path.stem in in_sweep  # a seed sweep's rows name each seed's result
                     or f"`{path.stem}`" in sampler_table  # so does the sampler table its variants
                     or f"`{path.stem}`" in training_table  # and the training table the other RL recipes
@@ -282,7 +285,7 @@ def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Pa
                                                                             "accuracy_ci95": [0, 1]}}))
     text = _readme_block(tmp_path, tmp_path / "README.md")
     assert "#### `memory`" in text and "#### `speed`" in text and "#### `memory_old`" not in text
-    assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `memory_old`." in text
+    assert OTHER_CHECKPOINTS + "`memory_old`." in text
 
 
 def test_readme_block_sums_up_sampler_variants_in_the_sampler_table(tmp_path: Path,
@@ -412,7 +415,7 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
         shutil.copy(results / f"{src}.json", out / f"{stem}.json")
     text = _readme_block(out, tmp_path / "README.md")
     assert "#### `rl`" in text and "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text
-    assert "Earlier checkpoints, with their settings (tables in `benchmarks/README.md`): `rl_step5300`." in text
+    assert OTHER_CHECKPOINTS + "`rl_step5300`." in text
     # without rl.json, a variant on the current model (fidelity.json's) is still shown in full
     (out / "rl.json").unlink()
     fidelity = json.loads((results / "fidelity_step7995.json").read_text())
@@ -422,16 +425,16 @@ def test_readme_block_shows_settings_of_the_current_model_in_full(tmp_path: Path
     assert "#### `rl_sampled`" in text and "#### `rl_step5300`" not in text and "`rl_sampled`." not in text
     (out / "fidelity.json").write_text(json.dumps({**fidelity, "checkpoint_step": 10748}))
     text = _readme_block(out, tmp_path / "README.md")
-    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Earlier checkpoints")[1]
+    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Other checkpoints")[1]
     # the same name and step, another checkpoint file (e.g. a termination classifier added): archived too
     (out / "fidelity.json").write_text(json.dumps({**fidelity, "model_sha256": "0123456789abcdef"}))
     text = _readme_block(out, tmp_path / "README.md")
-    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Earlier checkpoints")[1]
+    assert "#### `rl_sampled`" not in text and "`rl_sampled`" in text.split("Other checkpoints")[1]
     sampled = json.loads((out / "rl_sampled.json").read_text())
     (out / "rl_sampled.json").write_text(json.dumps({**sampled, "model_sha256": "0123456789abcdef"}))
     text = _readme_block(out, tmp_path / "README.md")
-    assert "#### `rl_sampled`" in text and "Earlier checkpoints" in text and "`rl_sampled`" not in text.split(
-        "Earlier checkpoints")[1]
+    assert "#### `rl_sampled`" in text and "Other checkpoints" in text and "`rl_sampled`" not in text.split(
+        "Other checkpoints")[1]
 
 
 def test_results_record_the_checkpoint_file(tiny_world_model: str, tmp_path: Path,
