@@ -258,11 +258,13 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
             sampler_table = text.split("#### Sampler settings")[1].split("####")[0]
             training_table = text.split("#### Training in imagination")[1].split("####")[0]
             precision_table = text.split("#### fp32 or bf16")[1].split("####")[0]
+            candidates_table = text.split("#### Trained further")[1].split("####")[0]
             assert (f"#### `{path.stem}`" in text or f"`{path.stem}`" in text.split("Other checkpoints")[1]
                     or path.stem in in_sweep  # a seed sweep's rows name each seed's result
                     or f"`{path.stem}`" in sampler_table  # so does the sampler table its variants
                     or f"`{path.stem}`" in training_table  # and the training table the other RL recipes
-                    or f"`{path.stem}`" in precision_table)  # and the precision table its fp32 / bf16 pairs
+                    or f"`{path.stem}`" in precision_table  # and the precision table its fp32 / bf16 pairs
+                    or path.stem.split("_")[-1] in candidates_table)  # and the candidates table their tags
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
 
 
@@ -804,3 +806,37 @@ def test_precision_table(tmp_path: Path) -> None:
         (out / f"{stem}.json").write_text(json.dumps(results[stem]))
     text = _readme_block(out, tmp_path / "README.md")
     assert "fp32 or bf16" in text and "`control_fp32`, `control_bf16` |" in text and "#### `control_" not in text
+
+
+def test_candidates_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint trained past the shipped one, benchmarked on the shipped results' episodes, gets a column next
+    to them; earlier checkpoints, results on other episodes and bf16 runs do not, and the candidates' results get no
+    section of their own in the README."""
+    from diffusion_world.bench import report
+    from diffusion_world.bench.report import candidate_stems, candidates_markdown
+
+    def control(step: int, gain: float, starts: int = 32, **kw: object) -> dict:
+        return {"world_model": "m", "checkpoint_step": step, "model_sha256": f"sha{step}", "sampler_steps": 3,
+                "num_starts": starts, "headline": {"gain_h8": gain, "accuracy_h8": 0.5}, **kw}
+
+    fidelity = {"world_model": "m", "checkpoint_step": 10, "model_sha256": "sha10", "sampler_steps": 3}
+    results = {"fidelity": fidelity, "control_fp32": control(10, 0.8)}
+    assert candidates_markdown(results) is None
+    results.update(control_cand=control(12, 0.9), control_step5=control(5, 0.6), control_other=control(14, 0.7, 16),
+                   control_bf16cand=control(16, 0.95, precision="bf16"))
+    assert candidate_stems(results) == ({"control": "control_fp32"}, {"cand": {"control": "control_cand"}})
+    text = candidates_markdown(results)
+    assert "| measure | shipped, step 10 | `cand`, step 12 | reference |" in text
+    assert "| action gain, 8 steps held | 0.80 | 0.90 | real env: 1 |" in text
+    # the suite's own result, where it ran on the same start states, is the reference
+    results["control"] = control(10, 0.85, 16)
+    assert candidate_stems(results) == ({"control": "control"}, {"other": {"control": "control_other"}})
+    monkeypatch.setitem(report.RENDERERS, "control", lambda r: "(its table)")
+    out = tmp_path / "results"
+    out.mkdir()
+    for stem in ("fidelity", "control_fp32", "control_cand", "control_step5"):
+        (out / f"{stem}.json").write_text(json.dumps(results[stem]))
+    text = _readme_block(out, tmp_path / "README.md")
+    assert "| action gain, 8 steps held | 0.80 | 0.90 |" in text and "#### `control_cand`" not in text
+    assert "`control_step5`" in text.split("Other checkpoints")[1] and "`control_cand`" not in text.split(
+        "Other checkpoints")[1]

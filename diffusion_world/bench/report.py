@@ -442,6 +442,40 @@ def precision_stems(results: dict[str, dict[str, Any]]) -> list[str]:
     return stems
 
 
+def _measure_rows(ref: dict[str, dict[str, Any]]) -> list[tuple[str, Any, str, str]]:
+    """(measure, value of one result, reference, family) of each row that compares results of the families in
+    ``ref`` (family -> the result of the first column, which gives the reference values)."""
+    rows: list[tuple[str, Any, str, str]] = []
+    if "fidelity" in ref:
+        fid = ref["fidelity"]
+        h = str(fid["horizons"][-1])
+        rows += [(f"PSNR at 1 / 16 / {h} imagined steps (dB)",
+                  lambda r: " / ".join(f"{r['model'][k]['psnr']['mean']:.2f}" for k in ("1", "16", h)),
+                  f"repeat the last real frame at {h}: {fid['repeat_last_frame'][h]['psnr']['mean']:.2f}", "fidelity")]
+        if (fid.get("motion") or {}).get("model"):
+            rows.append((f"motion: share of the real change reproduced at 8 / 16 / {h} steps",
+                         lambda r: " / ".join(_f((r.get("motion") or {}).get("model", {}).get(k))
+                                              for k in ("8", "16", h)), "real env: 1", "fidelity"))
+        rows += [(f"foreground recall at {h} steps",
+                  lambda r: _f(r["foreground_recall"]["model"][h]),
+                  f"repeat-last: {_f(fid['foreground_recall']['repeat_last_frame'][h])}", "fidelity"),
+                 ("reward error per step (MAE)", lambda r: f"{r['reward_mae']:.4f}", "–", "fidelity")]
+    if "termination_tails" in ref:
+        rows += [("terminations on time / early / missed (threshold)", lambda r: _pct(r["imagined"]), "–",
+                  "termination_tails"),
+                 ("the same (sampled)", lambda r: _pct(r["imagined_sampled"]), "–", "termination_tails")]
+    if "control" in ref:
+        rows += [("action gain, 8 steps held", lambda r: _f(r["headline"]["gain_h8"]), "real env: 1", "control"),
+                 ("frames nearest their own action's real frame, 8 steps",
+                  lambda r: f"{100 * r['headline']['accuracy_h8']:.0f} %", "chance: 50 %", "control")]
+    if "random_play" in ref:
+        real = ref["random_play"]["headline"]["real_mean_length"]
+        rows.append(("random-play episode length: threshold / sampled",
+                     lambda r: f"{r['headline']['threshold_mean_length']:.1f} / "
+                               f"{r['headline']['sampled_mean_length']:.1f}", f"real env: {real:.1f}", "random_play"))
+    return rows
+
+
 def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     """One row per measure of the ``<base>_fp32`` / ``<base>_bf16`` pairs (the same model, episodes, start states
     and seeds, run in the two precisions of ``benchmark --precision``), and ``env_speed``'s steps/s at batch 16 in
@@ -451,30 +485,7 @@ def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
         return None
     pairs = {stem.rsplit("_", 1)[0]: (results[stem], results[stem.replace("_fp32", "_bf16")])
              for stem in stems if stem.endswith("_fp32")}
-    rows: list[tuple[str, Any, str, str]] = []  # (measure, value of one result, reference, source)
-    if "fidelity" in pairs:
-        fid = pairs["fidelity"][0]
-        h = str(fid["horizons"][-1])
-        rows += [(f"PSNR at 1 / 16 / {h} imagined steps (dB)",
-                  lambda r: " / ".join(f"{r['model'][k]['psnr']['mean']:.2f}" for k in ("1", "16", h)),
-                  f"repeat the last real frame at {h}: {fid['repeat_last_frame'][h]['psnr']['mean']:.2f}", "fidelity"),
-                 (f"foreground recall at {h} steps",
-                  lambda r: _f(r["foreground_recall"]["model"][h]),
-                  f"repeat-last: {_f(fid['foreground_recall']['repeat_last_frame'][h])}", "fidelity"),
-                 ("reward error per step (MAE)", lambda r: f"{r['reward_mae']:.4f}", "–", "fidelity")]
-    if "termination_tails" in pairs:
-        rows += [("terminations on time / early / missed (threshold)", lambda r: _pct(r["imagined"]), "–",
-                  "termination_tails"),
-                 ("the same (sampled)", lambda r: _pct(r["imagined_sampled"]), "–", "termination_tails")]
-    if "control" in pairs:
-        rows += [("action gain, 8 steps held", lambda r: _f(r["headline"]["gain_h8"]), "real env: 1", "control"),
-                 ("frames nearest their own action's real frame, 8 steps",
-                  lambda r: f"{100 * r['headline']['accuracy_h8']:.0f} %", "chance: 50 %", "control")]
-    if "random_play" in pairs:
-        real = pairs["random_play"][0]["headline"]["real_mean_length"]
-        rows.append(("random-play episode length: threshold / sampled",
-                     lambda r: f"{r['headline']['threshold_mean_length']:.1f} / "
-                               f"{r['headline']['sampled_mean_length']:.1f}", f"real env: {real:.1f}", "random_play"))
+    rows = _measure_rows({base: pair[0] for base, pair in pairs.items()})
     if "rl_50k_sampled" in pairs:
         rl = pairs["rl_50k_sampled"][0]
         same_reference = all(r.get("real_trained", {}).get("mean") == rl["real_trained"]["mean"]
@@ -508,6 +519,64 @@ def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     if "random_play" in pairs and pairs["random_play"][0].get("contexts"):
         notes.append(f"random play from {pairs['random_play'][0]['contexts']}")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
+
+
+CANDIDATES_TITLE = "Trained further, not shipped: candidates next to the shipped model"
+# the families a candidate checkpoint is benchmarked in, on the shipped model's `<base>_fp32` episodes and seeds
+CANDIDATE_FAMILIES = ("fidelity", "termination_tails", "control", "random_play")
+# what makes two results of one family comparable: the same held-out data, windows, start states and contexts
+_SAME_EPISODES = ("dataset_id", "heldout_episode_seeds", "num_windows", "context_frames", "num_starts", "contexts",
+                  "sampler_steps", "horizon")
+
+
+def candidate_stems(results: dict[str, dict[str, Any]]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The candidates' results and what they are compared with: (family -> the current model's result, tag ->
+    {family: stem}). A candidate's ``<family>_<tag>`` result ran in fp32 on a checkpoint trained past the current
+    one (``fidelity.json``'s step), on the episodes, start states and seeds of a current fp32 result of its family,
+    ``<family>`` or else ``<family>_fp32`` (the keys both record agree)."""
+    fid = results.get("fidelity")
+    refs: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
+    if not fid or "checkpoint_step" not in fid:
+        return refs, found
+
+    def later(stem: str, r: dict[str, Any], base: str) -> bool:
+        return (stem.startswith(f"{base}_") and "headline" in r and _precision(r) == "fp32"
+                and (r.get("checkpoint_step") or 0) > fid["checkpoint_step"])
+
+    for base in CANDIDATE_FAMILIES:
+        for ref_stem in (base, f"{base}_fp32"):
+            ref = results.get(ref_stem)
+            if not ref or not _on_checkpoint(ref, fid) or _precision(ref) != "fp32":
+                continue
+            matched = {stem[len(base) + 1:]: stem for stem, r in results.items() if later(stem, r, base)
+                       and all(r.get(k) == ref.get(k) for k in _SAME_EPISODES if k in r and k in ref)}
+            if matched:
+                refs[base] = ref_stem
+                for tag, stem in matched.items():
+                    found.setdefault(tag, {})[base] = stem
+                break
+    return refs, found
+
+
+def candidates_markdown(results: dict[str, dict[str, Any]]) -> str | None:
+    """One row per measure, one column for the current model's results and one per candidate
+    (``candidate_stems``); None without a candidate."""
+    refs, candidates = candidate_stems(results)
+    if not candidates:
+        return None
+    steps = {t: results[next(iter(stems.values()))]["checkpoint_step"] for t, stems in candidates.items()}
+    tags = sorted(candidates, key=lambda t: (steps[t], t))
+    lines = [f"| measure | shipped, step {results['fidelity']['checkpoint_step']:,} | "
+             + " | ".join(f"`{t}`, step {steps[t]:,}" for t in tags) + " | reference |", "|---" * (len(tags) + 3) + "|"]
+    for measure, value, reference, base in _measure_rows({base: results[stem] for base, stem in refs.items()}):
+        cells = [value(results[candidates[t][base]]) if base in candidates[t] else "–" for t in tags]
+        lines.append(f"| {measure} | {value(results[refs[base]])} | " + " | ".join(cells) + f" | {reference} |")
+    note = ("Each candidate's `<family>_<tag>` results ran on the same held-out episodes, start states and seeds as "
+            "the shipped model's " + ", ".join(f"`{stem}`" for stem in refs.values()) + " (how each candidate was "
+            "trained: `benchmarks/history.md`). A candidate ships only once it is benchmarked in full, RL transfer "
+            "included.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 GLANCE_TITLE = "The current model at a glance"
@@ -689,7 +758,8 @@ def summary_tables(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(title, Markdown table) of each summary table the results allow: the current model at a glance, its sampler
     settings, the PPO training recipes, fp32 against bf16."""
     tables = [(GLANCE_TITLE, glance_markdown(results)), (SAMPLER_TITLE, sampler_steps_markdown(results)),
-              (RECIPES_TITLE, rl_recipes_markdown(results)), (PRECISION_TITLE, precision_markdown(results))]
+              (RECIPES_TITLE, rl_recipes_markdown(results)), (PRECISION_TITLE, precision_markdown(results)),
+              (CANDIDATES_TITLE, candidates_markdown(results))]
     return [(title, table) for title, table in tables if table]
 
 
@@ -726,6 +796,7 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     parts += [f"#### {title}\n\n{table}" for title, table in tables]
     sampler, recipes = (any(title == t for title, _ in tables) for t in (SAMPLER_TITLE, RECIPES_TITLE))
     in_precision_table = set(precision_stems(results))
+    in_candidate_table = {stem for stems in candidate_stems(results)[1].values() for stem in stems.values()}
     # a seed sweep's per-seed results are summed up by its own table, and the sampler variants of the current
     # model by the sampler table (each in full in benchmarks/README.md)
     in_sweep = {row["result"] for r in results.values() for row in r.get("per_seed", {}).values()}
@@ -736,7 +807,7 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> None:
     in_recipe_table = {stem for stem in _recipe_sweeps(results) if recipes and not _default_episodes(results[stem])}
     for stem, r in results.items():
         if ("headline" not in r or stem in in_sweep or stem in in_sampler_table or stem in in_recipe_table
-                or stem in in_precision_table):
+                or stem in in_precision_table or stem in in_candidate_table):
             continue
         kind = next((k for k in RENDERERS if stem.startswith(k) and k != "model_speed"), None)
         # the model this suite's base result ran on; without a base result, the current model (fidelity's)
