@@ -218,6 +218,10 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                                         "validation episodes of the model's training dataset; any other "
                                         "dataset counts as held out in full); random_play: reset contexts (default: "
                                         "the model's training dataset when present)")
+    p.add_argument("--context-source", choices=["auto", "checkpoint", "dataset"],
+                   help="random_play: start from the contexts stored in the checkpoint or from the dataset's "
+                        "episodes (default auto: the dataset when it is on this machine, else the checkpoint's; "
+                        "results from different contexts do not compare)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--name", help="result file stem (default: the suite name, with _quick under --quick)")
     p.add_argument("--termination", choices=["threshold", "sample"],
@@ -260,7 +264,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
                              agent_steps=args.agent_steps, parallel=args.parallel, seed=args.seed,
                              sampler_steps=args.sampler_steps, history_guidance=args.history_guidance,
                              reset_mode=args.reset_mode, horizon=args.horizon,
-                             reference_cache=args.reference_cache, precision=args.precision)
+                             reference_cache=args.reference_cache, precision=args.precision,
+                             context_source=args.context_source)
         print(path.with_suffix(".md").read_text())
         print(f"results: {path}")
         return 0

@@ -366,6 +366,19 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     assert "| mean return | reward per step |" in text
 
 
+def test_random_play_context_source(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
+    """random_play starts from the dataset when it is on this machine, unless told to use the checkpoint's own
+    contexts (as on a machine without it), and records which: results from other contexts do not compare."""
+    from diffusion_world.bench.run import run_benchmark
+
+    for source, expected in ((None, "dataset"), ("checkpoint", "stored in the checkpoint")):
+        path = run_benchmark("random_play", tiny_world_model, tmp_path, quick=True, name=f"play_{source}",
+                             context_source=source)
+        assert expected in json.loads(path.read_text())["contexts"]
+    with pytest.raises(UserError, match="random_play only"):
+        run_benchmark("control", tiny_world_model, tmp_path, context_source="checkpoint")
+
+
 @pytest.mark.slow
 def test_rl_parallel_matches_sequential(tiny_world_model: str, one_torch_thread: None, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:

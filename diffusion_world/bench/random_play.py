@@ -80,9 +80,12 @@ def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[
 def run_random_play(world_model: str, out_dir: str | Path | None = None, num_envs: int = 32, steps: int = 100,
                     dataset_id: str | None = None, seed: int = 0, device: str = "cpu",
                     progress: bool = True, sampler_steps: int | None = None, history_guidance: float | None = None,
-                    stem: str = "random_play", precision: str = "fp32") -> dict[str, Any]:
+                    stem: str = "random_play", precision: str = "fp32",
+                    context_source: str = "auto") -> dict[str, Any]:
     """Run the benchmark (see the module docstring); writes ``{stem}.png`` into ``out_dir`` when given.
-    ``sampler_steps``: K of the imagined envs (default: the checkpoint's, else 3)."""
+    ``sampler_steps``: K of the imagined envs (default: the checkpoint's, else 3). ``context_source``: where the
+    imagined episodes start, as the env's (``"auto"``: the dataset when it is on this machine, else the contexts
+    stored in the checkpoint); results from different contexts do not compare."""
     from diffusion_world.envs.core import ImaginationCore
 
     for name, v in (("num_envs", num_envs), ("steps", steps)):
@@ -90,7 +93,8 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
             raise UserError(f"{name} must be an integer >= 1, got {v!r}")
     wm = load_world_model(world_model, device=device)
     # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
-    core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, horizon=steps + 1, termination_threshold=1.0,
+    core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
+                           horizon=steps + 1, termination_threshold=1.0,
                            sampler_steps=sampler_steps, device=device,
                            history_guidance=history_guidance, precision=precision)
     core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])

@@ -20,7 +20,8 @@ SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
                  "reset_mode": ("rl",), "horizon": ("rl",), "reference_cache": ("rl",),
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play"),
-                 "precision": ("fidelity", "termination", "control", "random_play", "rl")}
+                 "precision": ("fidelity", "termination", "control", "random_play", "rl"),
+                 "context_source": ("random_play",)}
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -30,7 +31,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
                   seed: int | Sequence[int] | None = None, sampler_steps: int | None = None,
                   history_guidance: float | None = None, reset_mode: str | None = None,
                   horizon: int | None = None, reference_cache: str | None = None,
-                  precision: str | None = None) -> Path:
+                  precision: str | None = None, context_source: str | None = None) -> Path:
     """Run one suite. ``sampler_steps`` (K, denoiser calls per imagined frame) overrides the card's
     ``[imagination] sampler_steps``, which overrides the checkpoint's; so does ``history_guidance`` (the
     sampler's w, 1 = off). ``seed`` (rl): one seed, or several: see
@@ -40,14 +41,15 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     real states: ``reset_mode="anywhere", horizon=15``. ``reference_cache`` (rl): a directory that keeps the
     real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`). ``precision``: the imagined
     rollouts in ``"fp32"`` (the default) or ``"bf16"`` autocast, as the imagined envs' ``precision``; recorded in
-    the result when given."""
+    the result when given. ``context_source`` (random_play): ``"checkpoint"`` or ``"dataset"`` reset contexts
+    (default ``"auto"``: the dataset when it is on this machine, else those stored in the checkpoint)."""
     out = Path(out)
     stem = name or (f"{suite}_quick" if quick else suite)
     given = {"termination": termination is not None, "agent_steps": agent_steps is not None, "parallel": parallel,
              "seed": seed is not None, "short_memory": short_memory is not None,
              "dataset_id": dataset_id is not None, "reset_mode": reset_mode is not None,
              "horizon": horizon is not None, "reference_cache": reference_cache is not None,
-             "precision": precision is not None}
+             "precision": precision is not None, "context_source": context_source is not None}
     for option, is_given in given.items():
         if is_given and suite not in OPTION_SUITES[option]:
             raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
@@ -130,7 +132,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark random_play needs --world-model")
         result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
                                  dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem, **guidance,
-                                 **amp)
+                                 **amp, context_source=context_source or "auto")
     elif suite == "rl":
         from diffusion_world.bench.rl import plot_curves, run_rl
 
