@@ -68,3 +68,34 @@ def test_cartpole_data_script_names_the_shipped_models_data(monkeypatch) -> None
     held_out = {a.dataset_id: a for a in parsed[3:]}
     assert set(held_out) == {fidelity["dataset_id"], tails["dataset_id"]}
     assert held_out[fidelity["dataset_id"]].seed == fidelity["heldout_episode_seeds"][0]
+
+
+def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkeypatch) -> None:
+    """scripts/benchmark_candidate.sh (dry run): every command parses with today's CLI and runs one candidate
+    family on the held-out data and contexts of the shipped model's result it is compared with."""
+    import json
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from diffusion_world.bench.report import CANDIDATE_FAMILIES, candidate_stems
+    from diffusion_world.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "benchmark_candidate.sh"
+    monkeypatch.setenv("DRY_RUN", "1")
+    assert subprocess.run(["bash", str(script)], capture_output=True, text=True).returncode == 2  # usage
+    out = subprocess.run(["bash", str(script), "runs/cp/checkpoint.pt", "cp1"], capture_output=True, text=True,
+                         check=True).stdout
+    parser, _ = build_parser()
+    parsed = [parser.parse_args(shlex.split(line)[1:]) for line in out.splitlines()]
+    assert [a.name for a in parsed] == [f"{family}_cp1" for family in CANDIDATE_FAMILIES]
+    assert all(a.world_model == "runs/cp/checkpoint.pt" and a.out == "benchmarks/results" for a in parsed)
+    results = {p.stem: json.loads(p.read_text()) for p in (root / "benchmarks" / "results").glob("*.json")}
+    refs, _ = candidate_stems(results)
+    assert set(refs) == set(CANDIDATE_FAMILIES)  # the committed candidates are compared in every family
+    for family, a in zip(CANDIDATE_FAMILIES, parsed):
+        ref = results[refs[family]]
+        assert a.dataset_id == ref.get("dataset_id")
+        if family == "random_play":
+            assert a.context_source == "checkpoint" and "stored in the checkpoint" in ref["contexts"]

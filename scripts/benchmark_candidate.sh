@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Benchmark a CartPole checkpoint trained further (e.g. from the shipped model, see README "The shipped CartPole
+# model") on the held-out episodes, start states and seeds of the shipped model's results, so that the
+# candidates table of benchmarks/README.md and the README puts it next to the shipped model (about 12 minutes on
+# 2 CPU cores; run nothing else beside it: two torch processes on 2 cores slow each other many times over).
+# Random play starts from the contexts stored in the checkpoint, which a run started with --init-from cartpole
+# keeps from the shipped model:
+#
+#   bash scripts/benchmark_candidate.sh runs/cp/checkpoint.pt cp_step20000
+#
+# writes fidelity_TAG, termination_tails_TAG, control_TAG and random_play_TAG into OUT (default
+# benchmarks/results). Needs the held-out datasets of scripts/cartpole_data.sh.
+#   DRY_RUN=1   print the commands instead of running them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -ne 2 ]; then
+  echo "usage: bash scripts/benchmark_candidate.sh CHECKPOINT TAG" >&2
+  exit 2
+fi
+model=$1 tag=$2 out=${OUT:-benchmarks/results}
+run() { if [ -n "${DRY_RUN:-}" ]; then echo "$*"; else echo "+ $*" >&2; "$@"; fi; }
+common=(--world-model "$model" --card envs/cartpole.toml --out "$out")
+
+run diffusion-world benchmark fidelity "${common[@]}" --name "fidelity_$tag" \
+  --dataset-id diffusion_world/cartpole-pixels-heldout2-v0
+run diffusion-world benchmark termination "${common[@]}" --name "termination_tails_$tag" \
+  --dataset-id diffusion_world/cartpole-random-tails-heldout2-v0
+run diffusion-world benchmark control "${common[@]}" --name "control_$tag"
+run diffusion-world benchmark random_play "${common[@]}" --name "random_play_$tag" --context-source checkpoint
