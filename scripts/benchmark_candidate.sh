@@ -10,6 +10,12 @@
 #
 # writes fidelity_TAG, termination_tails_TAG, control_TAG and random_play_TAG into OUT (default
 # benchmarks/results). Needs the held-out datasets of scripts/cartpole_data.sh.
+#   RL_SEEDS="0 1"  then RL transfer as the shipped model's rl_50k_sampled_seeds measures it (PPO for 50,000
+#               steps in imagination, sampled terminations; about an hour per pair of seeds on 2 cores): two seeds
+#               at a time side by side, one torch thread each (rl_50k_sampled_TAG_seed<S>), then their sweep
+#               rl_50k_sampled_TAG_seeds; a seed already there is reused, so later runs can add seeds. The
+#               real-env reference agents are kept in REFERENCE_CACHE (default runs/rl_references) for the next
+#               candidate on this machine.
 #   DRY_RUN=1   print the commands instead of running them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +33,19 @@ run diffusion-world benchmark termination "${common[@]}" --name "termination_tai
   --dataset-id diffusion_world/cartpole-random-tails-heldout2-v0
 run diffusion-world benchmark control "${common[@]}" --name "control_$tag"
 run diffusion-world benchmark random_play "${common[@]}" --name "random_play_$tag" --context-source checkpoint
+
+if [ -n "${RL_SEEDS:-}" ]; then
+  read -ra seeds <<< "$RL_SEEDS"
+  rl=(diffusion-world benchmark rl "${common[@]}" --termination sample --agent-steps 50000
+      --reference-cache "${REFERENCE_CACHE:-runs/rl_references}")
+  for ((i = 0; i < ${#seeds[@]}; i += 2)); do
+    pids=()
+    for s in "${seeds[@]:i:2}"; do
+      if [ -e "$out/rl_50k_sampled_${tag}_seed$s.json" ]; then continue; fi
+      OMP_NUM_THREADS=1 run "${rl[@]}" --seed "$s" --name "rl_50k_sampled_${tag}_seed$s" &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+  done
+  run "${rl[@]}" --seed "${seeds[@]}" --name "rl_50k_sampled_$tag"
+fi

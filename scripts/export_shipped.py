@@ -21,6 +21,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("name")
     parser.add_argument("--note", action="append", default=[], help="KEY=VALUE provenance notes (repeatable)")
+    parser.add_argument("--out", default=str(SHIPPED),
+                        help="folder to write NAME.pt and NAME.json into (default: the package's shipped models; "
+                             "another folder: benchmark the exact file first, then copy both files in to ship it)")
     parser.add_argument("--no-termination-classifier", action="store_true",
                         help="leave the checkpoint's termination classifier out: the model's own head scores "
                              "terminations")
@@ -29,9 +32,11 @@ def main() -> None:
     notes = dict(n.split("=", 1) for n in args.note)
     notes.update({"exported_from_step": ckpt["step"], "training_elapsed_s": ckpt.get("elapsed_s"),
                   "num_frames_seen": ckpt.get("num_frames_seen"), "machine": machine_info()})
-    out = export_for_inference(args.checkpoint, SHIPPED / f"{args.name}.pt", notes,
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = export_for_inference(args.checkpoint, folder / f"{args.name}.pt", notes,
                                termination_classifier=not args.no_termination_classifier)
-    (SHIPPED / f"{args.name}.json").write_text(json.dumps(
+    (folder / f"{args.name}.json").write_text(json.dumps(
         {"provenance": notes, "train_config": ckpt["train_config"], "dataset": ckpt["dataset"],
          "termination_classifier": None if args.no_termination_classifier
          else (ckpt.get("termination_classifier") or {}).get("report"),

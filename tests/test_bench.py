@@ -236,6 +236,9 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
     assert (tmp_path / "rl.png").stat().st_size > 1000
     text = render("rl", r)
     assert "termination='sample'" in text and "in the first rollout" in text
+    # where the imagined episodes started (the training dataset when it is here, else the stored contexts)
+    assert r["contexts"].startswith("dataset ") or r["contexts"].endswith("contexts stored in the checkpoint")
+    assert f"imagined episodes start from the {r['contexts']}." in text
 
 
 def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Path) -> None:
@@ -853,3 +856,30 @@ def test_candidates_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "| action gain, 8 steps held | 0.80 | 0.90 |" in text and "#### `control_cand`" not in text
     assert "`control_step5`" in text.split("Other checkpoints")[1] and "`control_cand`" not in text.split(
         "Other checkpoints")[1]
+
+
+def test_candidates_table_rl_row() -> None:
+    """A candidate's RL seed sweep (same PPO budget and imagined-env settings as the shipped model's
+    `rl_50k_sampled_seeds`) is compared on the seeds both ran; other settings and the shipped model's other
+    sweeps are not candidates."""
+    from diffusion_world.bench.report import candidate_stems, candidates_markdown
+
+    def sweep(step: int, rows: dict[int, tuple[float, float, float]], **kw: object) -> dict:
+        return {"world_model": "m", "checkpoint_step": step, "model_sha256": f"sha{step}", "agent_steps": 50_000,
+                "eval_episodes": 10, "imagination_kwargs": {"termination": "sample", "sampler_steps": 3},
+                "quick": False, "seeds": list(rows), "headline": {}, **kw,
+                "per_seed": {str(s): {"result": f"r{s}", "imagination": i, "real_trained": real, "random": rand}
+                             for s, (i, real, rand) in rows.items()}}
+
+    fidelity = {"world_model": "m", "checkpoint_step": 10, "model_sha256": "sha10", "sampler_steps": 3}
+    shipped = sweep(10, {0: (100, 80, 20), 1: (50, 60, 30), 2: (30, 70, 25)})
+    results = {"fidelity": fidelity, "rl_50k_sampled_seeds": shipped,
+               "rl_50k_sampled_hg2_seeds": sweep(10, {0: (1, 1, 1)}),
+               "rl_50k_sampled_cand_seeds": sweep(12, {0: (60, 90, 20), 1: (40, 100, 30)}),
+               "rl_50k_sampled_k5cand_seeds": sweep(12, {0: (60, 90, 20)},
+                                                     imagination_kwargs={"termination": "sample", "sampler_steps": 5})}
+    assert candidate_stems(results) == ({"rl_50k_sampled_seeds": "rl_50k_sampled_seeds"},
+                                        {"cand": {"rl_50k_sampled_seeds": "rl_50k_sampled_cand_seeds"}})
+    row = next(line for line in candidates_markdown(results).splitlines() if line.startswith("| PPO 50k steps"))
+    assert row.endswith("| seeds 0, 1: 75.0 ± 25.0 (70.0); all 3: 60.0 ± 29.4 (70.0) | seeds 0, 1: 50.0 ± 10.0 "
+                        "(95.0) | random policy: 25.0 |")

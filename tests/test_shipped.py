@@ -78,7 +78,7 @@ def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkey
     import subprocess
     from pathlib import Path
 
-    from diffusion_world.bench.report import CANDIDATE_FAMILIES, candidate_stems
+    from diffusion_world.bench.report import CANDIDATE_FAMILIES, CANDIDATE_RL, candidate_stems
     from diffusion_world.cli import build_parser
 
     root = Path(__file__).resolve().parents[1]
@@ -93,9 +93,22 @@ def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkey
     assert all(a.world_model == "runs/cp/checkpoint.pt" and a.out == "benchmarks/results" for a in parsed)
     results = {p.stem: json.loads(p.read_text()) for p in (root / "benchmarks" / "results").glob("*.json")}
     refs, _ = candidate_stems(results)
-    assert set(refs) == set(CANDIDATE_FAMILIES)  # the committed candidates are compared in every family
+    assert set(refs) - {CANDIDATE_RL} == set(CANDIDATE_FAMILIES)  # committed candidates: compared in every family
     for family, a in zip(CANDIDATE_FAMILIES, parsed):
         ref = results[refs[family]]
         assert a.dataset_id == ref.get("dataset_id")
         if family == "random_play":
             assert a.context_source == "checkpoint" and "stored in the checkpoint" in ref["contexts"]
+    # RL_SEEDS: each seed its own result (two at a time, side by side), then the sweep of the shipped model's
+    # settings, which its table compares with
+    monkeypatch.setenv("RL_SEEDS", "3 4 5")
+    out = subprocess.run(["bash", str(script), "runs/cp/checkpoint.pt", "cp1"], capture_output=True, text=True,
+                         check=True).stdout
+    parsed = [parser.parse_args(shlex.split(line)[1:]) for line in out.splitlines()][len(CANDIDATE_FAMILIES):]
+    assert sorted(a.name for a in parsed[:3]) == [f"rl_50k_sampled_cp1_seed{s}" for s in (3, 4, 5)]
+    assert parsed[2].seed == [5] and parsed[3].seed == [3, 4, 5]  # 3 and 4 side by side (either order), then 5
+    assert parsed[-1].name == "rl_50k_sampled_cp1" and all(a.suite == "rl" for a in parsed)
+    shipped = results[CANDIDATE_RL]
+    for a in parsed:
+        assert a.agent_steps == shipped["agent_steps"] and a.termination == shipped["imagination_kwargs"]["termination"]
+        assert a.world_model == "runs/cp/checkpoint.pt" and a.card == "envs/cartpole.toml"

@@ -217,7 +217,8 @@ def rl_markdown(r: dict[str, Any]) -> str:
              + (f"; world model at training step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None
                 else "")
              + (f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}"
-                if env_kwargs else "") + ".", "",
+                if env_kwargs else "")
+             + (f"; imagined episodes start from the {r['contexts']}" if r.get("contexts") else "") + ".", "",
              "| policy | trained in | real-env return (mean ± std) |" + (" real, sampled actions |" if sampled else "")
              + " return in imagination | training time s |", "|---|---|---|---|---|" + ("---|" if sampled else "")]
     imag = r.get("in_imagination", {})  # results from before this was measured do not have it
@@ -524,7 +525,10 @@ def precision_markdown(results: dict[str, dict[str, Any]]) -> str | None:
 CANDIDATES_TITLE = "Trained further, not shipped: candidates next to the shipped model"
 # the families a candidate checkpoint is benchmarked in, on the shipped model's `<base>_fp32` episodes and seeds
 CANDIDATE_FAMILIES = ("fidelity", "termination_tails", "control", "random_play")
+# and in RL transfer: its sweep `rl_50k_sampled_<tag>_seeds` next to the shipped model's `rl_50k_sampled_seeds`
+CANDIDATE_RL = "rl_50k_sampled_seeds"
 # what makes two results of one family comparable: the same held-out data, windows, start states and contexts
+_SAME_RL = ("agent_steps", "eval_episodes", "imagination_kwargs", "quick")
 _SAME_EPISODES = ("dataset_id", "heldout_episode_seeds", "num_windows", "context_frames", "num_starts", "contexts",
                   "sampler_steps", "horizon")
 
@@ -556,6 +560,14 @@ def candidate_stems(results: dict[str, dict[str, Any]]) -> tuple[dict[str, str],
                 for tag, stem in matched.items():
                     found.setdefault(tag, {})[base] = stem
                 break
+    ref = results.get(CANDIDATE_RL)
+    name = CANDIDATE_RL[: -len("_seeds")]
+    if ref and "per_seed" in ref and _on_checkpoint(ref, fid):
+        for stem, r in results.items():
+            if (stem.endswith("_seeds") and "per_seed" in r and later(stem, r, name)
+                    and all(r.get(k) == ref.get(k) for k in _SAME_RL) and set(r["seeds"]) & set(ref["seeds"])):
+                refs[CANDIDATE_RL] = CANDIDATE_RL
+                found.setdefault(stem[len(name) + 1: -len("_seeds")], {})[CANDIDATE_RL] = stem
     return refs, found
 
 
@@ -572,10 +584,23 @@ def candidates_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     for measure, value, reference, base in _measure_rows({base: results[stem] for base, stem in refs.items()}):
         cells = [value(results[candidates[t][base]]) if base in candidates[t] else "–" for t in tags]
         lines.append(f"| {measure} | {value(results[refs[base]])} | " + " | ".join(cells) + f" | {reference} |")
+    rl = ""
+    if CANDIDATE_RL in refs:  # each sweep over the seeds they all ran (then over all of its own)
+        ref = results[refs[CANDIDATE_RL]]
+        sweeps = [ref] + [results[stems[CANDIDATE_RL]] for stems in candidates.values() if CANDIDATE_RL in stems]
+        common = sorted(set.intersection(*(set(map(int, r["seeds"])) for r in sweeps)))
+        cells = [_seeds_cell(results[candidates[t][CANDIDATE_RL]], common) if CANDIDATE_RL in candidates[t] else "–"
+                 for t in tags]
+        random = sum(ref["per_seed"][str(s)]["random"] for s in common) / len(common)
+        lines.append(f"| PPO {ref['agent_steps'] // 1000}k steps in imagination (sampled terminations): real-env "
+                     f"return, mean ± std over seeds (PPO trained in the real env) | {_seeds_cell(ref, common)} | "
+                     + " | ".join(cells) + f" | random policy: {random:.1f} |")
+        rl = (" RL transfer: each seed sweep over the seeds they all ran; the real-env reference in brackets trained "
+              "on the sweep's own machine (PPO's outcome moves with the CPU).")
     note = ("Each candidate's `<family>_<tag>` results ran on the same held-out episodes, start states and seeds as "
             "the shipped model's " + ", ".join(f"`{stem}`" for stem in refs.values()) + " (how each candidate was "
-            "trained: `benchmarks/history.md`). A candidate ships only once it is benchmarked in full, RL transfer "
-            "included.")
+            "trained: `benchmarks/history.md`)." + rl + " A candidate ships only once it is benchmarked in full, "
+            "RL transfer included.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

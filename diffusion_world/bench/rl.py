@@ -259,6 +259,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     try:
         t0 = time.perf_counter()
         imagined = make_sb3_vec_env(wm, num_envs=num_envs, frame_stack=frame_stack, **env_kwargs)
+        contexts = imagined.venv.core.contexts.description  # where imagined episodes start (VecMonitor's env)
         curves: dict[str, list[list[float]]] = {"imagination": []}
         agent_imagined = PPO("CnnPolicy", imagined, **ppo_kwargs).learn(
             agent_steps, progress_bar=False,
@@ -317,7 +318,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "agent_steps": agent_steps, "seed": seed,
         "ppo": {**PPO_SETTINGS, "n_steps": n_steps, "learning_rate": f"linear {PPO_LR} -> 0"},
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
-        "imagination_kwargs": imagination_kwargs,
+        "imagination_kwargs": imagination_kwargs, "contexts": contexts,
         "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"],
                         "stochastic": stochastic["imagination"]},
         "real_trained": {**_summary(real), "train_s": t_real, "curve": curves["real_trained"],
