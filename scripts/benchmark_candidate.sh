@@ -9,7 +9,8 @@
 #   bash scripts/benchmark_candidate.sh runs/cp/checkpoint.pt cp_step20000
 #
 # writes fidelity_TAG, termination_tails_TAG, control_TAG and random_play_TAG into OUT (default
-# benchmarks/results). Needs the held-out datasets of scripts/cartpole_data.sh.
+# benchmarks/results); a result already there is kept (delete it to measure again), so a later run with RL_SEEDS
+# adds RL transfer only. Needs the held-out datasets of scripts/cartpole_data.sh.
 #   RL_SEEDS="0 1"  then RL transfer as the shipped model's rl_50k_sampled_seeds measures it (PPO for 50,000
 #               steps in imagination, sampled terminations; about an hour per pair of seeds on 2 cores): two seeds
 #               at a time side by side, one torch thread each (rl_50k_sampled_TAG_seed<S>), then their sweep
@@ -27,12 +28,14 @@ model=$1 tag=$2 out=${OUT:-benchmarks/results}
 run() { if [ -n "${DRY_RUN:-}" ]; then echo "$*"; else echo "+ $*" >&2; "$@"; fi; }
 common=(--world-model "$model" --card envs/cartpole.toml --out "$out")
 
-run diffusion-world benchmark fidelity "${common[@]}" --name "fidelity_$tag" \
-  --dataset-id diffusion_world/cartpole-pixels-heldout2-v0
-run diffusion-world benchmark termination "${common[@]}" --name "termination_tails_$tag" \
-  --dataset-id diffusion_world/cartpole-random-tails-heldout2-v0
-run diffusion-world benchmark control "${common[@]}" --name "control_$tag"
-run diffusion-world benchmark random_play "${common[@]}" --name "random_play_$tag" --context-source checkpoint
+bench() {  # bench SUITE NAME ARGS...: one result, kept when OUT already holds it
+  if [ -e "$out/$2.json" ]; then echo "kept $out/$2.json" >&2; return; fi
+  run diffusion-world benchmark "$1" "${common[@]}" --name "$2" "${@:3}"
+}
+bench fidelity "fidelity_$tag" --dataset-id diffusion_world/cartpole-pixels-heldout2-v0
+bench termination "termination_tails_$tag" --dataset-id diffusion_world/cartpole-random-tails-heldout2-v0
+bench control "control_$tag"
+bench random_play "random_play_$tag" --context-source checkpoint
 
 if [ -n "${RL_SEEDS:-}" ]; then
   read -ra seeds <<< "$RL_SEEDS"

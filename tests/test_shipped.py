@@ -70,7 +70,7 @@ def test_cartpole_data_script_names_the_shipped_models_data(monkeypatch) -> None
     assert held_out[fidelity["dataset_id"]].seed == fidelity["heldout_episode_seeds"][0]
 
 
-def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkeypatch) -> None:
+def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkeypatch, tmp_path) -> None:
     """scripts/benchmark_candidate.sh (dry run): every command parses with today's CLI and runs one candidate
     family on the held-out data and contexts of the shipped model's result it is compared with."""
     import json
@@ -99,6 +99,14 @@ def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkey
         assert a.dataset_id == ref.get("dataset_id")
         if family == "random_play":
             assert a.context_source == "checkpoint" and "stored in the checkpoint" in ref["contexts"]
+    # results already in OUT are kept: only the missing ones run
+    monkeypatch.setenv("OUT", str(tmp_path))
+    (tmp_path / "control_cp1.json").write_text("{}")
+    out = subprocess.run(["bash", str(script), "runs/cp/checkpoint.pt", "cp1"], capture_output=True, text=True,
+                         check=True).stdout
+    assert [parser.parse_args(shlex.split(line)[1:]).name for line in out.splitlines()] == [
+        f"{family}_cp1" for family in CANDIDATE_FAMILIES if family != "control"]
+    monkeypatch.delenv("OUT")
     # RL_SEEDS: each seed its own result (two at a time, side by side), then the sweep of the shipped model's
     # settings, which its table compares with
     monkeypatch.setenv("RL_SEEDS", "3 4 5")
