@@ -161,8 +161,14 @@ def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cach
 
 
 def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_model: str) -> None:
-    """precision="bf16" (autocast): vector == single env as in fp32; frames within rounding of fp32's (measured on
-    the tiny model over 12 steps: mean |diff| 0.45 of 255, max 3)."""
+    """precision="bf16" (autocast): vector == single env up to bf16 rounding; frames within rounding of fp32's
+    (measured on the tiny model over 12 steps: mean |diff| 0.45 of 255, max 3-4).
+
+    How close batched and single bf16 rollouts are depends on the CPU's bf16 kernels: with native bf16 (an Intel
+    Xeon with AMX) they differ as fp32 rollouts do, in a few pixels by 1; where bf16 is emulated (an AMD EPYC with
+    AVX2 only) another GEMM blocking for N rows rounds differently, and 15-17% of the pixels differ, by 0.15-0.19
+    of 255 on average and at most 3. Either way batching must move the frames less than bf16 itself does; a
+    mixed-up seed or context would move them by tens."""
     N, T, seed = 3, 12, 10
     actions = np.random.default_rng(0).integers(0, 2, (T, N))
     envs = gym.make_vec("DiffusionWorld-v0", num_envs=N, world_model=tiny_world_model, precision="bf16")
@@ -174,10 +180,11 @@ def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_mod
     frames_v = np.stack(frames, 1)
     for i in range(N):
         frames_s, _ = single_rollout(tiny_world_model, seed + i, actions[:, i], precision="bf16")
-        assert_frames_close(frames_v[i], frames_s)
         frames_32, _ = single_rollout(tiny_world_model, seed + i, actions[:, i])
         diff = np.abs(frames_s.astype(np.int16) - frames_32.astype(np.int16))
         assert 0 < diff.mean() < 2.0 and diff.max() <= 16, (diff.mean(), diff.max())
+        batching = np.abs(frames_v[i].astype(np.int16) - frames_s.astype(np.int16))
+        assert batching.mean() < diff.mean() and batching.max() <= diff.max(), (batching.mean(), batching.max())
     with pytest.raises(UserError, match="precision"):
         gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision="fp16")
 
