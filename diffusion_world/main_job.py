@@ -4,7 +4,8 @@
 
 1. **collect** a fresh pixel dataset with the card's collection policy (for CartPole: the committed PPO state
    expert with epsilon-random actions), with episode seeds the shipped model's data never used;
-2. **train** a world model on it briefly (the loss curve shows it falling);
+2. **train** a world model on it briefly (the loss curve shows it falling): ``--train-steps`` steps or
+   ``--train-minutes`` of training, whichever ends first, so that a slow CPU still finishes in minutes;
 3. **fidelity** of the shipped model on those fresh episodes, against "repeat the last real frame" (plot + a
    real | imagined | error GIF);
 4. **RL**: PPO trained only in the shipped model's imagination, evaluated in the real pixel env, against PPO
@@ -70,14 +71,21 @@ def _termination_text(f: dict[str, Any]) -> str:
             f"(real terminations: {tf['positives']}), precision {rate(tf['precision'])}")
 
 
+def _time_cap_text(t: dict[str, Any]) -> str:
+    if not t.get("stopped_by_time"):  # absent from results recorded before the cap existed
+        return ""
+    return f" (of {t['steps_planned']}: stopped by the {t['max_minutes']:g}-minute cap)"
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     s = summary["stages"]
     c, t, f, r = s["collect"], s["train"], s["fidelity"], s["rl"]
     rows = [
         ("collect", c["seconds"], f"{c['frames']:,} frames, {c['episodes']} episodes ({c['policy']}, "
                                   f"epsilon {c['epsilon']})"),
-        ("train (brief)", t["seconds"], f"{t['steps']} steps, {t['supervised_frames']:,} supervised frames: "
-                                        f"denoising error {t['loss_first']:.3f} -> {t['loss_last']:.3f}"),
+        ("train (brief)", t["seconds"], f"{t['steps']} steps{_time_cap_text(t)}, {t['supervised_frames']:,} "
+                                        f"supervised frames: denoising error {t['loss_first']:.3f} -> "
+                                        f"{t['loss_last']:.3f}"),
         ("fidelity (shipped)", f["seconds"],
          f"PSNR h=1 {f['psnr_h1']:.2f} dB, h={f['horizon']} {f['psnr_hmax']:.2f} dB "
          f"(repeat-last-frame {f['repeat_last_psnr_h1']:.2f} / {f['repeat_last_psnr_hmax']:.2f} dB); "
@@ -145,13 +153,17 @@ several seeds see `rl_50k_sampled_seeds` in the README's benchmark results (`ben
 def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.toml", world_model: str = "cartpole",
                  collect_steps: int = 3_000, train_steps: int = 100, batch_size: int = 4, fidelity_windows: int = 8,
                  horizon: int = 16, agent_steps: int = 2_000, eval_episodes: int = 5,
-                 seed: int = 0, record: str | None = None, progress: bool = True) -> dict[str, Any]:
+                 seed: int = 0, record: str | None = None, progress: bool = True,
+                 train_minutes: float = 4.0) -> dict[str, Any]:
     from diffusion_world.bench.fidelity import run_fidelity
     from diffusion_world.bench.rl import plot_curves, run_rl
     from diffusion_world.cards import load_card
+    from diffusion_world.checkpoint import load_checkpoint
     from diffusion_world.data.collect import collect, minari_root
     from diffusion_world.training.train import config_from_card, train
 
+    if train_minutes < 0:
+        raise UserError(f"train_minutes must be >= 0 (0: no time cap), got {train_minutes}")
     out = Path(out)
     card_ = load_card(card)
     env, col = card_.env, card_.collect
@@ -176,19 +188,21 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
                              "episodes": int(ds.total_episodes), "policy": str(col.get("policy", "random")),
                              "epsilon": float(col.get("epsilon", 0.0)), "dataset_id": dataset_id}
 
-        say(f"[2/4] train a world model for {train_steps} steps (batch {batch_size})")
+        cap = f" or {train_minutes:g} minutes, whichever ends first" if train_minutes else ""
+        say(f"[2/4] train a world model for {train_steps} steps{cap} (batch {batch_size})")
         t0 = time.perf_counter()
         cfg = config_from_card(card, dataset_id=dataset_id, out_dir=str(out / "world_model"), steps=train_steps,
                                batch_size=batch_size, warmup_steps=max(1, train_steps // 4),
                                eval_every=train_steps, checkpoint_every=train_steps, log_every=5,
-                               progress=progress, seed=seed)
-        train(cfg)
+                               progress=progress, seed=seed, max_minutes=train_minutes)
+        done = int(load_checkpoint(train(cfg))["step"])  # fewer than train_steps where the time cap stopped it
         steps, values = loss_curve(out / "world_model" / "metrics.jsonl")
-        plot_loss(out / "training_loss.png", steps, values, f"{env['id']}: {train_steps} steps on {collect_steps} "
+        plot_loss(out / "training_loss.png", steps, values, f"{env['id']}: {done} steps on {collect_steps} "
                   "fresh frames")
         k = max(1, len(values) // 5)
-        stages["train"] = {"seconds": time.perf_counter() - t0, "steps": train_steps, "batch_size": batch_size,
-                           "supervised_frames": train_steps * batch_size * cfg.seq_len,
+        stages["train"] = {"seconds": time.perf_counter() - t0, "steps": done, "steps_planned": train_steps,
+                           "max_minutes": train_minutes, "stopped_by_time": done < train_steps,
+                           "batch_size": batch_size, "supervised_frames": done * batch_size * cfg.seq_len,
                            "loss_first": values[0], "loss_last": sum(values[-k:]) / k, "loss_curve": values}
 
         say(f"[3/4] fidelity of the shipped model {world_model!r} on the fresh episodes")
@@ -253,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-model", default="cartpole", help="model for the fidelity and RL stages")
     p.add_argument("--collect-steps", type=int, default=3_000)
     p.add_argument("--train-steps", type=int, default=100)
+    p.add_argument("--train-minutes", type=float, default=4.0,
+                   help="stop training after this many minutes if --train-steps are not done by then (0: no cap); "
+                        "keeps the whole job near 10 minutes on slow CPUs")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--fidelity-windows", type=int, default=8)
     p.add_argument("--horizon", type=int, default=16)
@@ -265,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_main_job(args.out, args.card, args.world_model, args.collect_steps, args.train_steps, args.batch_size,
                      args.fidelity_windows, args.horizon, args.agent_steps, args.eval_episodes, args.seed,
-                     args.record)
+                     args.record, train_minutes=args.train_minutes)
     except UserError as e:
         print(f"main job: {e}")
         return 2

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from diffusion_world.errors import UserError
+
 CARD = """
 [env]
 id = "CartPole-v1"
@@ -43,6 +47,7 @@ def test_main_job_tiny(tiny_world_model: str, tmp_path: Path) -> None:
     assert list(stages) == ["collect", "train", "fidelity", "rl"]
     assert s["total_seconds"] >= sum(st["seconds"] for st in stages.values())
     assert stages["collect"]["frames"] == 200
+    assert stages["train"]["steps"] == 4 and not stages["train"]["stopped_by_time"]  # 4 steps within 4 minutes
     for name in ("summary.md", "summary.json", "training_loss.png", "fidelity.png", "fidelity_rollout.gif", "rl.png",
                  "fidelity.json", "rl.json"):
         assert (out / name).exists(), name
@@ -64,3 +69,21 @@ def test_main_job_tiny(tiny_world_model: str, tmp_path: Path) -> None:
             f"real-trained {rl['real_trained']['stochastic']['mean']:,.1f}") in table
     assert table in (out / "summary.md").read_text()
     assert table in render("main_job", json.loads(record.read_text()))
+
+
+def test_main_job_train_minutes_caps_training(tiny_world_model: str, tmp_path: Path) -> None:
+    """On a slow machine the training stage stops at --train-minutes, and the report says so."""
+    from diffusion_world.main_job import run_main_job, summary_table
+
+    card = tmp_path / "card.toml"
+    card.write_text(CARD)
+    s = run_main_job(tmp_path / "report", str(card), tiny_world_model, collect_steps=200, train_steps=50,
+                     batch_size=2, fidelity_windows=1, horizon=2, agent_steps=32, eval_episodes=1, progress=False,
+                     train_minutes=1e-9)
+    t = s["stages"]["train"]
+    assert t["steps"] == 1 and t["steps_planned"] == 50 and t["stopped_by_time"]
+    assert t["supervised_frames"] == 1 * 2 * 4  # the step done x batch 2 x the card's seq_len 4
+    assert "1 steps (of 50: stopped by the 1e-09-minute cap)" in summary_table(s)
+    assert (tmp_path / "report" / "world_model" / "dashboard.png").exists()
+    with pytest.raises(UserError, match="train_minutes"):
+        run_main_job(tmp_path / "bad", str(card), tiny_world_model, train_minutes=-1, progress=False)

@@ -128,6 +128,9 @@ def test_max_minutes_stops_saves_and_resumes_exactly(tiny_dataset_id: str, tmp_p
     train(tiny_cfg(tiny_dataset_id, tmp_path / "budget", steps=3, max_minutes=1e-9))
     assert load_checkpoint(tmp_path / "budget" / "checkpoint.pt")["step"] == 1
     assert "stopped at step 1 after --max-minutes" in capsys.readouterr().out
+    # the stop is validated (metrics row and dashboard) though step 1 is no --eval-every step
+    assert [row["step"] for row in metrics(tmp_path / "budget") if "val_loss" in row] == [1]
+    assert (tmp_path / "budget" / "dashboard.png").exists()
     train(tiny_cfg(tiny_dataset_id, tmp_path / "budget", steps=3), resume=True)
     a = load_checkpoint(tmp_path / "once" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")

@@ -355,6 +355,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
                 if step % cfg.checkpoint_every and step != cfg.steps:
                     save()
+                if rank == 0 and step % cfg.eval_every and step != cfg.steps:  # validation + dashboard at the stop
+                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend)
                 if rank == 0:
                     print(f"stopped at step {step} after --max-minutes {cfg.max_minutes:g}: checkpoint saved to "
                           f"{ckpt_path} (continue with --resume)")
