@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine (about 10-15 minutes on 2 CPU cores): set up .venv, then run the whole pipeline
-# on the CartPole card at a small budget -- collect a fresh dataset, train a world model briefly (loss falling),
+# The main job on a fresh machine (2 CPU cores: 10.5 minutes on an AMD EPYC, 2 of them for the set-up; the job
+# itself took 4 minutes on an Intel Xeon with AMX): set up .venv, then run the whole pipeline on the CartPole card
+# at a small budget -- collect a fresh dataset, train a world model briefly (100 steps or 4 minutes; loss falling),
 # benchmark the fidelity of the shipped model, train PPO in its imagination and evaluate it in the real env --
 # and write a report folder (summary.md, plots, a real | imagined | error GIF). Prints the summary table.
 #
