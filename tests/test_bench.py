@@ -660,6 +660,20 @@ def test_glance_table_answers_from_current_results_only() -> None:
         ("80.0 ± 1.0", "PPO trained in the real env: 70.0 ± 1.0; random: 20.0 ± 1.0", "`rl_50k_seeds`")]
     assert "termination='sample'" in rows[-1][0] and "over 2 seeds" in rows[-1][0]
     assert "K=3 denoiser calls per frame, no history guidance" in glance_markdown(results)
+    # speed: the `speed` result's row, then a row for each `speed_<machine>` measured the same way elsewhere
+    def speed(cpu: str, fps: tuple[float, float], **kw: object) -> dict:
+        return {"sampler_steps": 3, "preset": "small", "device": "cpu", "world_model": None,
+                "machine": {"cpu": cpu, "cpu_count": 2}, **kw,
+                "batch_sweep": [{"batch": b, "steps_per_s": v} for b, v in zip((1, 16, 64), (*fps, 99.0))]}
+
+    timed = {**results, "speed": speed("CPU A", (20.0, 64.0), batch_sweep_bf16=[
+        {"batch": 1, "steps_per_s": 25.0}, {"batch": 16, "steps_per_s": 100.0}]),
+             "speed_b": speed("CPU B", (5.0, 16.0)), "speed_b_k5": speed("CPU B", (2.0, 8.0), sampler_steps=5),
+             "speed_b_base": speed("CPU B", (1.0, 3.0), preset="base")}
+    rows = [line.split(" | ") for line in glance_markdown(timed).splitlines()[2:] if line.startswith("| ")]
+    assert [(r[1], r[2], r[3].rstrip(" |")) for r in rows[-2:]] == [
+        ("20.0 / 64.0", 'with `precision="bf16"`: 25.0 / 100.0', "`speed`"), ("5.0 / 16.0", "–", "`speed_b`")]
+    assert "(small preset, cpu, CPU A)" in rows[-2][0] and rows[-1][0] == "| The same on CPU B (2 cores)"
     # another checkpoint file: only fidelity's own rows remain
     other = {k: {**v, "model_sha256": "cd"} if k != "fidelity" else v for k, v in results.items()}
     assert glance_markdown(other).count("\n| ") == 3

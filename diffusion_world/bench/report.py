@@ -760,6 +760,19 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
         rows.append((f"How fast is it? Imagined steps per second, {' / '.join(map(str, batches))} env(s) in one "
                      f"batch ({speed.get('preset', '?')} preset, {speed.get('device', '?')}, {cpu})",
                      " / ".join(f"{sweep[b]:.1f}" for b in batches), _bf16_speed(speed, batches), "speed"))
+        # the same measurement on other machines (`benchmark speed --name speed_<machine>`), a row each
+        for stem, other in sorted(results.items()):
+            if not stem.startswith("speed_") or not other.get("batch_sweep"):
+                continue
+            if any(other.get(k) != speed.get(k) for k in ("sampler_steps", "preset", "device", "world_model")):
+                continue
+            sweep = {b["batch"]: b["steps_per_s"] for b in other["batch_sweep"]}
+            if not all(b in sweep for b in batches):
+                continue
+            machine = other.get("machine", {})
+            rows.append((f"The same on {machine.get('gpu') or machine.get('cpu', '?')} "
+                         f"({machine.get('cpu_count', '?')} cores)", " / ".join(f"{sweep[b]:.1f}" for b in batches),
+                         _bf16_speed(other, batches), stem))
     if not rows:
         return None
     lines = ["| question | imagined env | reference | result |", "|---|---|---|---|"]
