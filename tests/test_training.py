@@ -217,6 +217,13 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="torch sees no CUDA device"):
             train(tiny_cfg(tiny_dataset_id, tmp_path, device="cuda"))
+    # bf16 asked for on a CPU that only emulates it (several times slower than fp32) trains, with a warning
+    from diffusion_world import precision
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "cpu_has_native_bf16", lambda: False)
+        with pytest.warns(UserWarning, match="emulated"):
+            train(tiny_cfg(tiny_dataset_id, tmp_path / "emulated", steps=1, precision="bf16"))
     # resuming with another model config is refused, not silently mixed
     train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
     with pytest.raises(UserError, match="another model config"):

@@ -189,6 +189,24 @@ def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_mod
         gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision="fp16")
 
 
+def test_bf16_on_a_cpu_that_emulates_it_warns(tiny_world_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """precision="bf16" where the CPU only emulates bf16 (there several times slower than fp32) says so;
+    "auto" and fp32 do not, nor does bf16 where the CPU has it natively."""
+    import warnings
+
+    from diffusion_world import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p in ("fp32", "auto"):
+            gym.make("DiffusionWorld-v0", world_model=tiny_world_model, precision=p)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+        gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, precision="bf16")
+
+
 def test_imagine_in_bf16_returns_fp32_heads_and_frames_near_fp32(tiny_world_model: str) -> None:
     """The benchmarks' rollouts (``imagine``) take the envs' precision: bf16 changes the frames by rounding only,
     and the reward and termination outputs stay fp32 (numpy has no bf16)."""

@@ -37,7 +37,7 @@ from diffusion_world.diffusion.sampler import (
 )
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_from_dict, action_space_to_dict
-from diffusion_world.precision import check_precision, inference_autocast
+from diffusion_world.precision import check_precision, inference_autocast, warn_if_emulated
 
 RESET_MODES = ("episode_start", "anywhere")
 TERMINATION_MODES = ("threshold", "sample")
@@ -212,8 +212,9 @@ class ImaginationCore:
             noise (as DIAMOND samples its end flag). Sampling ends episodes that linger on frames the model finds
             somewhat terminal, which a threshold never ends.
         precision: ``"fp32"`` (default), ``"bf16"`` (bf16 autocast of the denoiser calls: on CPUs with AMX /
-            AVX512-BF16 and on CUDA several times faster convolutions; frames differ from fp32's by rounding, which
-            an autoregressive rollout carries on) or ``"auto"`` (bf16 where it is native, as training's default).
+            AVX512-BF16 and on CUDA several times faster convolutions, on other CPUs emulated and several times
+            slower, with a warning; frames differ from fp32's by rounding, which an autoregressive rollout carries
+            on) or ``"auto"`` (bf16 where it is native, as training's default).
 
     Example::
 
@@ -242,6 +243,7 @@ class ImaginationCore:
             raise UserError(f"termination_threshold must be a number in [0, 1], got {termination_threshold!r}")
         self.device = check_device(device)
         self.precision = precision
+        warn_if_emulated(precision, self.device)
         self.world_model = (world_model if isinstance(world_model, WorldModel)
                             else load_world_model(world_model, device=self.device))
         self.model = self.world_model.model.to(self.device)

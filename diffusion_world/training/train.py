@@ -34,7 +34,7 @@ from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, preset_config
 from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters, grow_input_temporal_kernel
 from diffusion_world.model.mp import normalize_weights_
-from diffusion_world.precision import use_bf16
+from diffusion_world.precision import use_bf16, warn_if_emulated
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
 from diffusion_world.training.monitor import Monitor
 
@@ -216,6 +216,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if per_step * world * cfg.grad_accum != cfg.batch_size:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by world size {world} x grad_accum "
                         f"{cfg.grad_accum}")
+    warn_if_emulated(cfg.precision, device)
     amp = use_bf16(cfg.precision, device)  # bf16 autocast; fp32 master weights, optimiser and EMA everywhere
 
     # ---- data
