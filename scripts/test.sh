@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
 . .venv/bin/activate
 ruff check diffusion_world tests benchmarks examples
-python -m pytest -q "$@"
+# one pytest worker per core (the tests use one torch thread each; pytest-xdist, in the dev extra);
+# TEST_WORKERS=0 runs them in this process, as does a .venv made before xdist was in the dev extra
+WORKERS=()
+python -c "import xdist" 2>/dev/null && WORKERS=(-n "${TEST_WORKERS:-auto}")
+python -m pytest -q "${WORKERS[@]}" "$@"
