@@ -273,9 +273,26 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _add_info(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("info", help="what this installation has: versions, CPU (native bf16?), CUDA, datasets, "
+                                    "shipped world models")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from diffusion_world.info import collect_info, format_info
+
+        info = collect_info()
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
+        return 0
+
+    return run
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_combine, _add_train,
                                                                        _add_fit_termination, _add_play,
-                                                                       _add_benchmark]
+                                                                       _add_benchmark, _add_info]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
