@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion_world.bench.common import loadavg, write_result
+from diffusion_world.bench.common import cpu_model, loadavg, write_result
 from diffusion_world.checkpoint import save_checkpoint
 from diffusion_world.envs import DiffusionWorldVectorEnv
 from diffusion_world.model.config import preset_config
@@ -33,7 +33,12 @@ from diffusion_world.precision import PRECISIONS, use_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "env_speed.json"
 NEVER_ENDS = 1.0  # termination_threshold while timing: a probability never exceeds it
-DIAMOND_CPU_STEPS_PER_S = 4.4  # DESIGN.md section 7: DIAMOND's Atari world model on this CPU, batch 1 and 16
+# DIAMOND's Atari world model timed with its own code (random weights: its 4.41M-parameter denoiser called 3 times
+# per frame on 4 context frames, then its 5.90M reward/termination model), env steps/s by batch size, on the CPUs it
+# was timed on: DESIGN.md section 7 (2026-11-26, on the Intel Xeon this project's results of that day ran on) and
+# benchmarks/history.md (2026-12-07, the AMD EPYC: the median of three runs, between runs of this script). Elsewhere:
+# no reference.
+DIAMOND_CPU_STEPS_PER_S = {"Intel(R) Xeon(R) Processor": {1: 4.4, 16: 4.4}, "AMD EPYC": {1: 2.7, 16: 2.5}}
 
 
 def random_checkpoint(path: Path, preset: str, sampler_steps: int) -> dict[str, Any]:
@@ -96,6 +101,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load_start = loadavg()
     print(f"loadavg at start: {load_start}, torch threads: {torch.get_num_threads()}")
+    diamond = DIAMOND_CPU_STEPS_PER_S.get(cpu_model(), {}) if args.device == "cpu" else {}
 
     with tempfile.TemporaryDirectory(prefix="dw-env-speed-") as tmp:
         path = Path(tmp) / "random.pt"
@@ -114,10 +120,11 @@ def main() -> None:
             median = statistics.median(times)
             row = {"precision": precision, "batch_size": B, "steps_timed": len(times), "median_step_s": median,
                    "best_step_s": min(times), "env_steps_per_s": B / median,
-                   "env_steps_per_s_best_step": B / min(times), "vs_diamond_cpu": B / median / DIAMOND_CPU_STEPS_PER_S}
+                   "env_steps_per_s_best_step": B / min(times),
+                   "vs_diamond_cpu": B / median / diamond[B] if B in diamond else None}
             batches.append(row)
             print(f"{precision} batch {B:3d}: {row['env_steps_per_s']:8.1f} env steps/s (median step "
-                  f"{median * 1e3:.0f} ms, {len(times)} steps; DIAMOND on this CPU: {DIAMOND_CPU_STEPS_PER_S})")
+                  f"{median * 1e3:.0f} ms, {len(times)} steps; DIAMOND on this CPU: {diamond.get(B, 'not timed')})")
 
         # step time vs frames already generated, batch 1: 0 .. 4x the KV window
         window = model_info["context_window"]
@@ -147,7 +154,7 @@ def main() -> None:
               "step_time_vs_frames_generated": vs_length,
               "best_step_time_ratio_4x_window_vs_1x": flat_ratio, "loadavg_before_run": load_start,
               "loadavg_at_end": load_end,
-              "diamond_reference_cpu_steps_per_s": DIAMOND_CPU_STEPS_PER_S}
+              "diamond_reference_cpu_steps_per_s": {str(b): v for b, v in diamond.items()} or None}
     print(f"wrote {write_result(args.out, result)}")
 
 

@@ -897,3 +897,40 @@ def test_candidates_table_rl_row() -> None:
     row = next(line for line in candidates_markdown(results).splitlines() if line.startswith("| PPO 50k steps"))
     assert row.endswith("| seeds 0, 1: 75.0 ± 25.0 (70.0); all 3: 60.0 ± 29.4 (70.0) | seeds 0, 1: 50.0 ± 10.0 "
                         "(95.0) | random policy: 25.0 |")
+
+
+def test_env_speed_script_compares_with_diamond_only_where_it_was_timed(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/env_speed.py (tiny preset, a moment per batch size): DIAMOND's steps/s are those timed on the
+    run's own CPU, per batch size; on another CPU, or at a batch size DIAMOND was not timed at, no ratio."""
+    import importlib.util
+    import sys
+
+    from diffusion_world.bench.report import env_speed_markdown
+
+    spec = importlib.util.spec_from_file_location("env_speed", Path(__file__).parents[1] / "benchmarks/env_speed.py")
+    assert spec is not None and spec.loader is not None
+    env_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(env_speed)
+    cpu, reference = next(iter(env_speed.DIAMOND_CPU_STEPS_PER_S.items()))
+    out = tmp_path / "env_speed.json"
+    monkeypatch.setattr(sys, "argv", ["env_speed.py", "--preset", "tiny", "--batches", "1", "2", "--seconds",
+                                      "0.05", "--precision", "fp32", "--out", str(out)])
+    monkeypatch.setattr(env_speed, "cpu_model", lambda: cpu)
+    env_speed.main()
+    r = json.loads(out.read_text())
+    rows = {row["batch_size"]: row for row in r["batches"]}
+    assert rows[1]["vs_diamond_cpu"] == pytest.approx(rows[1]["env_steps_per_s"] / reference[1])
+    assert rows[2]["vs_diamond_cpu"] is None  # DIAMOND was timed at batch 1 and 16 only
+    assert r["diamond_reference_cpu_steps_per_s"] == {str(b): v for b, v in reference.items()}
+    table = env_speed_markdown(r)
+    assert f"| fp32 | 1 | {rows[1]['env_steps_per_s']:.1f} |" in table
+    assert f"| – | {rows[1]['vs_diamond_cpu']:.1f}× |" in table
+    assert f"| fp32 | 2 | {rows[2]['env_steps_per_s']:.1f} | {rows[2]['best_step_s'] * 1e3:.0f} | – | – |" in table
+    assert f"DIAMOND: {reference[1]:g} / {reference[16]:g} steps/s at batch 1 / 16" in table
+    # a CPU DIAMOND never ran on: no reference at all
+    monkeypatch.setattr(env_speed, "cpu_model", lambda: "Some Other CPU")
+    env_speed.main()
+    r = json.loads(out.read_text())
+    assert r["diamond_reference_cpu_steps_per_s"] is None and all(b["vs_diamond_cpu"] is None for b in r["batches"])
+    assert "DIAMOND: not timed on this CPU." in env_speed_markdown(r)
