@@ -22,7 +22,10 @@ class SamplerConfig:
     sigma_min: float = 0.002  # the last denoiser call runs here: keep it inside training's sigma_ctx range
     sigma_max: float = 5.0
     rho: float = 7.0
-    order: int = 1  # 1: Euler, 2: Heun (2nd-order correction on all but the last step)
+    # 1: Euler, 2: Heun (2nd-order correction on all but the last step). Heun pays off only with many small
+    # steps (K >= 10 or so): at the few large steps of imagination its correction overshoots, even with an exact
+    # denoiser (tests/test_sampler.py), and at K = 3 the shipped model's rollouts fall apart with it.
+    order: int = 1
     s_churn: float = 0.0  # stochastic churn (EDM Alg. 2); 0 = deterministic given the initial noise
     # History guidance (Song et al. 2025, arXiv 2502.06764, its "fractional" form: classifier-free guidance with a
     # partly noised past in place of no condition; DART's clean stream is trained on such pasts): every denoiser
