@@ -35,6 +35,37 @@ COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "post_terminal_steps": ((int,), 0),
 }
 PASS_THROUGH_SECTIONS = ("model", "train", "imagination")
+# [imagination]: the imagined envs' defaults, stored in the checkpoint as given (no defaults filled in: each
+# consumer has its own). key -> (description of the accepted values, check)
+IMAGINATION_KEYS: dict[str, tuple[str, Any]] = {
+    "sampler_steps": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "sampler_order": ("1 (Euler) or 2 (Heun)", lambda v: _is_int(v) and v in (1, 2)),
+    "history_guidance": ("a number >= 0 (1 = off)", lambda v: _is_number(v) and v >= 0),
+    "history_sigma": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "sigma_ctx": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "context_frames": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "horizon": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def check_imagination(where: str, section: dict[str, Any]) -> None:
+    """A clear :class:`UserError` for an unknown ``[imagination]`` key (a typo would otherwise be stored and
+    ignored) or a value of the wrong kind."""
+    unknown = sorted(set(section) - set(IMAGINATION_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(IMAGINATION_KEYS)})")
+    for key, value in section.items():
+        what, ok = IMAGINATION_KEYS[key]
+        if not ok(value):
+            raise UserError(f"{where}: {key} must be {what}, got {value!r}")
 
 
 @dataclass
@@ -115,4 +146,5 @@ def load_card(path: str | os.PathLike) -> Card:
         if not isinstance(section, dict):
             raise UserError(f"card {str(path)!r}: [{name}] must be a table")
         sections[name] = section
+    check_imagination(f"card {str(path)!r} [imagination]", sections["imagination"])
     return Card(env=env, collect=collect, path=path, **sections)

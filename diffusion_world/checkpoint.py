@@ -138,15 +138,15 @@ class WorldModel:
         """The sampler its imagined envs use: the arguments given, else the :attr:`imagination` defaults
         (``sampler_steps``, ``sampler_order``, ``history_guidance``, ``history_sigma``), else the sampler's own.
         Validated."""
-        d = self.imagination
+        imagination = self.imagination
         base = SamplerConfig()
-        K = sampler_steps if sampler_steps is not None else d.get("sampler_steps", base.num_steps)
+        K = sampler_steps if sampler_steps is not None else imagination.get("sampler_steps", base.num_steps)
         if isinstance(K, bool) or not hasattr(K, "__index__") or K < 1:  # numpy integers too
             raise UserError(f"sampler_steps must be an integer >= 1, got {K!r}")
-        cfg = SamplerConfig(num_steps=int(K), order=int(d.get("sampler_order", base.order)),
+        cfg = SamplerConfig(num_steps=int(K), order=int(imagination.get("sampler_order", base.order)),
                             history_guidance=(history_guidance if history_guidance is not None
-                                              else d.get("history_guidance", base.history_guidance)),
-                            history_sigma=float(d.get("history_sigma", base.history_sigma)))
+                                              else imagination.get("history_guidance", base.history_guidance)),
+                            history_sigma=float(imagination.get("history_sigma", base.history_sigma)))
         cfg.validate()
         return cfg
 

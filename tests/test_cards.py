@@ -77,6 +77,13 @@ def test_defaults_and_pass_through(tmp_path: Path) -> None:
         ('[env]\nid = "CartPole-v1"\n[trian]\nsteps = 5\n', r"unknown section\(s\) trian"),
         ('[env]\nid = "CartPole-v1"\nmodel = 3\n', r"unknown key\(s\) model"),
         ("[env\n", "not valid TOML"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_step = 5\n',
+         r"\[imagination\]: unknown key\(s\) sampler_step"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nhorizon = 5.5\n', "horizon must be an integer >= 1"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_steps = true\n', "sampler_steps must be an integer"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_order = 3\n', "sampler_order must be 1"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nhistory_guidance = -1\n', "history_guidance must be a number"),
+        ('[env]\nid = "CartPole-v1"\n[imagination]\nsigma_ctx = nan\n', "sigma_ctx must be a number > 0"),
     ],
 )
 def test_bad_cards(tmp_path: Path, text: str, message: str) -> None:
@@ -88,3 +95,22 @@ def test_bad_cards(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_card(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="card not found"):
         load_card(tmp_path / "nope.toml")
+
+
+def test_imagination_keys_are_those_the_code_reads() -> None:
+    """Every key IMAGINATION_KEYS accepts is read somewhere in the package (a key nobody reads would be accepted
+    and ignored, as a typo was before the check), and every key read off an imagination dict is accepted."""
+    import re
+
+    from diffusion_world.cards import IMAGINATION_KEYS
+
+    package = Path(__file__).resolve().parents[1] / "diffusion_world"
+    source = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "cards.py")
+    read = set(re.findall(r"(?:imagination|defaults)\.get\(\"(\w+)\"", source))
+    assert read == set(IMAGINATION_KEYS)
+
+
+def test_imagination_values_pass_through_as_given(tmp_path: Path) -> None:
+    card = load_card(_write(tmp_path, '[env]\nid = "CartPole-v1"\n[imagination]\nsampler_steps = 5\n'
+                                      'history_guidance = 2\nsigma_ctx = 0.01\n'))
+    assert card.imagination == {"sampler_steps": 5, "history_guidance": 2, "sigma_ctx": 0.01}

@@ -228,6 +228,12 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
     train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
     with pytest.raises(UserError, match="another model config"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=2, model={"emb_channels": 16}), resume=True)
+    # a misspelt model setting or imagination default is named, not a TypeError or silently stored
+    with pytest.raises(UserError, match=r"unknown model config key\(s\) emb_chanels"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "typo", steps=1, model={"emb_chanels": 16}))
+    with pytest.raises(UserError, match=r"imagination: unknown key\(s\) sampler_step"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "typo", steps=1, imagination={"sampler_step": 5}))
+    assert not (tmp_path / "typo" / "checkpoint.pt").exists()
 
 
 def test_config_from_card_layers(tmp_path: Path) -> None:

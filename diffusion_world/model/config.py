@@ -133,4 +133,8 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """The named preset with ``overrides`` (e.g. ``frame_size``, ``action_space``) applied."""
     if name not in PRESETS:
         raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    if set(overrides) - known:
+        raise UserError(f"unknown model config key(s) {', '.join(sorted(set(overrides) - known))} "
+                        f"(allowed: preset, {', '.join(sorted(known))})")
     return ModelConfig(**{**PRESETS[name], **overrides})

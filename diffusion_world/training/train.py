@@ -107,6 +107,9 @@ class TrainConfig:
             raise UserError(f"supervision must be 'dart' or 'last_frame', got {self.loss.supervision!r}")
         if not 0 < self.loss.sigma_ctx_min <= self.loss.sigma_ctx_max:
             raise UserError("need 0 < sigma_ctx_min <= sigma_ctx_max")
+        from diffusion_world.cards import check_imagination
+
+        check_imagination("imagination", self.imagination)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
