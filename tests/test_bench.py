@@ -77,6 +77,22 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert seeds is not None and seeds[0] <= seeds[1]
 
 
+def test_benchmarks_refuse_a_dataset_the_model_does_not_fit(tiny_frame_cache, tmp_path: Path) -> None:
+    """A held-out dataset of another action space or frame size is named as such, not an error from deep inside
+    the model (one-hot encoding, convolution shapes)."""
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.bench.termination import run_termination
+
+    dataset = tiny_frame_cache.dataset_id
+    three = make_tiny_checkpoint(tmp_path / "three.pt", cache=tiny_frame_cache,
+                                 action_space={"type": "discrete", "n": 3})
+    for run in (lambda m: run_fidelity(m, tmp_path, dataset_id=dataset, progress=False),
+                lambda m: run_termination(m, dataset_id=dataset, progress=False)):
+        with pytest.raises(UserError, match=r"has action space Discrete\(2\) but the world model .* Discrete\(3\)"):
+            run(str(three))
+
+
 def test_heldout_windows_too_short_names_the_longest() -> None:
     from types import SimpleNamespace
 

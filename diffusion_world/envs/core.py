@@ -147,11 +147,10 @@ def _same_action_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return list(a["shape"]) == list(b["shape"])
 
 
-def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int) -> DatasetContexts:
-    """A dataset's contexts, after checking its frames and actions fit the world model."""
-    from diffusion_world.data.dataset import FrameCache
-
-    cache = FrameCache.open(dataset_id)
+def check_dataset_fits(cache: Any, world_model: WorldModel) -> None:
+    """A clear :class:`UserError` when a dataset's frames or actions (its frame cache) are not those the world
+    model was trained on: its imagination could not start from, or replay, that dataset's episodes."""
+    dataset_id = cache.dataset_id
     model_size = tuple(world_model.config.frame_size)
     if tuple(cache.frame_size) != model_size:
         raise UserError(f"dataset {dataset_id!r} has {cache.frame_size[0]}x{cache.frame_size[1]} frames but the "
@@ -161,6 +160,14 @@ def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int)
         raise UserError(f"dataset {dataset_id!r} has action space {cache.action_space} but the world model "
                         f"{world_model.path} was trained with "
                         f"{action_space_from_dict(world_model.config.action_space)}")
+
+
+def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int) -> DatasetContexts:
+    """A dataset's contexts, after checking its frames and actions fit the world model."""
+    from diffusion_world.data.dataset import FrameCache
+
+    cache = FrameCache.open(dataset_id)
+    check_dataset_fits(cache, world_model)
     return DatasetContexts(cache, length)
 
 
