@@ -24,7 +24,7 @@ class SamplerConfig:
     rho: float = 7.0
     # 1: Euler, 2: Heun (2nd-order correction on all but the last step). Heun pays off only with many small
     # steps (K >= 10 or so): at the few large steps of imagination its correction overshoots, even with an exact
-    # denoiser (tests/test_sampler.py), and at K = 3 the shipped model's rollouts fall apart with it.
+    # denoiser (tests/test_sampler.py): keep Euler for imagination.
     order: int = 1
     s_churn: float = 0.0  # stochastic churn (EDM Alg. 2); 0 = deterministic given the initial noise
     # History guidance (Song et al. 2025, arXiv 2502.06764, its "fractional" form: classifier-free guidance with a
