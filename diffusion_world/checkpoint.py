@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from diffusion_world.cards import IMAGINATION_KEYS
 from diffusion_world.diffusion.sampler import SamplerConfig
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import ModelConfig
@@ -194,8 +196,13 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
         except (KeyError, RuntimeError, TypeError) as e:
             raise UserError(f"{path}: termination classifier does not match this version's ({e})") from e
         classifier.to(device).eval().requires_grad_(False)
+    imagination = dict(ckpt.get("imagination", {}))
+    unknown = sorted(set(imagination) - set(IMAGINATION_KEYS))
+    if unknown:  # a typo stored before cards were checked: say it is not used, but load the model
+        warnings.warn(f"{path}: its imagination defaults hold unknown key(s) {', '.join(unknown)}, which are "
+                      f"ignored (known: {', '.join(IMAGINATION_KEYS)})", UserWarning, stacklevel=2)
     return WorldModel(model=model, config=cfg, dataset=dict(ckpt.get("dataset", {})),
-                      imagination=dict(ckpt.get("imagination", {})), contexts=dict(ckpt.get("contexts", {})),
+                      imagination=imagination, contexts=dict(ckpt.get("contexts", {})),
                       path=str(path), step=int(ckpt.get("step", 0)),
                       termination_pos_weight=float(ckpt.get("train_config", {}).get("loss", {})
                                                    .get("termination_pos_weight") or 1.0),

@@ -114,3 +114,21 @@ def test_imagination_values_pass_through_as_given(tmp_path: Path) -> None:
     card = load_card(_write(tmp_path, '[env]\nid = "CartPole-v1"\n[imagination]\nsampler_steps = 5\n'
                                       'history_guidance = 2\nsigma_ctx = 0.01\n'))
     assert card.imagination == {"sampler_steps": 5, "history_guidance": 2, "sigma_ctx": 0.01}
+
+
+def test_a_checkpoint_with_an_unknown_imagination_key_loads_with_a_warning(tmp_path: Path) -> None:
+    """Checkpoints written before [imagination] was checked may hold a typo: loading says it is ignored."""
+    import warnings
+
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.checkpoint import load_world_model
+
+    path = make_tiny_checkpoint(tmp_path / "typo.pt", imagination={"sampler_step": 5, "horizon": 7})
+    with pytest.warns(UserWarning, match=r"unknown key\(s\) sampler_step, which are ignored"):
+        wm = load_world_model(path)
+    assert wm.imagination["horizon"] == 7 and wm.sampler_config().num_steps == 3
+    good = make_tiny_checkpoint(tmp_path / "good.pt", imagination={"sampler_steps": 5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_world_model(good).sampler_config().num_steps == 5
