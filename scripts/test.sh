@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
 . .venv/bin/activate
 ruff check diffusion_world tests benchmarks examples
+mypy diffusion_world benchmarks examples scripts  # the package and what sits on it; the tests are not typed
 # one pytest worker per core, at most 4 (the tests use one torch thread each; pytest-xdist, in the dev extra);
 # TEST_WORKERS=0 runs them in this process, as does a .venv made before xdist was in the dev extra
 CORES=$(nproc 2>/dev/null || echo 1)

@@ -88,8 +88,9 @@ def collect_real(env: gym.Env, space: gym.Space, actions: list[Any], num_starts:
                             f"{context - 1} random steps: no start state to test")
         env_seed = seed + tries
         prefix = [space.sample() for _ in range(context - 1)]
-        runs = [_real_rollout(env, env_seed, prefix, a, horizon) for a in actions]
-        if any(r is None for r in runs):
+        maybe_runs = [_real_rollout(env, env_seed, prefix, a, horizon) for a in actions]
+        runs = [r for r in maybe_runs if r is not None]
+        if len(runs) < len(maybe_runs):  # the random prefix ended the episode
             continue
         ctx = [r[0][:context] for r in runs]
         if any(not np.array_equal(ctx[0], c) for c in ctx[1:]):

@@ -45,7 +45,7 @@ def threshold_lengths(p: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     ``threshold`` ends it (T when none does), and whether one did."""
     hit = np.asarray(p) > threshold
     ended = hit.any(1)
-    return np.where(ended, hit.argmax(1) + 1, hit.shape[1]), ended
+    return np.where(ended, hit.argmax(1) + 1, hit.shape[1]), np.asarray(ended)
 
 
 def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:

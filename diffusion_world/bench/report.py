@@ -620,7 +620,7 @@ def _on_checkpoint(r: dict[str, Any] | None, ref: dict[str, Any]) -> bool:
     """Whether a result ran on ``ref``'s checkpoint: the same training step and checkpoint file (``control``
     records the checkpoint's path where the other suites record the name it was given, so the name is not
     compared)."""
-    return bool(r) and all(r.get(k) == ref.get(k) for k in ("checkpoint_step", "model_sha256"))
+    return r is not None and bool(r) and all(r.get(k) == ref.get(k) for k in ("checkpoint_step", "model_sha256"))
 
 
 def _default_settings(r: dict[str, Any], fid: dict[str, Any]) -> bool:

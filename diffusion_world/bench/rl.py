@@ -295,10 +295,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     real = evaluate(env, lambda o: agent_real.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
     # SB3 evaluates the greedy action; a policy that learned little is near-uniform, and its greedy action is one
     # fixed action (worse than random in CartPole), so the sampled policy is reported too
-    stochastic = {}
-    for key, agent in (("imagination", agent_imagined), ("real_trained", agent_real)):
+    stochastic: dict[str, dict[str, Any]] = {}
+    for who, agent in (("imagination", agent_imagined), ("real_trained", agent_real)):
         torch.manual_seed(eval_seed)  # the policy samples from torch's global generator
-        stochastic[key] = _summary(evaluate(env, lambda o, a=agent: a.predict(o, deterministic=False)[0],
+        stochastic[who] = _summary(evaluate(env, lambda o, a=agent: a.predict(o, deterministic=False)[0],
                                             eval_episodes, eval_seed))
     env.action_space.seed(seed)
     rand = evaluate(env, lambda o: env.action_space.sample(), eval_episodes, eval_seed)
@@ -307,8 +307,8 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     in_imagination = {
-        key: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag, eval_kwargs))
-        for key, act in (("imagination", lambda o: agent_imagined.predict(o, deterministic=True)[0]),
+        who: _summary(evaluate_imagined(wm, act, eval_episodes, eval_seed, frame_stack, h_imag, eval_kwargs))
+        for who, act in (("imagination", lambda o: agent_imagined.predict(o, deterministic=True)[0]),
                          ("real_trained", lambda o: agent_real.predict(o, deterministic=True)[0]),
                          ("random", lambda o: rng.integers(0, env.action_space.n, len(o))
                           if hasattr(env.action_space, "n") else np.stack([env.action_space.sample() for _ in o])))}

@@ -57,7 +57,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     check_device(device)
     if precision is not None:
         check_precision(precision)
-    amp = {} if precision is None else {"precision": precision}
+    amp: dict[str, Any] = {} if precision is None else {"precision": precision}
     if seed is not None and not isinstance(seed, int):
         seeds = [int(s) for s in seed]
         if len(seeds) != len(set(seeds)) or not seeds:
@@ -88,7 +88,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         imagination = load_card(card).imagination
     K = sampler_steps or imagination.get("sampler_steps")  # None: the checkpoint's own
     w = history_guidance if history_guidance is not None else imagination.get("history_guidance")
-    guidance = {} if w is None else {"history_guidance": float(w)}
+    guidance: dict[str, Any] = {} if w is None else {"history_guidance": float(w)}
     if suite == "fidelity":
         from diffusion_world.bench.fidelity import run_fidelity
 
@@ -108,7 +108,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if guidance:
             raise UserError("benchmark memory trains its own models: --history-guidance does not apply")
-        result = run_memory(out, quick=quick, device=device, stem=stem, **({"sampler_steps": int(K)} if K else {}))
+        steps_kw: dict[str, Any] = {"sampler_steps": int(K)} if K else {}
+        result = run_memory(out, quick=quick, device=device, stem=stem, **steps_kw)
     elif suite == "termination":
         from diffusion_world.bench.termination import run_termination
 

@@ -441,10 +441,10 @@ class ImaginationCore:
             x, reward, termination_logit = sample_next_frame(
                 self.model, self.state, torch.as_tensor(actions).to(self.device), has_action.to(self.device),
                 self.generators, self.sampler, self.sigmas)
-            probability = self.world_model.termination_probability(termination_logit.float(), x.float())
+            p_terminal = self.world_model.termination_probability(termination_logit.float(), x.float())
         frames = x_to_frames(x).cpu().numpy()  # (N, H, W, 3)
         rewards = symexp(reward.float()).cpu().numpy().astype(np.float64)
-        probability = probability.float().cpu().numpy()
+        probability = p_terminal.float().cpu().numpy()
         if self.termination == "sample":
             draws = np.array([torch.rand((), generator=g).item() for g in self.generators])
             terminated = draws < probability

@@ -205,6 +205,7 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
         draw = np.sort(rng.integers(0, offsets[-1], cfg.batch_size - n_imagined))
         frames, labels = [], []
         if n_imagined:
+            assert imagined is not None
             sel = rng.integers(0, len(imagined["train"]["labels"]), n_imagined)
             frames.append(imagined["train"]["frames"][sel])
             labels.append(imagined["train"]["labels"][sel])
@@ -226,7 +227,7 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     fit_s = time.monotonic() - t0
     val = {c.dataset_id: score_classifier(classifier_logits(model, c, i, device), c.terminations[i])
            for c, i in zip(caches, val_idx) if len(i)}
-    report = {"config": asdict(cfg), "datasets": [c.dataset_id for c in caches],
+    report: dict[str, Any] = {"config": asdict(cfg), "datasets": [c.dataset_id for c in caches],
               "train_frames": {c.dataset_id: int(n) for c, n in zip(caches, sizes)},
               "train_terminations": positives, "fit_seconds": round(fit_s, 1),
               "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
