@@ -70,6 +70,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--dataset-id", help="Minari dataset id (default: the card's [collect] dataset_id)")
     p.add_argument("--out", required=True, help="output directory (checkpoint.pt, metrics.jsonl, dashboard.png)")
     p.add_argument("--preset", choices=["tiny", "small", "base"], help="model size preset (default small)")
+    p.add_argument("--frame-size", type=int, metavar="N",
+                   help="resize the dataset's frames to N x N RGB (OpenCV area averaging): for datasets whose frames "
+                        "are grey, RGBA, not square or too large, e.g. Minari's 210x160 Atari (default: as stored)")
     p.add_argument("--steps", type=int, help="optimiser steps in total (a resumed run continues up to it)")
     p.add_argument("--batch-size", type=int, help="windows per optimiser step, over all GPUs")
     p.add_argument("--seq-len", type=int, help="window length T (frames)")
@@ -109,7 +112,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
         from diffusion_world.training.train import config_from_card, train
 
         cfg = config_from_card(
-            args.card, dataset_id=args.dataset_id, out_dir=args.out, preset=args.preset, steps=args.steps,
+            args.card, dataset_id=args.dataset_id, frame_size=args.frame_size, out_dir=args.out, preset=args.preset,
+            steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,
             attn_backend=args.attn_backend, max_minutes=args.max_minutes, precision=args.precision, seed=args.seed,

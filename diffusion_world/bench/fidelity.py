@@ -27,7 +27,7 @@ from diffusion_world.bench.common import heldout_episodes, sampler_label
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
-from diffusion_world.envs.core import check_dataset_fits
+from diffusion_world.envs.core import open_dataset_for
 from diffusion_world.errors import UserError
 
 
@@ -268,8 +268,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
     if not dataset_id:
         raise UserError("the checkpoint names no dataset: pass --dataset-id")
-    cache = FrameCache.open(dataset_id, progress=progress)
-    check_dataset_fits(cache, wm)
+    cache = open_dataset_for(dataset_id, wm, progress=progress)
     tc = ckpt.get("train_config", {})
     val_eps, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)
     if len(val_eps) == 0:

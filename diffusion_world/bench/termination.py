@@ -25,7 +25,7 @@ from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
-from diffusion_world.envs.core import check_dataset_fits
+from diffusion_world.envs.core import open_dataset_for
 from diffusion_world.errors import UserError
 
 
@@ -117,8 +117,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     dataset_id = dataset_id or wm.dataset.get("dataset_id")
     if not dataset_id:
         raise UserError("the checkpoint names no dataset: pass --dataset-id")
-    cache = FrameCache.open(dataset_id, progress=progress)
-    check_dataset_fits(cache, wm)
+    cache = open_dataset_for(dataset_id, wm, progress=progress)
     tc = load_checkpoint(wm.path).get("train_config", {})
     episodes, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)
     context = int(context or wm.imagination.get("context_frames", 4))

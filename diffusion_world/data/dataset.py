@@ -24,6 +24,7 @@ import numpy as np
 from minari.serialization import deserialize_space, serialize_space
 from tqdm.auto import tqdm
 
+from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, resize_frame
 from diffusion_world.errors import UserError
 
 CACHE_DIR_NAME = "diffusion_world_cache"
@@ -55,18 +56,22 @@ def _fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_image_space(dataset_id: str, space: gym.Space) -> gym.spaces.Box:
-    if not (
-        isinstance(space, gym.spaces.Box)
-        and len(space.shape) == 3
-        and space.shape[2] == 3
-        and space.dtype == np.uint8
-    ):
-        raise UserError(
-            f"dataset {dataset_id!r} has observation space {space}; diffusion_world needs image observations "
-            "Box(0, 255, (H, W, 3), uint8)"
-        )
-    return space
+def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None = None) -> gym.spaces.Box:
+    """The dataset's image space: (H, W, 3) uint8 as it is, or, when its frames are to be resized to
+    ``frame_size``, any uint8 image (grey (H, W) or (H, W, 1), RGB, RGBA)."""
+    shape = tuple(space.shape) if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 else ()
+    rgb = len(shape) == 3 and shape[2] == 3
+    image = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
+    if rgb if frame_size is None else image:
+        assert isinstance(space, gym.spaces.Box)
+        return space
+    if frame_size is None:
+        hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
+                "([train] frame_size in a card)" if image else "")
+        raise UserError(f"dataset {dataset_id!r} has observation space {space}; diffusion_world needs image "
+                        f"observations Box(0, 255, (H, W, 3), uint8){hint}")
+    raise UserError(f"dataset {dataset_id!r} has observation space {space}; resizing its frames needs uint8 images "
+                    "Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4")
 
 
 def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[int, ...]]:
@@ -123,6 +128,7 @@ class FrameCache:
     action_space: gym.spaces.Space
     frame_size: tuple[int, int]
     env_spec: dict[str, Any] | None
+    resized_from: tuple[int, ...] | None  # the dataset's own frame shape when the cache holds resized frames
     directory: Path
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -134,6 +140,7 @@ class FrameCache:
         self.observation_space = deserialize_space(meta["observation_space"])
         self.action_space = deserialize_space(meta["action_space"])
         self.env_spec = meta["env_spec"]
+        self.resized_from = None if meta.get("resized_from") is None else tuple(meta["resized_from"])
         self.frames = np.load(self.directory / "frames.npy", mmap_mode="r")
         for name in _ARRAYS:
             setattr(self, name, np.load(self.directory / f"{name}.npy"))
@@ -141,12 +148,16 @@ class FrameCache:
 
     @classmethod
     def open(
-        cls, dataset_id: str, cache_dir: str | os.PathLike | None = None, progress: bool = True
+        cls, dataset_id: str, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+        frame_size: int | None = None,
     ) -> FrameCache:
         """Open the cache of a local Minari dataset, building it first if missing or out of date.
 
+        ``frame_size`` N resizes every frame to (N, N, 3) with OpenCV ``INTER_AREA`` (``resize_frame``, as
+        ``PixelEnv`` renders), for datasets whose frames are too large, not square, grey or RGBA (e.g. Minari's
+        210x160 Atari datasets); None keeps the dataset's own (H, W, 3) frames.
         The default ``cache_dir`` is ``<MINARI_DATASETS_PATH or
-        ~/.minari/datasets>/<dataset_id>/diffusion_world_cache``.
+        ~/.minari/datasets>/<dataset_id>/diffusion_world_cache`` (``diffusion_world_cache_<N>px`` when resized).
         The build is written to a temporary directory and renamed into place, so concurrent openers (e.g. DDP
         ranks) and interrupted builds never see a partial cache.
         """
@@ -157,11 +168,16 @@ class FrameCache:
                 f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={_minari_root()} "
                 "(nothing is downloaded: collect it with `diffusion-world collect` or copy it there)"
             )
-        fingerprint = _fingerprint(data_dir)
-        directory = Path(cache_dir) if cache_dir is not None else dataset_dir / CACHE_DIR_NAME
+        if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int)
+                                       or frame_size < MIN_FRAME_SIZE):
+            raise UserError(f"frame_size must be an integer >= {MIN_FRAME_SIZE} (or None: the dataset's own "
+                            f"frames), got {frame_size!r}")
+        fingerprint = _fingerprint(data_dir) + ("" if frame_size is None else f"-{frame_size}px")
+        name = CACHE_DIR_NAME if frame_size is None else f"{CACHE_DIR_NAME}_{frame_size}px"
+        directory = Path(cache_dir) if cache_dir is not None else dataset_dir / name
         if _cache_matches(directory, fingerprint):
             return cls(directory)
-        _build_cache(dataset_id, directory, fingerprint, progress)
+        _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
         return cls(directory)
 
     @property
@@ -236,14 +252,16 @@ def _jpeg_encoded(dataset: Any) -> bool:
         return False
 
 
-def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool) -> None:
+def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool,
+                 frame_size: int | None = None) -> None:
     import minari
 
     try:
         dataset = minari.load_dataset(dataset_id)
     except (ValueError, FileNotFoundError, KeyError, AssertionError) as e:
         raise UserError(f"cannot read Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from e
-    obs_space = _check_image_space(dataset_id, dataset.observation_space)
+    source_space = _check_image_space(dataset_id, dataset.observation_space, frame_size)
+    obs_space = source_space if frame_size is None else gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
         warnings.warn(f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn "
                       "the compression artefacts. Collect without --jpeg, or merge datasets with "
@@ -279,12 +297,16 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         )
         for start, length, episode in zip(starts, lengths, bar):
             observations = np.asarray(episode.observations)
-            if observations.shape != (length, *obs_space.shape):
+            if observations.shape != (length, *source_space.shape):
                 raise UserError(
                     f"dataset {dataset_id!r} episode {episode.id}: observations {observations.shape}, "
-                    f"expected {(length, *obs_space.shape)}"
+                    f"expected {(length, *source_space.shape)}"
                 )
-            frames[start : start + length] = observations
+            if frame_size is None:
+                frames[start : start + length] = observations
+            else:
+                for i, image in enumerate(observations):
+                    frames[start + i] = resize_frame(image, frame_size)
             # Transition t (action t, reward t) leads from frame t to frame t+1 of the episode.
             steps = slice(start + 1, start + length)
             arrays["prev_actions"][steps] = np.asarray(episode.actions).reshape(length - 1, *action_shape)
@@ -303,6 +325,7 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
             "dataset_id": dataset_id,
             "fingerprint": fingerprint,
             "observation_space": serialize_space(obs_space),
+            "resized_from": None if frame_size is None else list(source_space.shape),
             "action_space": serialize_space(dataset.action_space),
             "env_spec": _env_spec_dict(dataset.env_spec),
             "num_frames": num_frames,

@@ -22,7 +22,7 @@ from diffusion_world.registration import PIXEL_ENV_ID
 MIN_FRAME_SIZE = 8
 
 
-def _register_ale_if_needed(env_id: str) -> None:
+def register_ale_if_needed(env_id: str) -> None:
     """Atari ids only exist once ale-py registered them; import it lazily (it is an optional extra)."""
     if not env_id.startswith("ALE/"):
         return
@@ -35,7 +35,7 @@ def _register_ale_if_needed(env_id: str) -> None:
 
 def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
-    _register_ale_if_needed(env_id)
+    register_ale_if_needed(env_id)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr.
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -75,11 +75,14 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
 
 
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB(A) or grey render to a ``(size, size, 3)`` uint8 frame with area averaging.
+    """Resize an RGB(A) or grey (``(H, W)`` or ``(H, W, 1)``) image to a ``(size, size, 3)`` uint8 frame with area
+    averaging.
 
     >>> resize_frame(np.zeros((400, 600, 3), np.uint8), 64).shape
     (64, 64, 3)
     """
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.shape[2] == 4:
@@ -173,6 +176,20 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         if hasattr(self, "inner"):
             self.inner.close()
         super().close()
+
+
+class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
+    """An env with uint8 image observations (grey, RGB or RGBA) seen as ``(size, size, 3)`` frames resized by
+    :func:`resize_frame`: the real env of a world model trained on a dataset's frames resized the same way
+    (``train --frame-size``)."""
+
+    def __init__(self, env: gym.Env, size: int) -> None:
+        super().__init__(env)
+        self.size = int(size)
+        self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return resize_frame(np.asarray(observation), self.size)
 
 
 def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, **env_kwargs: Any) -> gym.Env:

@@ -162,13 +162,19 @@ def check_dataset_fits(cache: Any, world_model: WorldModel) -> None:
                         f"{action_space_from_dict(world_model.config.action_space)}")
 
 
-def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int) -> DatasetContexts:
-    """A dataset's contexts, after checking its frames and actions fit the world model."""
+def open_dataset_for(dataset_id: str, world_model: WorldModel, progress: bool = True) -> Any:
+    """A dataset's ``FrameCache`` as the world model sees it (its frames resized as in training, when they were),
+    after checking that its frames and actions fit the model."""
     from diffusion_world.data.dataset import FrameCache
 
-    cache = FrameCache.open(dataset_id)
+    cache = FrameCache.open(dataset_id, progress=progress, frame_size=world_model.dataset.get("resize"))
     check_dataset_fits(cache, world_model)
-    return DatasetContexts(cache, length)
+    return cache
+
+
+def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int) -> DatasetContexts:
+    """A dataset's contexts, after checking its frames and actions fit the world model."""
+    return DatasetContexts(open_dataset_for(dataset_id, world_model), length)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from diffusion_world.checkpoint import WorldModel
+from diffusion_world.data.pixel_env import ResizeFrames, register_ale_if_needed
 from diffusion_world.envs.core import ImaginationCore, ResetNeededError, stack_frames
 from diffusion_world.errors import UserError
 
@@ -134,7 +135,10 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     spec = dict(spec)
     env_id = spec.pop("id")
     max_episode_steps = spec.pop("max_episode_steps", None)
+    register_ale_if_needed(env_id)  # a Minari Atari dataset records the ALE env itself
     env = gym.make(env_id, max_episode_steps=max_episode_steps, **spec)
+    if wm.dataset.get("resize"):  # trained on the dataset's frames resized: the real env's frames are too
+        env = ResizeFrames(env, wm.dataset["resize"])
     shape = env.observation_space.shape
     if tuple(shape or ()) != (*wm.config.frame_size, 3):
         raise UserError(f"the real env {env_id} gives frames of shape {shape}, the world model "

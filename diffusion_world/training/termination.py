@@ -172,7 +172,8 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     dataset = ckpt.get("dataset", {})
     if not dataset.get("dataset_id"):
         raise UserError(f"{checkpoint} names no dataset")
-    caches = [FrameCache.open(d, progress=progress) for d in dict.fromkeys([dataset["dataset_id"], *extra_datasets])]
+    caches = [FrameCache.open(d, progress=progress, frame_size=dataset.get("resize"))  # resized as in training
+              for d in dict.fromkeys([dataset["dataset_id"], *extra_datasets])]
     for cache in caches:
         _check_compatible(dataset, cache)
     tc = ckpt.get("train_config", {})

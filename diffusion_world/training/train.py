@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from diffusion_world.checkpoint import check_device, load_checkpoint, save_checkpoint
 from diffusion_world.data.dataset import FrameCache, WindowSampler
+from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, preset_config
@@ -44,6 +45,9 @@ class TrainConfig:
     """All training settings. Saved (resolved) inside every checkpoint."""
 
     dataset_id: str = ""
+    # N: train on the dataset's frames resized to N x N RGB (grey, RGBA, large or odd-sized datasets such as
+    # Minari's 210x160 Atari); the real env of the checkpoint is resized the same way. None: the frames as stored
+    frame_size: int | None = None
     out_dir: str = "runs/world_model"
     preset: str = "small"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig fields
@@ -86,6 +90,9 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.dataset_id:
             raise UserError("a dataset id is needed (--dataset-id or a card's [collect] dataset_id)")
+        if self.frame_size is not None and (isinstance(self.frame_size, bool) or not isinstance(self.frame_size, int)
+                                            or self.frame_size < MIN_FRAME_SIZE):
+            raise UserError(f"frame_size must be an integer >= {MIN_FRAME_SIZE}, got {self.frame_size!r}")
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -223,7 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     amp = use_bf16(cfg.precision, device)  # bf16 autocast; fp32 master weights, optimiser and EMA everywhere
 
     # ---- data
-    cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0)
+    cache = FrameCache.open(cfg.dataset_id, progress=cfg.progress and rank == 0, frame_size=cfg.frame_size)
     train_eps, val_eps = cache.episode_split(cfg.val_fraction, cfg.seed)
     with warnings.catch_warnings():  # the same data warnings on every process: rank 0 says them once
         if rank != 0:
@@ -238,8 +245,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         cfg.loss.termination_pos_weight = float(np.clip((1 - rate) / rate, 1.0, 100.0)) if rate > 0 else 1.0
 
     # ---- model, EMA, optimiser
-    model_cfg = preset_config(cfg.preset, frame_size=tuple(cache.frame_size),
-                              action_space=action_space_to_dict(cache.action_space), **cfg.model)
+    try:
+        model_cfg = preset_config(cfg.preset, frame_size=tuple(cache.frame_size),
+                                  action_space=action_space_to_dict(cache.action_space), **cfg.model)
+    except UserError as e:
+        if cfg.frame_size is None and str(e).startswith("frame size"):
+            raise UserError(f"{e}: resize the dataset's frames with --frame-size N ([train] frame_size), "
+                            "e.g. 64") from e
+        raise
     attn_backend = resolve_attn_backend(cfg.attn_backend, device.type, model_cfg.attention_head_dim)
     torch.manual_seed(cfg.seed)
     model = DartWorldModel(model_cfg).to(device)
@@ -248,7 +261,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     dataset_info = {"dataset_id": cfg.dataset_id, "frame_size": list(cache.frame_size),
                     "action_space": action_space_to_dict(cache.action_space), "env_spec": cache.env_spec,
-                    "observation_shape": list(cache.observation_space.shape)}
+                    "observation_shape": list(cache.observation_space.shape),
+                    # the env and every reader of the dataset resize its frames as training did
+                    **({"resize": cfg.frame_size, "resized_from": list(cache.resized_from or ())}
+                       if cfg.frame_size is not None else {})}
     contexts = _reset_contexts(cache, val_eps if len(val_eps) else train_eps, cfg.num_contexts, cfg.context_length)
     step, num_frames_seen, elapsed = 0, 0, 0.0
     extra: dict[str, Any] = {}  # carried over (resume, init-from): a termination classifier sees frames, not the model
