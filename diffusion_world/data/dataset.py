@@ -264,7 +264,7 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     obs_space = source_space if frame_size is None else gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
         warnings.warn(f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn "
-                      "the compression artefacts. Collect without --jpeg, or merge datasets with "
+                      "the compression artefacts. If you made it: collect without --jpeg, and merge datasets with "
                       "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).", stacklevel=3)
     action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
     indices = np.asarray(dataset.episode_indices, dtype=np.int64)
