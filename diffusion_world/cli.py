@@ -62,6 +62,28 @@ def _add_combine(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
+def _add_render(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("render", help="turn a Minari dataset of states into pixel frames, by replaying it",
+                       description="Replay each episode of a local Minari dataset of state observations from its "
+                                   "recorded reset seed with its recorded actions, render the env as `collect` "
+                                   "does, and write the frames as a new dataset. Every replayed state is checked "
+                                   "against the recording: an env that does not reproduce it is an error.")
+    p.add_argument("source_id", metavar="SOURCE_ID", help="the local Minari dataset of states to replay")
+    p.add_argument("--dataset-id", required=True, help="the new pixel dataset's id NAMESPACE/NAME-vN")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels (square), default 64")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest difference allowed between a replayed and a recorded state, default 1e-4")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+    def run(args: argparse.Namespace) -> int:
+        from diffusion_world.data.collect import render_dataset
+
+        render_dataset(args.source_id, args.dataset_id, size=args.size, atol=args.atol, progress=not args.quiet)
+        return 0
+
+    return run
+
+
 def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("train", help="train a DART world model on a Minari image dataset",
                        description="Train (or resume) a world model. Settings: defaults < --card < flags. "
@@ -294,8 +316,8 @@ def _add_info(sub: argparse._SubParsersAction) -> Handler:
     return run
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_combine, _add_train,
-                                                                       _add_fit_termination, _add_play,
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_collect, _add_render, _add_combine,
+                                                                       _add_train, _add_fit_termination, _add_play,
                                                                        _add_benchmark, _add_info]
 
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env
 from diffusion_world.errors import UserError
+from diffusion_world.registration import PIXEL_ENV_ID
 
 # (frame, info) -> action. ``info["state"]`` is the inner env's own observation.
 Policy = Callable[[np.ndarray, dict[str, Any]], Any]
@@ -509,6 +510,127 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return minari.load_dataset(new_dataset_id)
+
+
+def _at(observations: Any, t: int) -> Any:
+    """Step ``t`` of an episode's observations (an array, or a dict / tuple of them for composite spaces)."""
+    if isinstance(observations, dict):
+        return {k: _at(v, t) for k, v in observations.items()}
+    if isinstance(observations, tuple | list):
+        return tuple(_at(v, t) for v in observations)
+    return observations[t]
+
+
+def _states_match(recorded: Any, replayed: Any, atol: float) -> bool:
+    if isinstance(recorded, dict):
+        return isinstance(replayed, dict) and recorded.keys() == replayed.keys() and all(
+            _states_match(recorded[k], replayed[k], atol) for k in recorded)
+    if isinstance(recorded, tuple):
+        return isinstance(replayed, tuple) and len(recorded) == len(replayed) and all(
+            _states_match(a, b, atol) for a, b in zip(recorded, replayed))
+    a, b = np.asarray(recorded), np.asarray(replayed)
+    return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=atol))
+
+
+def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bool = True,
+                   chunk_steps: int = DEFAULT_CHUNK_STEPS, progress: bool = True, atol: float = 1e-4
+                   ) -> minari.MinariDataset:
+    """Turn a local Minari dataset of *state* observations into a pixel dataset: each episode is replayed, from
+    its recorded reset seed and with its recorded actions, in the env of the dataset's spec, rendered as
+    :func:`collect` renders (``PixelEnv``, ``size x size`` frames). Rewards, terminations and truncations are
+    the recorded ones.
+
+    Most Minari datasets hold states, not images (MuJoCo, classic control, Box2D): this makes their expert
+    and medium-policy episodes world-model data. A replay only reproduces the recording if the env is
+    deterministic given its seed and is the version that recorded it, so every replayed state is compared with
+    the recorded observation (``atol``), and the first divergence is an error naming the episode and step;
+    an episode without a recorded seed cannot be replayed either. Written atomically and losslessly, as
+    :func:`collect` writes.
+
+    Example:
+        >>> render_dataset("mujoco/hopper/expert-v0", "me/hopper-pixels-v0", size=64)  # doctest: +SKIP
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_FRAME_SIZE:
+        raise UserError(f"frame size must be an integer >= {MIN_FRAME_SIZE}, got {size!r}")
+    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+        raise UserError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    validate_dataset_id(dataset_id)
+    if dataset_path(dataset_id).exists():
+        raise UserError(f"dataset {dataset_id!r} already exists at {dataset_path(dataset_id)}; choose another id")
+    local = set(minari.list_local_datasets())
+    if source_id not in local:
+        raise UserError(f"no local Minari dataset {source_id!r} (nothing is downloaded: `minari download "
+                        f"{source_id}` first; local: {sorted(local)})")
+    source = minari.load_dataset(source_id)
+    spec = source.env_spec
+    if spec is None:
+        raise UserError(f"dataset {source_id!r} records no env spec: there is no env to replay it in")
+    if spec.id == PIXEL_ENV_ID:
+        raise UserError(f"dataset {source_id!r} already holds pixel frames (collected by diffusion_world)")
+    env_kwargs = {k: v for k, v in dict(spec.kwargs).items() if k != "render_mode"}
+    registered = gym.registry.get(spec.id)
+    if spec.max_episode_steps is not None and (registered is None
+                                               or registered.max_episode_steps != spec.max_episode_steps):
+        env_kwargs["max_episode_steps"] = spec.max_episode_steps  # the recording's time limit, not the default
+    try:
+        json.dumps(env_kwargs)
+    except TypeError as e:
+        raise UserError(f"the env spec of {source_id!r} has kwargs that are not JSON-serialisable: {e}") from e
+    indices = np.asarray(source.episode_indices, dtype=np.int64)
+    metas = list(source.storage.get_episode_metadata(indices))
+    unseeded = [int(i) for i, m in zip(indices, metas) if m.get("seed") is None]
+    if unseeded:
+        raise UserError(f"{len(unseeded)} of {len(indices)} episodes of {source_id!r} record no reset seed (first: "
+                        f"episode {unseeded[0]}): they cannot be replayed")
+    total_steps = int(sum(int(m["total_steps"]) for m in metas))
+
+    from diffusion_world import __version__
+
+    env = make_pixel_env(spec.id, size=size, **env_kwargs)
+    started = time.perf_counter()
+    try:
+        writer = _AtomicDatasetWriter(
+            dataset_id, env, lossless, algorithm_name=f"replay of {source_id}", author="diffusion_world",
+            description=(f"{size}x{size} RGB frames of {spec.id} (kwargs={env_kwargs}): the episodes of {source_id} "
+                         "replayed from their reset seeds with their recorded actions, rendered by diffusion_world."),
+            requirements=[f"diffusion-world>={__version__}"])
+        bar = tqdm(total=total_steps, unit="step", desc=f"render {source_id}", disable=not progress, smoothing=0.05)
+        with writer, bar, warnings.catch_warnings():
+            # a recording may go on past a termination (absorbing states); Gymnasium warns about that step
+            warnings.filterwarnings("ignore", message=".*step.*terminated.*", category=UserWarning)
+            buffers: list[EpisodeBuffer] = []
+            buffered_steps = 0
+            for meta, episode in zip(metas, source.iterate_episodes(indices)):
+                seed = int(meta["seed"])
+                frame, info = env.reset(seed=seed)
+                frames = [frame]
+                for t in range(len(episode.actions) + 1):
+                    if t:
+                        frame, _, _, _, info = env.step(episode.actions[t - 1])
+                        frames.append(frame)
+                        bar.update(1)
+                    if not _states_match(_at(episode.observations, t), info["state"], atol):
+                        raise UserError(
+                            f"episode {episode.id} of {source_id!r} (reset seed {seed}) diverges from its recording "
+                            f"at step {t}: {spec.id} here does not reproduce it from the seed and the actions (a "
+                            "stochastic env, or another version of it than the one that recorded the dataset)")
+                buffers.append(_episode_buffer(seed, frames, list(episode.actions), list(episode.rewards),
+                                               list(episode.terminations), list(episode.truncations),
+                                               env.action_space))
+                buffered_steps += len(episode.actions)
+                if buffered_steps >= chunk_steps:
+                    writer.add(buffers)
+                    buffers, buffered_steps = [], 0
+            writer.add(buffers)
+            final_path = writer.commit()
+    finally:
+        env.close()
+    if progress:
+        seconds = time.perf_counter() - started
+        print(f"Rendered {len(indices)} episodes, {total_steps} steps of {source_id!r} ({spec.id}) into "
+              f"{size}x{size}x3 uint8 frames: Minari dataset {dataset_id!r} at {final_path}, "
+              f"{_dir_size_bytes(final_path / 'data') / 1e6:.1f} MB on disk, {total_steps / seconds:.0f} steps/s.")
+    return minari.load_dataset(dataset_id)
 
 
 def collect_from_args(args: argparse.Namespace) -> minari.MinariDataset:

@@ -1,0 +1,98 @@
+"""``render_dataset`` / ``diffusion-world render``: Minari datasets of states replayed into pixel datasets."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import minari
+import numpy as np
+import pytest
+from minari.data_collector import EpisodeBuffer
+
+from diffusion_world.cli import main
+from diffusion_world.data.collect import collect, dataset_path, render_dataset
+from diffusion_world.data.dataset import FrameCache
+from diffusion_world.data.pixel_env import make_pixel_env
+from diffusion_world.errors import UserError
+
+
+def record_states(dataset_id: str, env_id: str, seeds: list[int], recorded_seeds: list[int | None] | None = None,
+                  max_episode_steps: int | None = None, **env_kwargs) -> None:
+    """A state dataset as Minari's own are: the env's observations, random actions, each episode's reset seed
+    (``recorded_seeds`` may record other seeds than those played)."""
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, **env_kwargs)
+    env.action_space.seed(0)
+    buffers = []
+    for seed, recorded in zip(seeds, recorded_seeds or seeds):
+        obs, _ = env.reset(seed=seed)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        while True:
+            actions.append(env.action_space.sample())
+            obs, reward, terminated, truncated, _ = env.step(actions[-1])
+            observations.append(obs)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            if terminated or truncated:
+                break
+        buffers.append(EpisodeBuffer(seed=recorded, observations=np.stack(observations), actions=np.array(actions),
+                                     rewards=np.array(rewards), terminations=np.array(terminations),
+                                     truncations=np.array(truncations)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # minari: no author / code permalink given
+        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format="hdf5")
+    env.close()
+
+
+def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:
+    record_states("tt/cartpole-states-v0", "CartPole-v1", seeds=[10, 11, 12])
+    source = minari.load_dataset("tt/cartpole-states-v0")
+    pixels = render_dataset("tt/cartpole-states-v0", "tt/cartpole-rendered-v0", size=16, progress=False)
+    assert pixels.observation_space == gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    assert pixels.total_episodes == 3 and pixels.total_steps == source.total_steps
+    reference = make_pixel_env("CartPole-v1", size=16)  # the pixel env collect uses, stepped by hand
+    for meta, episode, recorded in zip(pixels.storage.get_episode_metadata(pixels.episode_indices),
+                                       pixels.iterate_episodes(), source.iterate_episodes()):
+        assert meta["seed"] == [10, 11, 12][episode.id]
+        frames = [reference.reset(seed=meta["seed"])[0]] + [reference.step(a)[0] for a in recorded.actions]
+        assert np.array_equal(episode.observations, np.stack(frames))
+        assert np.array_equal(episode.actions, recorded.actions)
+        assert np.array_equal(episode.rewards, recorded.rewards)
+        assert np.array_equal(episode.terminations, recorded.terminations)
+        assert np.array_equal(episode.truncations, recorded.truncations)
+    reference.close()
+    env = pixels.recover_environment()  # the pixel env itself, as for a collected dataset
+    assert env.observation_space.shape == (16, 16, 3)
+    env.close()
+    cache = FrameCache.open("tt/cartpole-rendered-v0", progress=False)  # ready to train on
+    assert cache.num_frames == source.total_steps + 3
+
+
+def test_box_actions_and_the_recorded_time_limit(minari_root: Path) -> None:
+    record_states("tt/pendulum-states-v0", "Pendulum-v1", seeds=[3], max_episode_steps=12)
+    assert main(["render", "tt/pendulum-states-v0", "--dataset-id", "tt/pendulum-rendered-v0", "--size", "16",
+                 "--quiet"]) == 0
+    pixels = minari.load_dataset("tt/pendulum-rendered-v0")
+    episode = next(pixels.iterate_episodes())
+    assert episode.observations.shape == (13, 16, 16, 3) and episode.truncations[-1]
+    assert pixels.recover_environment().spec.kwargs["env_kwargs"] == {"max_episode_steps": 12}
+
+
+def test_replays_that_diverge_or_cannot_start_are_refused(minari_root: Path) -> None:
+    record_states("tt/wrong-seed-v0", "CartPole-v1", seeds=[5, 6], recorded_seeds=[5, 7])
+    with pytest.raises(UserError, match=r"episode 1 of 'tt/wrong-seed-v0' \(reset seed 7\) diverges from its "
+                                        r"recording at step 0"):
+        render_dataset("tt/wrong-seed-v0", "tt/wrong-seed-rendered-v0", size=16, progress=False, chunk_steps=1)
+    assert not dataset_path("tt/wrong-seed-rendered-v0").exists()  # nothing half-written, though episode 0 was
+    record_states("tt/no-seed-v0", "CartPole-v1", seeds=[5], recorded_seeds=[None])
+    with pytest.raises(UserError, match="1 of 1 episodes of 'tt/no-seed-v0' record no reset seed"):
+        render_dataset("tt/no-seed-v0", "tt/no-seed-rendered-v0", progress=False)
+    with pytest.raises(UserError, match=r"no local Minari dataset 'tt/absent-v0' \(nothing is downloaded"):
+        render_dataset("tt/absent-v0", "tt/absent-rendered-v0", progress=False)
+    collect("CartPole-v1", "tt/pixels-v0", steps=5, size=16, progress=False)
+    with pytest.raises(UserError, match="already holds pixel frames"):
+        render_dataset("tt/pixels-v0", "tt/pixels-rendered-v0", progress=False)
+    with pytest.raises(UserError, match="already exists"):
+        render_dataset("tt/no-seed-v0", "tt/pixels-v0", progress=False)
