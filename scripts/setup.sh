@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q -e ".[dev,box2d,atari,bench]"
+python -m pip install -q -e ".[dev,box2d,atari,mujoco,bench]"
 python -c "import diffusion_world, torch; print('diffusion_world', diffusion_world.__version__, 'torch', torch.__version__)"

@@ -96,3 +96,16 @@ def test_replays_that_diverge_or_cannot_start_are_refused(minari_root: Path) -> 
         render_dataset("tt/pixels-v0", "tt/pixels-rendered-v0", progress=False)
     with pytest.raises(UserError, match="already exists"):
         render_dataset("tt/no-seed-v0", "tt/pixels-v0", progress=False)
+
+
+def test_mujoco_replays_and_renders_headless(minari_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Minari's MuJoCo datasets: the env replays from its seed, and renders without a display (MuJoCo's default
+    GL needs one; the pixel env picks EGL then)."""
+    pytest.importorskip("mujoco")  # the mujoco extra, which scripts/setup.sh installs
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL"):
+        monkeypatch.delenv(name, raising=False)
+    record_states("tt/hopper-states-v0", "Hopper-v5", seeds=[1, 2], max_episode_steps=6)
+    pixels = render_dataset("tt/hopper-states-v0", "tt/hopper-rendered-v0", size=16, progress=False)
+    frames = np.concatenate([e.observations for e in pixels.iterate_episodes()])
+    assert frames.shape == (14, 16, 16, 3) and frames.std() > 0
+    assert not np.array_equal(frames[0], frames[6])  # the hopper moves

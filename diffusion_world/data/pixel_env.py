@@ -37,8 +37,11 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
     register_ale_if_needed(env_id)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr.
+        # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr, and
+        # MuJoCo's default (GLFW) needs a display: without one its first render() fails with "an OpenGL platform
+        # library has not been loaded". EGL renders off-screen (Gymnasium reads MUJOCO_GL when it makes a renderer).
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("MUJOCO_GL", "egl")
     # "module:Env-vN" ids register themselves when gym.make imports the module.
     if ":" not in env_id and env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
