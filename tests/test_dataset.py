@@ -166,7 +166,8 @@ def test_non_image_dataset_is_refused(minari_root: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         minari.create_dataset_from_buffers("tt/state-v0", [buffer], env=env)
-    with pytest.raises(UserError, match=r"needs image observations Box\(0, 255, \(H, W, 3\), uint8\)"):
+    with pytest.raises(UserError, match=r"needs image observations Box\(0, 255, \(H, W, 3\), uint8\); if it holds "
+                                        r"states, render them into frames: `diffusion-world render tt/state-v0"):
         FrameCache.open("tt/state-v0", progress=False)
 
 

@@ -65,13 +65,14 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
     if rgb if frame_size is None else image:
         assert isinstance(space, gym.spaces.Box)
         return space
+    states = f"; if it holds states, render them into frames: `diffusion-world render {dataset_id} --dataset-id NEW`"
     if frame_size is None:
         hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
-                "([train] frame_size in a card)" if image else "")
+                "([train] frame_size in a card)" if image else states)
         raise UserError(f"dataset {dataset_id!r} has observation space {space}; diffusion_world needs image "
                         f"observations Box(0, 255, (H, W, 3), uint8){hint}")
     raise UserError(f"dataset {dataset_id!r} has observation space {space}; resizing its frames needs uint8 images "
-                    "Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4")
+                    f"Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4{states}")
 
 
 def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[int, ...]]:
