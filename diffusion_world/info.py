@@ -13,22 +13,52 @@ import platform
 from importlib import resources
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 
 from diffusion_world import precision
 from diffusion_world.bench.common import cpu_model
 from diffusion_world.checkpoint import SHIPPED
 from diffusion_world.data.dataset import _minari_root
+from diffusion_world.model.config import PRESETS
+from diffusion_world.training.train import TrainConfig
 
 
-def _local_datasets() -> list[str] | str:
-    """The Minari root's dataset ids, or why they could not be listed."""
+def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Episodes, steps, what its observations are, and what it takes to train a world model on them."""
+    from minari.serialization import deserialize_space
+
+    entry: dict[str, Any] = {"episodes": int(meta.get("total_episodes", 0)), "steps": int(meta.get("total_steps", 0))}
+    try:
+        space = deserialize_space(meta["observation_space"])
+    except Exception:  # an exotic or missing space must not hide the rest
+        entry["observations"], entry["to_train"] = "unknown", None
+        return entry
+    shape = tuple(space.shape or ()) if isinstance(space, gym.spaces.Box) else ()
+    image = isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and (
+        len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4)))
+    if image:
+        entry["observations"] = "frames " + "x".join(map(str, shape))
+        # the default preset's U-Net halves the frame (levels - 1) times
+        step = 2 ** (len(PRESETS[TrainConfig.preset]["channels"]) - 1)
+        fits = len(shape) == 3 and shape[2] == 3 and shape[0] % step == 0 and shape[1] % step == 0
+        entry["to_train"] = None if fits else "train --frame-size 64"
+    else:
+        entry["observations"] = f"states {space}"
+        entry["to_train"] = f"diffusion-world render {dataset_id} --dataset-id NEW"
+    return entry
+
+
+def _local_datasets() -> dict[str, dict[str, Any]] | str:
+    """The Minari root's datasets (id -> :func:`_describe_dataset`), or why they could not be listed."""
     import minari
 
     try:
-        return sorted(minari.list_local_datasets())
+        local = minari.list_local_datasets()
     except Exception as e:  # a broken dataset in the root must not hide the rest of the report
         return f"could not list: {type(e).__name__}: {e}"
+    return {d: _describe_dataset(d, dict(local[d])) for d in sorted(local)}
 
 
 def _shipped() -> list[dict[str, Any]]:
@@ -88,7 +118,9 @@ def format_info(info: dict[str, Any]) -> str:
     if isinstance(datasets, str):
         lines.append(f"datasets:        {datasets}")
     else:
-        lines.append(f"datasets:        {len(datasets)}" + "".join(f"\n  {d}" for d in datasets))
+        lines.append(f"datasets:        {len(datasets)}" + "".join(
+            f"\n  {d}: {m['episodes']} episodes, {m['steps']} steps, {m['observations']}"
+            + (f" (to train on it: {m['to_train']})" if m["to_train"] else "") for d, m in datasets.items()))
     lines.append("shipped world models (gym.make('DiffusionWorld-v0', world_model=NAME)):")
     for m in info["shipped_world_models"]:
         if not m["installed"]:

@@ -33,3 +33,23 @@ def test_info_text_and_json(tiny_dataset_id: str, capsys: pytest.CaptureFixture[
         assert f"precision='auto' runs in {training} on cpu" in text
         assert f"imagined envs:   on the CPU, precision={advice}" in text
         assert f"cartpole: {cartpole['size_mb']} MB, training step {step}" in text and f"\n  {tiny_dataset_id}" in text
+
+
+def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_render import record_states
+
+    from diffusion_world.data.collect import collect
+
+    record_states("tt/cartpole-states-v0", "CartPole-v1", seeds=[0])
+    collect("CartPole-v1", "tt/odd-frames-v0", steps=5, size=20, progress=False)
+    collect("CartPole-v1", "tt/frames-v0", steps=5, size=16, progress=False)
+    assert main(["info", "--json"]) == 0
+    datasets = json.loads(capsys.readouterr().out)["datasets"]
+    assert datasets["tt/frames-v0"] == {"episodes": 1, "steps": 5, "observations": "frames 16x16x3", "to_train": None}
+    assert datasets["tt/odd-frames-v0"]["to_train"] == "train --frame-size 64"  # 20 is not a multiple of 8
+    states = datasets["tt/cartpole-states-v0"]
+    assert states["observations"].startswith("states Box(") and states["to_train"] == (
+        "diffusion-world render tt/cartpole-states-v0 --dataset-id NEW")
+    assert main(["info"]) == 0
+    assert ("  tt/cartpole-states-v0: 1 episodes, " in (text := capsys.readouterr().out)
+            and "(to train on it: diffusion-world render tt/cartpole-states-v0 --dataset-id NEW)" in text)
