@@ -36,11 +36,12 @@ def test_info_text_and_json(tiny_dataset_id: str, capsys: pytest.CaptureFixture[
 
 
 def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pytest.CaptureFixture[str]) -> None:
-    from test_render import record_states
+    import gymnasium as gym
+    from dataset_fixtures import record
 
     from diffusion_world.data.collect import collect
 
-    record_states("tt/cartpole-states-v0", "CartPole-v1", seeds=[0])
+    record("tt/cartpole-states-v0", gym.make("CartPole-v1"), seeds=[0])
     collect("CartPole-v1", "tt/odd-frames-v0", steps=5, size=20, progress=False)
     collect("CartPole-v1", "tt/frames-v0", steps=5, size=16, progress=False)
     assert main(["info", "--json"]) == 0

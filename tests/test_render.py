@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from minari.data_collector import EpisodeBuffer
+from dataset_fixtures import record
 
 from diffusion_world.cli import main
 from diffusion_world.data.collect import collect, dataset_path, render_dataset
@@ -20,30 +19,8 @@ from diffusion_world.errors import UserError
 
 def record_states(dataset_id: str, env_id: str, seeds: list[int], recorded_seeds: list[int | None] | None = None,
                   max_episode_steps: int | None = None, **env_kwargs) -> None:
-    """A state dataset as Minari's own are: the env's observations, random actions, each episode's reset seed
-    (``recorded_seeds`` may record other seeds than those played)."""
-    env = gym.make(env_id, max_episode_steps=max_episode_steps, **env_kwargs)
-    env.action_space.seed(0)
-    buffers = []
-    for seed, recorded in zip(seeds, recorded_seeds or seeds):
-        obs, _ = env.reset(seed=seed)
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while True:
-            actions.append(env.action_space.sample())
-            obs, reward, terminated, truncated, _ = env.step(actions[-1])
-            observations.append(obs)
-            rewards.append(reward)
-            terminations.append(terminated)
-            truncations.append(truncated)
-            if terminated or truncated:
-                break
-        buffers.append(EpisodeBuffer(seed=recorded, observations=np.stack(observations), actions=np.array(actions),
-                                     rewards=np.array(rewards), terminations=np.array(terminations),
-                                     truncations=np.array(truncations)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # minari: no author / code permalink given
-        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format="hdf5")
-    env.close()
+    """A state dataset as Minari's own are: the env's observations, random actions, each episode's reset seed."""
+    record(dataset_id, gym.make(env_id, max_episode_steps=max_episode_steps, **env_kwargs), seeds, recorded_seeds)
 
 
 def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:

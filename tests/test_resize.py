@@ -3,14 +3,13 @@ resizes them in the frame cache, and the checkpoint's real env and dataset reade
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from minari.data_collector import EpisodeBuffer
+from dataset_fixtures import record
 
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.cli import main
@@ -28,28 +27,8 @@ def collect_ale(dataset_id: str, obs_type: str = "rgb", episodes: int = 2, steps
     """A Minari dataset the way Minari's own Atari datasets store one: the ALE env's native frames (210x160),
     recorded with its env spec (here with a short time limit, so that episodes end)."""
     register_ale_if_needed("ALE/Pong-v5")
-    env = gym.make("ALE/Pong-v5", obs_type=obs_type, max_episode_steps=steps)
-    env.action_space.seed(0)
-    buffers = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=i)
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while True:
-            actions.append(env.action_space.sample())
-            obs, reward, terminated, truncated, _ = env.step(actions[-1])
-            observations.append(obs)
-            rewards.append(reward)
-            terminations.append(terminated)
-            truncations.append(truncated)
-            if terminated or truncated:
-                break
-        buffers.append(EpisodeBuffer(id=i, seed=i, observations=np.stack(observations), actions=np.array(actions),
-                                     rewards=np.array(rewards), terminations=np.array(terminations),
-                                     truncations=np.array(truncations)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # minari: no author / code permalink given
-        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format="hdf5", jpeg_encoding=False)
-    env.close()
+    record(dataset_id, gym.make("ALE/Pong-v5", obs_type=obs_type, max_episode_steps=steps), list(range(episodes)),
+           jpeg_encoding=False)
 
 
 def tiny_train(dataset_id: str, out: Path, preset: str = "tiny", **kw) -> Path:
