@@ -66,6 +66,11 @@ def test_atari_sized_dataset_trains_resized_and_its_env_resizes_alike(minari_roo
     assert FrameCache.open("tt/pong-rgb-v0", progress=False, frame_size=16).frame_size == (16, 16)  # reopened
 
     path = tiny_train("tt/pong-rgb-v0", tmp_path / "resized", frame_size=16)
+    for other in (None, 32):
+        with pytest.raises(UserError, match=f"trained with --frame-size 16: resume with the same, not "
+                                            f"{'no --frame-size' if other is None else '--frame-size 32'}"):
+            train(TrainConfig(dataset_id="tt/pong-rgb-v0", out_dir=str(tmp_path / "resized"), preset="tiny",
+                              frame_size=other, progress=False), resume=True)
     wm = load_world_model(path)
     assert wm.dataset["resize"] == 16 and wm.dataset["resized_from"] == [210, 160, 3]
     assert wm.config.frame_size == (16, 16)

@@ -213,6 +213,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg.validate()
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():  # before the data: the frames to read depend on it
+        stored = load_checkpoint(ckpt_path).get("dataset", {}).get("resize")
+        if stored != cfg.frame_size:
+            def said(n: int | None) -> str:
+                return f"--frame-size {n}" if n else "no --frame-size"
+            raise UserError(f"{ckpt_path} was trained with {said(stored)}: resume with the same, not "
+                            f"{said(cfg.frame_size)}")
 
     # ---- devices and processes
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
