@@ -47,6 +47,16 @@ def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:
     assert cache.num_frames == source.total_steps + 3
 
 
+def test_uint64_seeds_as_minari_draws_them(minari_root: Path) -> None:
+    """Minari's DataCollector seeds an unseeded reset with a random uint64: replayable, and the frame cache (whose
+    seeds are int64) takes it as unknown instead of failing with an OverflowError."""
+    seed = 2**64 - 5
+    record("tt/big-seed-v0", gym.make("CartPole-v1"), seeds=[seed])
+    pixels = render_dataset("tt/big-seed-v0", "tt/big-seed-rendered-v0", size=16, progress=False)
+    assert int(next(iter(pixels.storage.get_episode_metadata([0])))["seed"]) == seed
+    assert FrameCache.open("tt/big-seed-rendered-v0", progress=False).episode_seeds.tolist() == [-1]
+
+
 def test_box_actions_and_the_recorded_time_limit(minari_root: Path) -> None:
     record_states("tt/pendulum-states-v0", "Pendulum-v1", seeds=[3], max_episode_steps=12)
     assert main(["render", "tt/pendulum-states-v0", "--dataset-id", "tt/pendulum-rendered-v0", "--size", "16",

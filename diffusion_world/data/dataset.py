@@ -273,7 +273,10 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         raise UserError(f"dataset {dataset_id!r} has no episodes")
     metas = list(dataset.storage.get_episode_metadata(indices))
     lengths = np.array([int(m["total_steps"]) + 1 for m in metas], dtype=np.int64)
-    seeds = np.array([-1 if m.get("seed") is None else int(m["seed"]) for m in metas], dtype=np.int64)
+    # -1: no seed, or one beyond int64 (Minari's DataCollector draws uint64 seeds when reset is not seeded); the
+    # seeds are only reported, as the range of held-out episodes that collect can collect again
+    seeds = np.array([int(m["seed"]) if m.get("seed") is not None and int(m["seed"]) <= np.iinfo(np.int64).max
+                      else -1 for m in metas], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     num_frames = int(lengths.sum())
 
