@@ -13,7 +13,7 @@ from minari.data_collector import EpisodeBuffer
 
 
 def record(dataset_id: str, env: gym.Env, seeds: list[int], recorded_seeds: list[int | None] | None = None,
-           **storage: Any) -> None:
+           data_format: str = "hdf5", **storage: Any) -> None:
     """One random-action episode per seed, written with ``minari.create_dataset_from_buffers`` (Minari's
     ``DataCollector`` needs jax); ``recorded_seeds`` may record other seeds than those played."""
     env.action_space.seed(0)
@@ -35,5 +35,5 @@ def record(dataset_id: str, env: gym.Env, seeds: list[int], recorded_seeds: list
                                      truncations=np.array(truncations)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # minari: no author / code permalink given
-        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format="hdf5", **storage)
+        minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format=data_format, **storage)
     env.close()
