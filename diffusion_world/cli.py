@@ -71,6 +71,7 @@ def _add_render(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("source_id", metavar="SOURCE_ID", help="the local Minari dataset of states to replay")
     p.add_argument("--dataset-id", required=True, help="the new pixel dataset's id NAMESPACE/NAME-vN")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (square), default 64")
+    p.add_argument("--max-episodes", type=int, help="render only the first N episodes (default: all)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest difference allowed between a replayed and a recorded state, default 1e-4")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -78,7 +79,8 @@ def _add_render(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from diffusion_world.data.collect import render_dataset
 
-        render_dataset(args.source_id, args.dataset_id, size=args.size, atol=args.atol, progress=not args.quiet)
+        render_dataset(args.source_id, args.dataset_id, size=args.size, atol=args.atol, progress=not args.quiet,
+                       max_episodes=args.max_episodes)
         return 0
 
     return run

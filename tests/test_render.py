@@ -45,6 +45,12 @@ def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:
     env.close()
     cache = FrameCache.open("tt/cartpole-rendered-v0", progress=False)  # ready to train on
     assert cache.num_frames == source.total_steps + 3
+    assert main(["render", "tt/cartpole-states-v0", "--dataset-id", "tt/cartpole-first2-v0", "--size", "16",
+                 "--max-episodes", "2", "--quiet"]) == 0
+    first2 = minari.load_dataset("tt/cartpole-first2-v0")
+    assert [m["seed"] for m in first2.storage.get_episode_metadata(first2.episode_indices)] == [10, 11]
+    with pytest.raises(UserError, match="max_episodes must be an integer >= 1, got 0"):
+        render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", max_episodes=0, progress=False)
 
 
 def test_uint64_seeds_as_minari_draws_them(minari_root: Path) -> None:

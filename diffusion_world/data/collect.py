@@ -533,8 +533,8 @@ def _states_match(recorded: Any, replayed: Any, atol: float) -> bool:
 
 
 def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bool = True,
-                   chunk_steps: int = DEFAULT_CHUNK_STEPS, progress: bool = True, atol: float = 1e-4
-                   ) -> minari.MinariDataset:
+                   chunk_steps: int = DEFAULT_CHUNK_STEPS, progress: bool = True, atol: float = 1e-4,
+                   max_episodes: int | None = None) -> minari.MinariDataset:
     """Turn a local Minari dataset of *state* observations into a pixel dataset: each episode is replayed, from
     its recorded reset seed and with its recorded actions, in the env of the dataset's spec, rendered as
     :func:`collect` renders (``PixelEnv``, ``size x size`` frames). Rewards, terminations and truncations are
@@ -545,7 +545,8 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
     deterministic given its seed and is the version that recorded it, so every replayed state is compared with
     the recorded observation (``atol``), and the first divergence is an error naming the episode and step;
     an episode without a recorded seed cannot be replayed either. Written atomically and losslessly, as
-    :func:`collect` writes.
+    :func:`collect` writes. ``max_episodes`` renders only the first that many episodes (rendering can be slow:
+    MuJoCo without a GPU renders through software OpenGL).
 
     Example:
         >>> render_dataset("mujoco/hopper/expert-v0", "me/hopper-pixels-v0", size=64)  # doctest: +SKIP
@@ -554,6 +555,9 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
         raise UserError(f"frame size must be an integer >= {MIN_FRAME_SIZE}, got {size!r}")
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise UserError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    if max_episodes is not None and (isinstance(max_episodes, bool) or not isinstance(max_episodes, int)
+                                     or max_episodes < 1):
+        raise UserError(f"max_episodes must be an integer >= 1, got {max_episodes!r}")
     validate_dataset_id(dataset_id)
     if dataset_path(dataset_id).exists():
         raise UserError(f"dataset {dataset_id!r} already exists at {dataset_path(dataset_id)}; choose another id")
@@ -576,7 +580,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
         json.dumps(env_kwargs)
     except TypeError as e:
         raise UserError(f"the env spec of {source_id!r} has kwargs that are not JSON-serialisable: {e}") from e
-    indices = np.asarray(source.episode_indices, dtype=np.int64)
+    indices = np.asarray(source.episode_indices, dtype=np.int64)[:max_episodes]
     metas = list(source.storage.get_episode_metadata(indices))
     unseeded = [int(i) for i, m in zip(indices, metas) if m.get("seed") is None]
     if unseeded:
