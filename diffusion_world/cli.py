@@ -72,6 +72,7 @@ def _add_render(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--dataset-id", required=True, help="the new pixel dataset's id NAMESPACE/NAME-vN")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (square), default 64")
     p.add_argument("--max-episodes", type=int, help="render only the first N episodes (default: all)")
+    p.add_argument("--workers", type=int, default=1, help="processes replaying episodes side by side, default 1")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest difference allowed between a replayed and a recorded state, default 1e-4")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -80,7 +81,7 @@ def _add_render(sub: argparse._SubParsersAction) -> Handler:
         from diffusion_world.data.collect import render_dataset
 
         render_dataset(args.source_id, args.dataset_id, size=args.size, atol=args.atol, progress=not args.quiet,
-                       max_episodes=args.max_episodes)
+                       max_episodes=args.max_episodes, workers=args.workers)
         return 0
 
     return run

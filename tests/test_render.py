@@ -51,6 +51,25 @@ def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:
     assert [m["seed"] for m in first2.storage.get_episode_metadata(first2.episode_indices)] == [10, 11]
     with pytest.raises(UserError, match="max_episodes must be an integer >= 1, got 0"):
         render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", max_episodes=0, progress=False)
+    with pytest.raises(UserError, match="workers must be an integer >= 1, got 0"):
+        render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", workers=0, progress=False)
+
+
+def test_render_workers_write_what_one_process_writes(minari_root: Path) -> None:
+    record_states("tt/cartpole-many-v0", "CartPole-v1", seeds=list(range(11)))  # more than one batch of 4 x 2
+    one = render_dataset("tt/cartpole-many-v0", "tt/cartpole-one-v0", size=16, progress=False, chunk_steps=50)
+    two = render_dataset("tt/cartpole-many-v0", "tt/cartpole-two-v0", size=16, progress=False, chunk_steps=50,
+                         workers=2)
+    assert two.total_episodes == one.total_episodes == 11
+    for a, b in zip(one.iterate_episodes(), two.iterate_episodes()):
+        assert np.array_equal(a.observations, b.observations) and np.array_equal(a.actions, b.actions)
+        assert np.array_equal(a.rewards, b.rewards) and np.array_equal(a.terminations, b.terminations)
+    assert ([m["seed"] for m in two.storage.get_episode_metadata(two.episode_indices)]
+            == [m["seed"] for m in one.storage.get_episode_metadata(one.episode_indices)] == list(range(11)))
+    record_states("tt/wrong-many-v0", "CartPole-v1", seeds=[5, 6, 7], recorded_seeds=[5, 6, 9])
+    with pytest.raises(UserError, match=r"episode 2 of 'tt/wrong-many-v0' \(reset seed 9\) diverges"):
+        render_dataset("tt/wrong-many-v0", "tt/wrong-many-rendered-v0", size=16, progress=False, workers=2)
+    assert not dataset_path("tt/wrong-many-rendered-v0").exists()
 
 
 def test_uint64_seeds_as_minari_draws_them(minari_root: Path) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -18,6 +20,7 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -532,9 +535,42 @@ def _states_match(recorded: Any, replayed: Any, atol: float) -> bool:
     return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=atol))
 
 
+def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, seed: int, actions: np.ndarray,
+                    observations: Any, atol: float) -> np.ndarray:
+    """The frames of one recorded episode replayed in ``env`` (a ``PixelEnv``), each state checked against the
+    recorded observation: (len(actions) + 1, H, W, 3) uint8."""
+    frame, info = env.reset(seed=seed)
+    frames = [frame]
+    for t in range(len(actions) + 1):
+        if t:
+            frame, _, _, _, info = env.step(actions[t - 1])
+            frames.append(frame)
+        if not _states_match(_at(observations, t), info["state"], atol):
+            raise UserError(
+                f"episode {episode_id} of {source_id!r} (reset seed {seed}) diverges from its recording at step {t}: "
+                f"{env_id} here does not reproduce it from the seed and the actions (a stochastic env, or another "
+                "version of it than the one that recorded the dataset)")
+    return np.stack(frames)
+
+
+_worker_env: gym.Env | None = None  # one pixel env per render worker process
+
+
+def _start_render_worker(env_id: str, size: int, env_kwargs: dict[str, Any]) -> None:
+    global _worker_env
+    _worker_env = make_pixel_env(env_id, size=size, **env_kwargs)
+
+
+def _replay_in_worker(job: tuple[Any, ...]) -> np.ndarray:
+    assert _worker_env is not None
+    with warnings.catch_warnings():  # as in the parent: stepping past a recorded termination warns
+        warnings.filterwarnings("ignore", message=".*step.*terminated.*", category=UserWarning)
+        return _replay_episode(_worker_env, *job)
+
+
 def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bool = True,
                    chunk_steps: int = DEFAULT_CHUNK_STEPS, progress: bool = True, atol: float = 1e-4,
-                   max_episodes: int | None = None) -> minari.MinariDataset:
+                   max_episodes: int | None = None, workers: int = 1) -> minari.MinariDataset:
     """Turn a local Minari dataset of *state* observations into a pixel dataset: each episode is replayed, from
     its recorded reset seed and with its recorded actions, in the env of the dataset's spec, rendered as
     :func:`collect` renders (``PixelEnv``, ``size x size`` frames). Rewards, terminations and truncations are
@@ -546,7 +582,8 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
     the recorded observation (``atol``), and the first divergence is an error naming the episode and step;
     an episode without a recorded seed cannot be replayed either. Written atomically and losslessly, as
     :func:`collect` writes. ``max_episodes`` renders only the first that many episodes (rendering can be slow:
-    MuJoCo without a GPU renders through software OpenGL).
+    MuJoCo without a GPU renders through software OpenGL); ``workers`` > 1 replays episodes in that many
+    processes, with the same result.
 
     Example:
         >>> render_dataset("mujoco/hopper/expert-v0", "me/hopper-pixels-v0", size=64)  # doctest: +SKIP
@@ -558,6 +595,8 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
     if max_episodes is not None and (isinstance(max_episodes, bool) or not isinstance(max_episodes, int)
                                      or max_episodes < 1):
         raise UserError(f"max_episodes must be an integer >= 1, got {max_episodes!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     validate_dataset_id(dataset_id)
     if dataset_path(dataset_id).exists():
         raise UserError(f"dataset {dataset_id!r} already exists at {dataset_path(dataset_id)}; choose another id")
@@ -599,32 +638,33 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
                          "replayed from their reset seeds with their recorded actions, rendered by diffusion_world."),
             requirements=[f"diffusion-world>={__version__}"])
         bar = tqdm(total=total_steps, unit="step", desc=f"render {source_id}", disable=not progress, smoothing=0.05)
-        with writer, bar, warnings.catch_warnings():
+        episodes = zip(metas, source.iterate_episodes(indices))
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(writer)
+            stack.enter_context(bar)
+            stack.enter_context(warnings.catch_warnings())
             # a recording may go on past a termination (absorbing states); Gymnasium warns about that step
             warnings.filterwarnings("ignore", message=".*step.*terminated.*", category=UserWarning)
+            pool = None
+            if workers > 1:  # each worker process keeps one env (spawned: no forked threads or GL state)
+                pool = stack.enter_context(ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_render_worker,
+                    initargs=(spec.id, size, env_kwargs)))
             buffers: list[EpisodeBuffer] = []
             buffered_steps = 0
-            for meta, episode in zip(metas, source.iterate_episodes(indices)):
-                seed = int(meta["seed"])
-                frame, info = env.reset(seed=seed)
-                frames = [frame]
-                for t in range(len(episode.actions) + 1):
-                    if t:
-                        frame, _, _, _, info = env.step(episode.actions[t - 1])
-                        frames.append(frame)
-                        bar.update(1)
-                    if not _states_match(_at(episode.observations, t), info["state"], atol):
-                        raise UserError(
-                            f"episode {episode.id} of {source_id!r} (reset seed {seed}) diverges from its recording "
-                            f"at step {t}: {spec.id} here does not reproduce it from the seed and the actions (a "
-                            "stochastic env, or another version of it than the one that recorded the dataset)")
-                buffers.append(_episode_buffer(seed, frames, list(episode.actions), list(episode.rewards),
-                                               list(episode.terminations), list(episode.truncations),
-                                               env.action_space))
-                buffered_steps += len(episode.actions)
-                if buffered_steps >= chunk_steps:
-                    writer.add(buffers)
-                    buffers, buffered_steps = [], 0
+            while batch := list(itertools.islice(episodes, 4 * workers)):  # each episode read once
+                jobs = [(spec.id, source_id, int(episode.id), int(meta["seed"]), episode.actions,
+                         episode.observations, atol) for meta, episode in batch]
+                rendered = pool.map(_replay_in_worker, jobs) if pool else (_replay_episode(env, *j) for j in jobs)
+                for (meta, episode), frames in zip(batch, rendered):  # in episode order
+                    buffers.append(_episode_buffer(int(meta["seed"]), list(frames), list(episode.actions),
+                                                   list(episode.rewards), list(episode.terminations),
+                                                   list(episode.truncations), env.action_space))
+                    bar.update(len(episode.actions))
+                    buffered_steps += len(episode.actions)
+                    if buffered_steps >= chunk_steps:
+                        writer.add(buffers)
+                        buffers, buffered_steps = [], 0
             writer.add(buffers)
             final_path = writer.commit()
     finally:
