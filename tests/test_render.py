@@ -92,6 +92,22 @@ def test_box_actions_and_the_recorded_time_limit(minari_root: Path) -> None:
     assert pixels.recover_environment().spec.kwargs["env_kwargs"] == {"max_episode_steps": 12}
 
 
+def test_replays_go_through_the_recorded_wrappers(minari_root: Path) -> None:
+    """A dataset recorded through a wrapper (here an action rescaling, which Minari keeps in the env spec's
+    additional_wrappers) replays through it, and the pixel env of the new dataset has it too."""
+    env = gym.wrappers.RescaleAction(gym.make("Pendulum-v1", max_episode_steps=8), -0.5, 0.5)
+    record("tt/rescaled-v0", env, seeds=[4])
+    pixels = render_dataset("tt/rescaled-v0", "tt/rescaled-rendered-v0", size=16, progress=False)
+    real = pixels.recover_environment()
+    assert real.action_space == gym.spaces.Box(-0.5, 0.5, (1,), np.float32)
+    episode = next(pixels.iterate_episodes())
+    frames = [real.reset(seed=4)[0]] + [real.step(a)[0] for a in episode.actions]
+    assert np.array_equal(np.stack(frames), episode.observations)
+    real.close()
+    with pytest.raises(UserError, match="cannot load wrapper 'nowhere:Nothing'"):
+        make_pixel_env("CartPole-v1", size=16, wrappers=[{"entry_point": "nowhere:Nothing"}])
+
+
 def test_replays_that_diverge_or_cannot_start_are_refused(minari_root: Path) -> None:
     record_states("tt/wrong-seed-v0", "CartPole-v1", seeds=[5, 6], recorded_seeds=[5, 7])
     with pytest.raises(UserError, match=r"episode 1 of 'tt/wrong-seed-v0' \(reset seed 7\) diverges from its "

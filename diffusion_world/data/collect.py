@@ -556,9 +556,10 @@ def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, 
 _worker_env: gym.Env | None = None  # one pixel env per render worker process
 
 
-def _start_render_worker(env_id: str, size: int, env_kwargs: dict[str, Any]) -> None:
+def _start_render_worker(env_id: str, size: int, env_kwargs: dict[str, Any], wrappers: list[dict[str, Any]]
+                         ) -> None:
     global _worker_env
-    _worker_env = make_pixel_env(env_id, size=size, **env_kwargs)
+    _worker_env = make_pixel_env(env_id, size=size, wrappers=wrappers, **env_kwargs)
 
 
 def _replay_in_worker(job: tuple[Any, ...]) -> np.ndarray:
@@ -615,8 +616,11 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
     if spec.max_episode_steps is not None and (registered is None
                                                or registered.max_episode_steps != spec.max_episode_steps):
         env_kwargs["max_episode_steps"] = spec.max_episode_steps  # the recording's time limit, not the default
+    # wrappers the recording env had (e.g. an action rescaling): the replay goes through the same ones
+    wrappers = [{"entry_point": w.entry_point, "kwargs": dict(w.kwargs or {})}
+                for w in spec.additional_wrappers or ()]
     try:
-        json.dumps(env_kwargs)
+        json.dumps([env_kwargs, wrappers])
     except TypeError as e:
         raise UserError(f"the env spec of {source_id!r} has kwargs that are not JSON-serialisable: {e}") from e
     indices = np.asarray(source.episode_indices, dtype=np.int64)[:max_episodes]
@@ -629,12 +633,14 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
 
     from diffusion_world import __version__
 
-    env = make_pixel_env(spec.id, size=size, **env_kwargs)
+    env = make_pixel_env(spec.id, size=size, wrappers=wrappers, **env_kwargs)
     started = time.perf_counter()
     try:
         writer = _AtomicDatasetWriter(
             dataset_id, env, lossless, algorithm_name=f"replay of {source_id}", author="diffusion_world",
-            description=(f"{size}x{size} RGB frames of {spec.id} (kwargs={env_kwargs}): the episodes of {source_id} "
+            description=(f"{size}x{size} RGB frames of {spec.id} (kwargs={env_kwargs}"
+                         + (f", wrappers {[w['entry_point'] for w in wrappers]}" if wrappers else "")
+                         + f"): the episodes of {source_id} "
                          "replayed from their reset seeds with their recorded actions, rendered by diffusion_world."),
             requirements=[f"diffusion-world>={__version__}"])
         bar = tqdm(total=total_steps, unit="step", desc=f"render {source_id}", disable=not progress, smoothing=0.05)
@@ -649,7 +655,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
             if workers > 1:  # each worker process keeps one env (spawned: no forked threads or GL state)
                 pool = stack.enter_context(ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_render_worker,
-                    initargs=(spec.id, size, env_kwargs)))
+                    initargs=(spec.id, size, env_kwargs, wrappers)))
             buffers: list[EpisodeBuffer] = []
             buffered_steps = 0
             while batch := list(itertools.islice(episodes, 4 * workers)):  # each episode read once

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any, SupportsFloat
 
 import cv2
@@ -77,6 +78,21 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return env
 
 
+def _wrap(env: gym.Env, wrappers: list[dict[str, Any]]) -> gym.Env:
+    """``env`` inside each wrapper of ``wrappers`` (entry point and JSON kwargs), innermost first."""
+    from gymnasium.envs.registration import load_env_creator
+
+    for w in wrappers:
+        if not isinstance(w, dict) or not isinstance(w.get("entry_point"), str):
+            raise UserError(f"a wrapper is {{'entry_point': 'module:Class', 'kwargs': {{...}}}}, got {w!r}")
+        try:
+            wrapper: Callable[..., gym.Env] = load_env_creator(w["entry_point"])  # type: ignore[assignment]
+        except (ImportError, AttributeError, ValueError) as e:
+            raise UserError(f"cannot load wrapper {w['entry_point']!r}: {e}") from e
+        env = wrapper(env, **(w.get("kwargs") or {}))
+    return env
+
+
 def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB(A) or grey (``(H, W)`` or ``(H, W, 1)``) image to a ``(size, size, 3)`` uint8 frame with area
     averaging.
@@ -101,8 +117,10 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
     """A Gymnasium env observed through its ``rgb_array`` renders, resized to ``size x size`` uint8 frames.
 
     The inner env's own observation is passed on in ``info["state"]`` (a state-based policy can then drive
-    pixel collection). With ``frame_skip=K`` each action is repeated K times, rewards are summed and
-    repetition stops at termination or truncation. Episode length limits are the inner env's.
+    pixel collection). ``wrappers`` (``[{"entry_point": "module:Class", "kwargs": {...}}]``, as a Minari dataset
+    records ``env_spec.additional_wrappers``) wrap the inner env in that order, e.g. an action rescaling. With
+    ``frame_skip=K`` each action is repeated K times, rewards are summed and repetition stops at termination or
+    truncation. Episode length limits are the inner env's.
 
     Example:
         >>> env = gym.make("diffusion_world/Pixels-v0", env_id="CartPole-v1", size=64)
@@ -120,6 +138,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         frame_skip: int = 1,
         env_kwargs: dict[str, Any] | None = None,
         render_mode: str | None = "rgb_array",
+        wrappers: list[dict[str, Any]] | None = None,
     ) -> None:
         if not isinstance(env_id, str) or not env_id:
             raise UserError(f"env_id must be a Gymnasium env id string, got {env_id!r}")
@@ -136,7 +155,8 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         self.frame_skip = int(frame_skip)
         self.env_kwargs = dict(env_kwargs or {})
         self.render_mode = render_mode
-        self.inner = _make_inner_env(env_id, self.env_kwargs)
+        self.wrappers = [dict(w) for w in wrappers or []]
+        self.inner = _wrap(_make_inner_env(env_id, self.env_kwargs), self.wrappers)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
         self.action_space = self.inner.action_space
         fps = self.inner.unwrapped.metadata.get("render_fps") or 30
@@ -195,8 +215,10 @@ class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
         return resize_frame(np.asarray(observation), self.size)
 
 
-def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, **env_kwargs: Any) -> gym.Env:
-    """``gym.make`` the registered pixel env (the way every diffusion_world component should build one).
+def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, wrappers: list[dict[str, Any]] | None = None,
+                   **env_kwargs: Any) -> gym.Env:
+    """``gym.make`` the registered pixel env (the way every diffusion_world component should build one);
+    ``wrappers`` as :class:`PixelEnv` takes them.
 
     Example:
         >>> env = make_pixel_env("LunarLander-v3", size=64, frame_skip=2, continuous=True)
@@ -206,4 +228,6 @@ def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, **env_kwarg
     kwargs: dict[str, Any] = {"env_id": env_id, "size": size, "frame_skip": frame_skip}
     if env_kwargs:
         kwargs["env_kwargs"] = env_kwargs
+    if wrappers:
+        kwargs["wrappers"] = wrappers
     return gym.make(PIXEL_ENV_ID, **kwargs)
