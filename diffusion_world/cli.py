@@ -326,9 +326,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Handler]] = [_add_colle
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(
-        prog="diffusion-world", description="diffusion_world: collect Gymnasium trajectories into Minari datasets, "
-                                            "train a causal video diffusion world model on them, play it and "
-                                            "benchmark it.")
+        prog="diffusion-world", description="diffusion_world: collect Gymnasium trajectories into Minari datasets "
+                                            "(or render Minari datasets of states into frames), train a causal "
+                                            "video diffusion world model on them, play it and benchmark it.")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Handler] = {}
     for add in SUBCOMMANDS:
