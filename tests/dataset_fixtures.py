@@ -30,7 +30,9 @@ def record(dataset_id: str, env: gym.Env, seeds: list[int], recorded_seeds: list
             truncations.append(truncated)
             if terminated or truncated:
                 break
-        buffers.append(EpisodeBuffer(seed=recorded, observations=np.stack(observations), actions=np.array(actions),
+        stacked = ({k: np.stack([o[k] for o in observations]) for k in observations[0]}  # a Dict space
+                   if isinstance(observations[0], dict) else np.stack(observations))
+        buffers.append(EpisodeBuffer(seed=recorded, observations=stacked, actions=np.array(actions),
                                      rewards=np.array(rewards), terminations=np.array(terminations),
                                      truncations=np.array(truncations)))
     with warnings.catch_warnings():

@@ -137,3 +137,27 @@ def test_mujoco_replays_and_renders_headless(minari_root: Path, monkeypatch: pyt
     frames = np.concatenate([e.observations for e in pixels.iterate_episodes()])
     assert frames.shape == (14, 16, 16, 3) and frames.std() > 0
     assert not np.array_equal(frames[0], frames[6])  # the hopper moves
+
+
+def test_dict_observations_with_jpeg_frames(minari_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset recorded through AddRenderObservation (Dict of state and frame; Minari JPEG-encodes the frame by
+    default): the state checks the replay, the lossy frame only by its shape. Observations that are JPEG
+    frames alone cannot be checked, and the user is told."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    wrapped = gym.wrappers.AddRenderObservation(gym.make("CartPole-v1", render_mode="rgb_array"), render_only=False)
+    record("tt/dict-v0", wrapped, seeds=[2, 3])
+    pixels = render_dataset("tt/dict-v0", "tt/dict-rendered-v0", size=16, progress=False)
+    source = minari.load_dataset("tt/dict-v0")
+    reference = make_pixel_env("CartPole-v1", size=16)
+    for episode, recorded in zip(pixels.iterate_episodes(), source.iterate_episodes()):
+        frames = [reference.reset(seed=[2, 3][episode.id])[0]] + [reference.step(a)[0] for a in recorded.actions]
+        assert np.array_equal(episode.observations, np.stack(frames))
+    reference.close()
+    record("tt/dict-wrong-v0", gym.wrappers.AddRenderObservation(gym.make("CartPole-v1", render_mode="rgb_array"),
+                                                                 render_only=False), seeds=[2], recorded_seeds=[4])
+    with pytest.raises(UserError, match="diverges from its recording at step 0"):
+        render_dataset("tt/dict-wrong-v0", "tt/dict-wrong-rendered-v0", size=16, progress=False)
+    frames_only = gym.wrappers.AddRenderObservation(gym.make("CartPole-v1", render_mode="rgb_array"))
+    record("tt/jpeg-frames-v0", frames_only, seeds=[2])
+    with pytest.warns(UserWarning, match="JPEG .* images only: the replay cannot be checked"):
+        render_dataset("tt/jpeg-frames-v0", "tt/jpeg-frames-rendered-v0", size=16, progress=False)

@@ -524,19 +524,36 @@ def _at(observations: Any, t: int) -> Any:
     return observations[t]
 
 
-def _states_match(recorded: Any, replayed: Any, atol: float) -> bool:
+def _is_image(x: np.ndarray) -> bool:
+    return x.dtype == np.uint8 and x.ndim >= 2
+
+
+def _states_match(recorded: Any, replayed: Any, atol: float, exact_images: bool = True) -> bool:
+    """Whether a replayed observation is the recorded one (within ``atol``); images recorded lossily (JPEG,
+    ``exact_images=False``) only by their shape."""
     if isinstance(recorded, dict):
         return isinstance(replayed, dict) and recorded.keys() == replayed.keys() and all(
-            _states_match(recorded[k], replayed[k], atol) for k in recorded)
+            _states_match(recorded[k], replayed[k], atol, exact_images) for k in recorded)
     if isinstance(recorded, tuple):
         return isinstance(replayed, tuple) and len(recorded) == len(replayed) and all(
-            _states_match(a, b, atol) for a, b in zip(recorded, replayed))
+            _states_match(a, b, atol, exact_images) for a, b in zip(recorded, replayed))
     a, b = np.asarray(recorded), np.asarray(replayed)
-    return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=atol))
+    if a.shape != b.shape:
+        return False
+    return (not exact_images and _is_image(a)) or bool(
+        np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=0, atol=atol))
+
+
+def _leaves(x: Any) -> list[np.ndarray]:
+    if isinstance(x, dict):
+        return [leaf for v in x.values() for leaf in _leaves(v)]
+    if isinstance(x, tuple | list):
+        return [leaf for v in x for leaf in _leaves(v)]
+    return [np.asarray(x)]
 
 
 def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, seed: int, actions: np.ndarray,
-                    observations: Any, atol: float) -> np.ndarray:
+                    observations: Any, atol: float, exact_images: bool = True) -> np.ndarray:
     """The frames of one recorded episode replayed in ``env`` (a ``PixelEnv``), each state checked against the
     recorded observation: (len(actions) + 1, H, W, 3) uint8."""
     frame, info = env.reset(seed=seed)
@@ -545,7 +562,7 @@ def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, 
         if t:
             frame, _, _, _, info = env.step(actions[t - 1])
             frames.append(frame)
-        if not _states_match(_at(observations, t), info["state"], atol):
+        if not _states_match(_at(observations, t), info["state"], atol, exact_images):
             raise UserError(
                 f"episode {episode_id} of {source_id!r} (reset seed {seed}) diverges from its recording at step {t}: "
                 f"{env_id} here does not reproduce it from the seed and the actions (a stochastic env, or another "
@@ -630,6 +647,13 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
         raise UserError(f"{len(unseeded)} of {len(indices)} episodes of {source_id!r} record no reset seed (first: "
                         f"episode {unseeded[0]}): they cannot be replayed")
     total_steps = int(sum(int(m["total_steps"]) for m in metas))
+    # Minari JPEG-encodes image observations by default: recorded frames are then compared by shape only, and
+    # the states beside them (a Dict observation) or nothing else check the replay
+    exact_images = not getattr(source.storage, "jpeg_encoding", False)
+    if not exact_images and all(_is_image(leaf) for leaf in _leaves(_at(next(source.iterate_episodes(indices[:1]))
+                                                                          .observations, 0))):
+        warnings.warn(f"{source_id!r} stores its observations as JPEG (lossy) images only: the replay cannot be "
+                      "checked against them", stacklevel=2)
 
     from diffusion_world import __version__
 
@@ -660,7 +684,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
             buffered_steps = 0
             while batch := list(itertools.islice(episodes, 4 * workers)):  # each episode read once
                 jobs = [(spec.id, source_id, int(episode.id), int(meta["seed"]), episode.actions,
-                         episode.observations, atol) for meta, episode in batch]
+                         episode.observations, atol, exact_images) for meta, episode in batch]
                 rendered = pool.map(_replay_in_worker, jobs) if pool else (_replay_episode(env, *j) for j in jobs)
                 for (meta, episode), frames in zip(batch, rendered):  # in episode order
                     buffers.append(_episode_buffer(int(meta["seed"]), list(frames), list(episode.actions),
