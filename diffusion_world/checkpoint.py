@@ -150,6 +150,7 @@ class WorldModel:
                                               else imagination.get("history_guidance", base.history_guidance)),
                             history_sigma=float(imagination.get("history_sigma", base.history_sigma)))
         cfg.validate()
+        cfg.history_guidance = float(cfg.history_guidance)  # a numpy float given as a kwarg
         return cfg
 
 

@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 import diffusion_world
 from diffusion_world.envs import InvalidActionError, ResetNeededError
 from diffusion_world.envs.sb3_vec_env import DiffusionWorldSB3VecEnv, agent_frame_stack, small_frames_policy_kwargs
+from diffusion_world.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,6 +60,22 @@ def test_bad_actions_and_step_before_reset(tiny_world_model: str) -> None:
     assert venv.render().shape[2] == 3  # tiled rgb frames
     assert venv.get_attr("render_mode") == ["rgb_array", "rgb_array"]
     assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
+    frames = venv.env_method("render", indices=[1])
+    assert len(frames) == 1 and frames[0].shape == (16, 16, 3)
+
+
+def test_env_method_acts_once_on_all_envs_or_refuses(tiny_world_model: str) -> None:
+    venv = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2)
+    venv.seed(3)
+    venv.reset()
+    venv.step(np.array([1, 1]))
+    steps = venv.core.steps.copy()
+    with pytest.raises(UserError, match="must address all of them, got indices \\[0\\]"):
+        venv.env_method("reset", indices=[0])  # would reset env 1 too
+    np.testing.assert_array_equal(venv.core.steps, steps)  # nothing was reset
+    calls = []
+    venv.reset = lambda: calls.append(1) or "obs"  # type: ignore[method-assign]
+    assert venv.env_method("reset") == ["obs", "obs"] and calls == [1]  # once, not once per env
 
 
 def test_ppo_cnn_policy_learns_in_imagination(tiny_world_model: str, tmp_path) -> None:

@@ -175,7 +175,51 @@ def test_horizon_truncates_and_threshold_terminates(tiny_world_model: str) -> No
     assert env.step(0)[2] is True
     env = gym.make("DiffusionWorld-v0", world_model=tiny_world_model)  # the fixture's termination head: low
     env.reset(seed=0)
-    assert not any(env.step(1)[2] for _ in range(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no step-after-termination warning while the episode runs
+        assert not any(env.step(1)[2] for _ in range(5))
+
+
+def test_step_after_termination_warns_and_close_ends_the_episode(tiny_world_model: str) -> None:
+    env = DiffusionWorldEnv(tiny_world_model, termination_threshold=0.0)
+    env.reset(seed=0)
+    assert env.step(0)[2] is True
+    with pytest.warns(UserWarning, match="step\\(\\) after the episode terminated"):
+        env.step(0)
+    env.reset(seed=0)  # a new episode: no warning on its first step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.step(0)
+    env.close()
+    with pytest.raises(ResetNeededError):
+        env.step(0)
+    env.close()  # twice is fine
+    env.reset(seed=0)
+
+
+def test_unknown_reset_options_warn(tiny_world_model: str) -> None:
+    env = DiffusionWorldEnv(tiny_world_model)
+    with pytest.warns(UserWarning, match="reset options \\['contxt'\\] are not used"):
+        env.reset(seed=0, options={"contxt": np.zeros((2, 16, 16, 3), np.uint8)})
+    vec = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model)
+    with pytest.warns(UserWarning, match="reset options \\['foo'\\]"):
+        vec.reset(seed=0, options={"foo": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the vector env's own option is known
+        vec.reset(seed=0, options={"reset_mask": np.array([True, False])})
+
+
+def test_render_fps_is_the_real_envs(tiny_world_model: str) -> None:
+    from diffusion_world.data.pixel_env import recorded_render_fps
+
+    real = make_real_env(tiny_world_model)  # CartPole: 50 frames per second
+    assert real.metadata["render_fps"] == 50
+    assert gym.make("DiffusionWorld-v0", world_model=tiny_world_model).metadata["render_fps"] == 50
+    assert gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model).metadata["render_fps"] == 50
+    assert diffusion_world.make_sb3_vec_env(tiny_world_model, 2, monitor=False).metadata["render_fps"] == 50
+    assert recorded_render_fps({"id": "diffusion_world/Pixels-v0", "env_id": "CartPole-v1", "frame_skip": 2}) == 25
+    assert recorded_render_fps({"id": "Pendulum-v1"}) == 30
+    assert recorded_render_fps({"id": "Absent-v0"}) == 30 and recorded_render_fps(None, default=12) == 12
 
 
 def _cores_with_constant_termination(path: str, p: float, num_envs: int, **kwargs):
@@ -282,6 +326,13 @@ def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, t
                           ({"context_source": "web"}, "context_source")]:
         with pytest.raises(UserError, match=match):
             DiffusionWorldEnv(tiny_world_model, **kwargs)
+    for bad in (0, -1, True, 2.5, "4"):  # the real env checks its frame stack as the imagined one does
+        with pytest.raises(UserError, match="frame_stack must be an integer >= 1"):
+            make_real_env(tiny_world_model, frame_stack=bad)
+    # numpy numbers are numbers
+    env = DiffusionWorldEnv(tiny_world_model, termination_threshold=np.float32(0.25),
+                            history_guidance=np.float32(1.5), frame_stack=np.int64(2))
+    assert env.core.termination_threshold == 0.25 and type(env.core.sampler.history_guidance) is float
     if not torch.cuda.is_available():  # torch's own assertion would come from deep inside the first .to()
         with pytest.raises(UserError, match="device 'cuda', but torch sees no CUDA device"):
             gym.make("DiffusionWorld-v0", world_model=tiny_world_model, device="cuda")

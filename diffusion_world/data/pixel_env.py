@@ -34,6 +34,27 @@ def register_ale_if_needed(env_id: str) -> None:
     gym.register_envs(ale_py)
 
 
+def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> int:
+    """The frame rate of the env a dataset's env spec names, without making it: its class's
+    ``metadata["render_fps"]``, divided by the pixel env's frame skip (as :class:`PixelEnv` does); ``default`` where
+    the spec or the class does not tell (an env made by a function, an env not installed)."""
+    if not env_spec or not isinstance(env_spec.get("id"), str):
+        return default
+    env_id, frame_skip = env_spec["id"], 1
+    if env_id == PIXEL_ENV_ID:
+        env_id, frame_skip = env_spec.get("env_id"), env_spec.get("frame_skip", 1)
+    try:
+        register_ale_if_needed(env_id)
+        entry_point = gym.spec(env_id).entry_point
+        creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):  # UserError is a ValueError
+        return default
+    fps = getattr(creator, "metadata", {}).get("render_fps")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0:
+        return default
+    return max(1, round(fps / max(1, int(frame_skip))))
+
+
 def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
     register_ale_if_needed(env_id)

@@ -46,8 +46,8 @@ class SamplerConfig:
             raise UserError("sampler needs 0 < sigma_min < sigma_max")
         if self.order not in (1, 2):
             raise UserError("sampler order must be 1 (Euler) or 2 (Heun)")
-        if isinstance(self.history_guidance, bool) or not isinstance(self.history_guidance, int | float) or not (
-                0 <= self.history_guidance < float("inf")):
+        w = self.history_guidance
+        if isinstance(w, bool) or not isinstance(w, int | float | np.floating) or not 0 <= w < float("inf"):
             raise UserError(f"history_guidance must be a number >= 0 (1 = off), got {self.history_guidance!r}")
         if not 0 < self.history_sigma < float("inf"):
             raise UserError(f"history_sigma must be > 0, got {self.history_sigma!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
+from diffusion_world.data.pixel_env import recorded_render_fps
 from diffusion_world.diffusion.sampler import (
     edm_sigmas,
     frames_to_x,
@@ -181,10 +183,22 @@ def open_dataset_contexts(dataset_id: str, world_model: WorldModel, length: int)
 # The core
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise UserError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+RESET_OPTIONS = ("context", "actions", "has_action")
+
+
+def warn_unknown_options(options: dict[str, Any] | None, extra: Sequence[str] = ()) -> None:
+    """Warn about reset options the imagined envs do not know: a misspelt ``"context"`` would otherwise draw a
+    random context without a word."""
+    unknown = sorted(set(options or {}) - set(RESET_OPTIONS) - set(extra), key=str)
+    if unknown:
+        warnings.warn(f"reset options {unknown} are not used by the imagined env (it reads {list(RESET_OPTIONS)}"
+                      f"{' and ' + str(list(extra)) if extra else ''})", UserWarning, stacklevel=3)
 
 
 @dataclass
@@ -243,7 +257,7 @@ class ImaginationCore:
                  device: str = "cpu", reset_mode: str = "episode_start",
                  termination_threshold: float = 0.5, termination: str = "threshold",
                  history_guidance: float | None = None, precision: str = "fp32") -> None:
-        self.num_envs = _positive_int("num_envs", num_envs)
+        self.num_envs = positive_int("num_envs", num_envs)
         check_precision(precision)
         if reset_mode not in RESET_MODES:
             raise UserError(f"reset_mode must be one of {RESET_MODES}, got {reset_mode!r}")
@@ -251,8 +265,8 @@ class ImaginationCore:
             raise UserError(f"termination must be one of {TERMINATION_MODES}, got {termination!r}")
         if context_source not in CONTEXT_SOURCES:
             raise UserError(f"context_source must be one of {CONTEXT_SOURCES}, got {context_source!r}")
-        if isinstance(termination_threshold, bool) or not isinstance(termination_threshold, int | float) or not (
-                0.0 <= termination_threshold <= 1.0):
+        th = termination_threshold  # numpy floats too
+        if isinstance(th, bool) or not isinstance(th, int | float | np.floating) or not 0.0 <= th <= 1.0:
             raise UserError(f"termination_threshold must be a number in [0, 1], got {termination_threshold!r}")
         self.device = check_device(device)
         self.precision = precision
@@ -261,15 +275,17 @@ class ImaginationCore:
                             else load_world_model(world_model, device=self.device))
         self.model = self.world_model.model.to(self.device)
         defaults = self.world_model.imagination
-        self.context_frames = _positive_int("context_frames", context_frames if context_frames is not None
+        self.context_frames = positive_int("context_frames", context_frames if context_frames is not None
                                             else defaults.get("context_frames", DEFAULT_CONTEXT_FRAMES))
-        self.horizon = _positive_int("horizon", horizon if horizon is not None
+        self.horizon = positive_int("horizon", horizon if horizon is not None
                                      else defaults.get("horizon", DEFAULT_HORIZON))
-        self.frame_stack = _positive_int("frame_stack", frame_stack)
+        self.frame_stack = positive_int("frame_stack", frame_stack)
         self.reset_mode = reset_mode
         self.termination_threshold = float(termination_threshold)
         self.termination = termination
         self.sampler = self.world_model.sampler_config(sampler_steps, history_guidance)
+        # frames per second of the real env the model learned (a video of imagined play runs at its speed)
+        self.render_fps = recorded_render_fps(self.world_model.dataset.get("env_spec"))
         self.sigmas = edm_sigmas(self.sampler, self.device)
         # Context frames enter the caches at the noise level of the sampler's last call, the one whose
         # activations become the cache entries of generated frames.
@@ -363,6 +379,7 @@ class ImaginationCore:
         """``options={"context": frames (L, H, W, 3) uint8, "actions": ...}`` -> a :class:`Context` (None when
         the options hold no context). ``actions`` has L-1 entries (the actions between the frames) or L (the
         action that led to each frame; then ``has_action`` (L,) bool may say which exist). No actions: none."""
+        warn_unknown_options(options)
         if not options or options.get("context") is None:
             return None
         frames = np.asarray(options["context"])

@@ -45,6 +45,7 @@ class DiffusionWorldSB3VecEnv(VecEnv):
         self.render_mode = render_mode
         self._actions: np.ndarray | None = None
         super().__init__(self.core.num_envs, self.core.observation_space, self.core.action_space)
+        self.metadata: dict[str, Any] = {**self.metadata, "render_fps": self.core.render_fps}
 
     def reset(self) -> VecEnvObs:
         rows = range(self.num_envs)
@@ -104,12 +105,18 @@ class DiffusionWorldSB3VecEnv(VecEnv):
 
     def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
                    **method_kwargs: Any) -> list[Any]:
+        """``render`` gives each addressed env's frame. Any other method is this VecEnv's own, which acts on all N
+        envs at once: it runs once (not once per env) and its result is given for each index; addressing only
+        some of the envs is refused, rather than acting on the others too."""
         indices = list(self._get_indices(indices))
         if method_name == "render":
             frames = self.get_images()
             return [frames[i] for i in indices]
-        method = getattr(self, method_name)
-        return [method(*method_args, **method_kwargs) for _ in indices]
+        if sorted(indices) != list(range(self.num_envs)):
+            raise UserError(f"env_method({method_name!r}): the imagined envs are rows of one batch, whose methods "
+                            f"act on all {self.num_envs} of them; it must address all of them, got indices {indices}")
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result for _ in indices]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]

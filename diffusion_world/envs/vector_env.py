@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.envs.core import Context, ResetNeededError, make_core
+from diffusion_world.envs.core import Context, ResetNeededError, make_core, warn_unknown_options
 from diffusion_world.errors import UserError
 
 
@@ -52,7 +52,8 @@ class DiffusionWorldVectorEnv(VectorEnv):
         self.core = make_core("DiffusionWorldVectorEnv", world_model, num_envs, kwargs)
         self.num_envs = self.core.num_envs
         self.render_mode = render_mode
-        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode,
+                         "render_fps": self.core.render_fps}
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -62,6 +63,7 @@ class DiffusionWorldVectorEnv(VectorEnv):
     def _contexts(self, options: dict[str, Any] | None, count: int) -> list[Context | None]:
         """``options["context"]``: one context (L, H, W, 3) for every reset sub-env, or one each (n, L, H, W, 3)."""
         if not options or options.get("context") is None:
+            warn_unknown_options(options)  # else context_from_options does
             return [None] * count
         frames = np.asarray(options["context"])
         if frames.ndim == 5:

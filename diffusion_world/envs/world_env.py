@@ -17,7 +17,7 @@ import numpy as np
 
 from diffusion_world.checkpoint import WorldModel
 from diffusion_world.data.pixel_env import ResizeFrames, register_ale_if_needed
-from diffusion_world.envs.core import ImaginationCore, ResetNeededError, stack_frames
+from diffusion_world.envs.core import ImaginationCore, ResetNeededError, positive_int, stack_frames
 from diffusion_world.errors import UserError
 
 
@@ -53,6 +53,8 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
                                     frame_stack=frame_stack, device=device, reset_mode=reset_mode,
                                     termination_threshold=termination_threshold, termination=termination,
                                     history_guidance=history_guidance, precision=precision)
+        self.metadata = {**type(self).metadata, "render_fps": self.core.render_fps}
+        self._terminated = False
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 
@@ -67,15 +69,25 @@ class DiffusionWorldEnv(gym.Env[np.ndarray, Any]):
         super().reset(seed=seed)
         context = self.core.context_from_options(options)
         self.core.reset_rows([0], [self.np_random], [context])
+        self._terminated = False
         return self.core.observations()[0], {}
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self.core.needs_reset[0]:
             raise ResetNeededError("DiffusionWorldEnv: call reset() before step()")
         actions = self.core.check_actions(action, batch=False)[None]  # raises before anything is touched
+        if self._terminated:  # as Gymnasium's own envs say it; the model goes on imagining
+            gym.logger.warn("DiffusionWorldEnv: step() after the episode terminated; call reset() to start a new "
+                            "one (the imagined frames and rewards from here on are the model's guess)")
         result = self.core.step(actions)
+        self._terminated = self._terminated or bool(result.terminated[0])
         return (self.core.observations()[0], float(result.rewards[0]), bool(result.terminated[0]),
                 bool(result.truncated[0]), {})
+
+    def close(self) -> None:
+        """Ends the episode (a later ``step`` needs a ``reset``), as the vector envs' ``close`` does."""
+        self.core.needs_reset[:] = True
+        super().close()
 
     def render(self) -> np.ndarray | None:
         """The newest generated frame (H, W, 3) with ``render_mode="rgb_array"``; None otherwise."""
@@ -101,7 +113,7 @@ class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
         space = env.observation_space
         if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.shape[2] == 3):
             raise UserError(f"ChannelFrameStack needs (H, W, 3) frames, got {space}")
-        self.frame_stack = int(frame_stack)
+        self.frame_stack = positive_int("frame_stack", frame_stack)
         H, W, _ = space.shape
         self.observation_space = gym.spaces.Box(0, 255, (H, W, 3 * self.frame_stack), np.uint8)
         self._frames: deque[np.ndarray] = deque(maxlen=self.frame_stack)
@@ -128,6 +140,7 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     """
     from diffusion_world.checkpoint import load_world_model
 
+    frame_stack = positive_int("frame_stack", frame_stack)  # before a slow load, as the imagined env checks it
     wm = world_model if isinstance(world_model, WorldModel) else load_world_model(world_model)
     spec = wm.dataset.get("env_spec")
     if not spec:
