@@ -169,8 +169,9 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
     env, col = card_.env, card_.collect
     dataset_id = col.get("dataset_id", "diffusion_world/main-v0").rsplit("-v", 1)[0] + "-mainjob-v0"
     data_root = out / "data"
-    if data_root.exists():  # every run collects afresh: the numbers belong to this run
-        shutil.rmtree(data_root)
+    for old in (data_root, out / "world_model"):  # every run collects and trains afresh: its numbers are its own
+        if old.exists():
+            shutil.rmtree(old)
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     stages: dict[str, Any] = {}

@@ -63,6 +63,7 @@ python3 -c "from diffusion_world.data.dataset import FrameCache; print(FrameCach
 RESERVE=${RESERVE:-$(( FIDELITY == 1 ? 200 : 110 ))}  # export + speed (+ fidelity)
 MINUTES=$(python3 -c "print(max(0.5, ($(left) - $RESERVE - 30) / 60))")
 echo "== train for $MINUTES min, batch $BATCH, attention $ATTN"
+rm -rf runs/gpu  # a fresh run on every call (a warm machine keeps the last one; continue it with train --resume)
 # shellcheck disable=SC2086
 python3 -m diffusion_world.cli train --card envs/cartpole.toml --dataset-id "$DATASET" --out runs/gpu --device "$DEVICE" --batch-size "$BATCH" \
   --steps 1000000 --max-minutes "$MINUTES" --attn-backend "$ATTN" --eval-every 500 --checkpoint-every 500 \

@@ -234,6 +234,57 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
     with pytest.raises(UserError, match=r"imagination: unknown key\(s\) sampler_step"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "typo", steps=1, imagination={"sampler_step": 5}))
     assert not (tmp_path / "typo" / "checkpoint.pt").exists()
+    # a run is not overwritten by a forgotten --resume; --out must be a directory it can create
+    with pytest.raises(UserError, match=r"holds a run \(step 1\): continue it with --resume"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 1
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "afile", steps=1))
+    with pytest.raises(UserError, match="cannot create --out"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "afile" / "sub", steps=1))
+
+
+def test_card_values_of_the_wrong_type_are_named(tmp_path: Path) -> None:
+    """A card's [train] and [model] values are checked against their fields' kinds before anything compares or
+    iterates them (before: TypeErrors from deep inside, or batch_size 2.5 "not divisible by world size")."""
+    def card(train: str = "", model: str = "") -> Path:
+        path = tmp_path / "card.toml"
+        path.write_text(f'[env]\nid = "CartPole-v1"\n[collect]\ndataset_id = "a/b-v0"\nsteps = 10\n'
+                        f'[model]\npreset = "tiny"\n{model}\n[train]\n{train}\n')
+        return path
+
+    for train_line, match in [('steps = "2"', "steps must be an integer, got '2'"),
+                              ('lr = "fast"', "lr must be a number, got 'fast'"),
+                              ("batch_size = true", "batch_size must be an integer, got True"),
+                              ("batch_size = 2.5", "batch_size must be an integer, got 2.5"),
+                              ('p_mean = "low"', "p_mean must be a number"),
+                              ('betas = ["a", 1]', "betas must be a list of numbers"),
+                              ("batchsize = 2", r"unknown train config key\(s\) batchsize \(allowed: .*batch_size")]:
+        with pytest.raises(UserError, match=match):
+            config_from_card(card(train=train_line), out_dir="x").validate()
+    cfg = config_from_card(card(model="channels = 8"), out_dir="x")
+    with pytest.raises(UserError, match="model config channels must be a list of integers, got 8"):
+        from diffusion_world.model.config import preset_config
+
+        preset_config(cfg.preset, **cfg.model)
+    assert config_from_card(card(train="steps = 3\nlr = 1"), out_dir=tmp_path).steps == 3  # ints are numbers
+
+
+def test_short_validation_episodes(tiny_dataset_id: str, tiny_frame_cache, tmp_path: Path, capsys) -> None:
+    """Where no validation episode has seq_len frames, the evaluation runs on training windows and says so
+    (train_eval_loss, not val_loss), and the reset contexts come from training episodes (before: none stored)."""
+    train_eps, val_eps = tiny_frame_cache.episode_split(0.1, 0)
+    n = int(tiny_frame_cache.episode_lengths[val_eps].max()) + 1
+    long_train = int((tiny_frame_cache.episode_lengths[train_eps] >= n).sum())
+    assert long_train >= 2  # the fixture has such episodes
+    path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1, seq_len=n, context_length=n, eval_every=1,
+                          warmup_steps=1))
+    rows = [r for r in metrics(tmp_path) if r.get("step") == 1]
+    assert any("train_eval_loss" in r for r in rows) and not any("val_loss" in r for r in rows)
+    assert "measured on training windows" in capsys.readouterr().out
+    contexts = load_checkpoint(path)["contexts"]
+    assert contexts["frames"].shape[:2] == (min(long_train, 16), n)
 
 
 def test_config_from_card_layers(tmp_path: Path) -> None:
@@ -328,11 +379,14 @@ def test_padding_after_an_episode_end_is_masked_out_of_the_loss() -> None:
     assert not torch.isclose(unmasked.total, alone.total * k / T)  # the mask is what makes them equal
 
 
-def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
+def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:
     """--init-from continues another run's weights, optimiser and counters under a new config (here a shorter
     context window, which holds no parameters); a model of another shape is refused with the reason."""
     a = train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2))
+    capsys.readouterr()
     b = train(tiny_cfg(tiny_dataset_id, tmp_path / "b", steps=3, init_from=str(a), model={"context_window": 2}))
+    assert f"initialised from {a} at step 2 (" in (out := capsys.readouterr().out)
+    assert "supervised frames): its weights, EMA and optimiser" in out
     ca, cb = load_checkpoint(a), load_checkpoint(b)
     assert cb["step"] == 3 and cb["num_frames_seen"] > ca["num_frames_seen"]
     assert cb["model_config"]["context_window"] == 2 != ca["model_config"]["context_window"]
@@ -342,8 +396,17 @@ def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path) -> None:
         same = train(tiny_cfg(tiny_dataset_id, tmp_path / "c", steps=2, init_from=str(a)))
     for name, value in load_checkpoint(a)["model"].items():
         assert torch.equal(load_checkpoint(same)["model"][name], value), name
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match=r"does not fit this model \(head_channels 32 there, 7 here\): size "
+                                        r"mismatch for .*[^:]$"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "d", steps=3, init_from=str(a), model={"head_channels": 7}))
+    # a checkpoint from before a config field existed reads it as its default, not as a difference
+    old = load_checkpoint(a)
+    del old["model_config"]["input_temporal_kernel"]
+    save_checkpoint(tmp_path / "old.pt", old)
+    with pytest.raises(UserError) as info:
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "e", steps=3, init_from=str(tmp_path / "old.pt"),
+                       model={"head_channels": 7}))
+    assert "input_temporal_kernel" not in str(info.value) and "head_channels 32 there, 7 here" in str(info.value)
 
 
 def test_init_from_an_inference_export(tiny_dataset_id: str, tmp_path: Path) -> None:
@@ -395,6 +458,7 @@ def test_attention_backend_resolution() -> None:
     assert resolve_attn_backend("auto", "cuda", 32) == "flex"
     assert resolve_attn_backend("auto", "cuda", 8) == "sdpa"  # CUDA flex kernels need >= 16 channels per head
     assert resolve_attn_backend("sdpa", "cuda", 32) == "sdpa"
-    assert resolve_attn_backend("flex", "cpu", 8) == "flex"  # the eager reference runs any width (tests)
+    with pytest.raises(UserError, match="flex trains on CUDA only: FlexAttention has no backward pass on cpu"):
+        resolve_attn_backend("flex", "cpu", 32)  # refused before training, not at the first backward
     with pytest.raises(UserError, match="attention_head_dim is 8"):
         resolve_attn_backend("flex", "cuda", 8)

@@ -13,6 +13,43 @@ import numpy as np
 from diffusion_world.errors import UserError
 
 
+def _kind(default: Any) -> tuple[str, Any]:
+    """What a config field whose default is ``default`` takes: (its name, a check of one value)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return "true or false", lambda v: isinstance(v, bool | np.bool_)
+    if isinstance(default, int):
+        return "an integer", is_int
+    if isinstance(default, float):
+        return "a number", is_number
+    if isinstance(default, str):
+        return "a string", lambda v: isinstance(v, str)
+    if isinstance(default, dict):
+        return "a table", lambda v: isinstance(v, dict)
+    if isinstance(default, tuple):
+        item = "integers" if all(is_int(x) for x in default) else "numbers"
+        check = is_int if item == "integers" else is_number
+        return f"a list of {item}", lambda v: isinstance(v, list | tuple) and all(check(x) for x in v)
+    return "", lambda v: True  # None defaults: the field's own validation says more
+
+
+def check_field_types(config: Any, where: str) -> None:
+    """A clear :class:`UserError` naming the first field of the dataclass ``config`` whose value is not of its
+    default's kind (e.g. ``steps = "2"`` in a card), before anything compares or iterates it."""
+    for f in dataclasses.fields(config):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kind, ok = _kind(default)
+        value = getattr(config, f.name)
+        if kind and not ok(value):
+            raise UserError(f"{where} {f.name} must be {kind}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the DART denoiser. Saved as JSON inside every checkpoint.
@@ -47,6 +84,7 @@ class ModelConfig:
     emb_balance: float = 0.5
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model config")
         self.frame_size = tuple(self.frame_size)  # type: ignore[assignment]
         for name in ("channels", "enc_blocks", "frame_attention", "video_attention"):
             setattr(self, name, tuple(getattr(self, name)))

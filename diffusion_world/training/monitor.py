@@ -49,6 +49,9 @@ class Monitor:
               f"{model_cfg.frame_size[0]}x{model_cfg.frame_size[1]}, window T={cfg.seq_len}, supervision "
               f"{cfg.loss.supervision}; data: {train.num_windows} train windows, "
               f"{val.num_windows if val else 0} validation windows; device {device} x{world}", flush=True)
+        if val is None:
+            print(f"no validation episode has {cfg.seq_len} frames (--seq-len): the EMA's loss is measured on "
+                  "training windows, logged as train_eval_loss", flush=True)
 
     def log(self, step: int, totals: dict[str, float], lr: float, grad_norm: float, dt: float, supervised: int,
             num_frames_seen: int) -> None:
@@ -68,8 +71,10 @@ class Monitor:
 
     @torch.no_grad()
     def evaluate(self, step: int, model: DartWorldModel, windows: WindowSampler, cfg: TrainConfig,
-                 device: torch.device, attn_backend: str) -> dict[str, float]:
-        """Validation loss on fixed windows and noise (EMA weights), and the dashboard PNG."""
+                 device: torch.device, attn_backend: str, held_out: bool = True) -> dict[str, float]:
+        """Validation loss on fixed windows and noise (EMA weights), and the dashboard PNG. ``held_out=False``:
+        the windows are training windows (no validation episode is long enough), and the row says so: its keys
+        are ``train_eval_*`` instead of ``val_*``."""
         rng = np.random.default_rng(12345)
         batch = windows.sample(cfg.num_val_windows, rng)
         x0 = frames_to_x(torch.from_numpy(np.ascontiguousarray(batch["frames"]))).to(device)
@@ -80,8 +85,9 @@ class Monitor:
         out = dart_loss(model, x0, t["actions"], t["has_action"], t["rewards"], t["terminations"], draw, cfg.loss,
                         model.cfg.sigma_data, attn_backend, window=model.cfg.context_window,  # type: ignore[arg-type]
                         valid=t["valid"])
-        row = {"step": step, "val_loss": out.total.item(), "val_diffusion": out.diffusion.item(),
-               "val_reward": out.reward.item(), "val_termination": out.termination.item()}
+        p = "val" if held_out else "train_eval"
+        row = {"step": step, f"{p}_loss": out.total.item(), f"{p}_diffusion": out.diffusion.item(),
+               f"{p}_reward": out.reward.item(), f"{p}_termination": out.termination.item()}
         self._write(row)
         c = min(DASHBOARD_CONTEXT, x0.shape[1] - 1)
         # two windows without padding (padded ones only when there are not two others)
@@ -90,10 +96,10 @@ class Monitor:
         act, has = torch.from_numpy(batch["actions"][rows]), torch.from_numpy(batch["has_action"][rows])
         gens = [torch.Generator().manual_seed(i) for i in range(fr.shape[0])]
         gen_frames = imagine(model, fr[:, :c], act[:, :c], has[:, :c], act[:, c:], gens, SamplerConfig())["frames"]
-        self.dashboard(step, fr[:, c:].numpy(), gen_frames.numpy())
+        self.dashboard(step, fr[:, c:].numpy(), gen_frames.numpy(), held_out)
         return row
 
-    def dashboard(self, step: int, real: np.ndarray, generated: np.ndarray) -> None:
+    def dashboard(self, step: int, real: np.ndarray, generated: np.ndarray, held_out: bool = True) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -103,11 +109,13 @@ class Monitor:
         grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.6])
         ax = fig.add_subplot(grid[:, 0])
         tr = [(r["step"], r["loss"]) for r in self.history if "loss" in r]
-        va = [(r["step"], r["val_loss"]) for r in self.history if "val_loss" in r]
+        key = "val_loss" if held_out else "train_eval_loss"
+        va = [(r["step"], r[key]) for r in self.history if key in r]
         if tr:
             ax.plot(*zip(*tr), label="train loss", lw=1)
         if va:
-            ax.plot(*zip(*va), "o-", label="validation loss (EMA)", ms=3)
+            ax.plot(*zip(*va), "o-", ms=3, label="validation loss (EMA)" if held_out else
+                    "loss of the EMA on training windows (no validation episode is long enough)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (uncertainty-normalised; can be negative)")
         ax.set_title(f"{self.cfg.dataset_id} — step {step}")
@@ -118,7 +126,8 @@ class Monitor:
             a = fig.add_subplot(grid[row, 1])
             a.imshow(np.concatenate(list(frames), axis=1))
             a.set_axis_off()
-            a.set_title(f"{name}: {n} frames after {DASHBOARD_CONTEXT} real context frames (validation episode)")
+            a.set_title(f"{name}: {n} frames after {DASHBOARD_CONTEXT} real context frames "
+                        f"({'validation' if held_out else 'training'} episode)")
         fig.savefig(self.out_dir / "dashboard.png", dpi=80)
         plt.close(fig)
 

@@ -32,7 +32,7 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
-from diffusion_world.model.config import action_space_to_dict, preset_config
+from diffusion_world.model.config import action_space_to_dict, check_field_types, preset_config
 from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters, grow_input_temporal_kernel
 from diffusion_world.model.mp import normalize_weights_
 from diffusion_world.precision import use_bf16, warn_if_emulated
@@ -85,9 +85,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
+        for name in ("out_dir", "init_from"):  # paths as str, so that the config stays JSON
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        check_field_types(self, "train config")
+        check_field_types(self.loss, "train config")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
     def validate(self) -> None:
+        check_field_types(self, "train config")  # set after construction too (e.g. by the CLI)
+        check_field_types(self.loss, "train config")
         if not self.dataset_id:
             raise UserError("a dataset id is needed (--dataset-id or a card's [collect] dataset_id)")
         if self.frame_size is not None and (isinstance(self.frame_size, bool) or not isinstance(self.frame_size, int)
@@ -124,11 +131,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise UserError(f"unknown train config keys: {sorted(set(d) - known)}")
         loss_known = {f.name for f in dataclasses.fields(LossConfig)}
-        if set(d.get("loss", {})) - loss_known:
-            raise UserError(f"unknown loss config keys: {sorted(set(d['loss']) - loss_known)}")
+        unknown = sorted(set(d) - known) + sorted(set(d.get("loss", {})) - loss_known)
+        if unknown:  # a card's [train] holds both
+            allowed = sorted((known | loss_known) - {"loss", "model", "imagination", "out_dir", "progress"})
+            raise UserError(f"unknown train config key(s) {', '.join(unknown)} (allowed: {', '.join(allowed)})")
         return cls(**d)
 
 
@@ -139,6 +146,9 @@ def resolve_attn_backend(requested: str, device_type: str, head_dim: int) -> Att
     """The video attention used in training: ``auto`` is FlexAttention on CUDA when the heads are wide enough
     for its kernels, else the dense-mask SDPA reference; an explicit ``flex`` that cannot run is refused."""
     flex_ok = head_dim >= FLEX_MIN_HEAD_DIM
+    if requested == "flex" and device_type != "cuda":  # refused now, not at the first backward
+        raise UserError(f"--attn-backend flex trains on CUDA only: FlexAttention has no backward pass on "
+                        f"{device_type} (torch {torch.__version__}); use sdpa, the same attention with a dense mask")
     if requested == "flex" and device_type == "cuda" and not flex_ok:
         raise UserError(f"--attn-backend flex needs attention heads of >= {FLEX_MIN_HEAD_DIM} channels on CUDA; "
                         f"this model's attention_head_dim is {head_dim} (use sdpa)")
@@ -213,6 +223,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     cfg.validate()
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {str(out_dir)!r} is a file, not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {str(out_dir)!r}: {e.strerror}") from e
+    if not resume and ckpt_path.exists():  # hours of training are not overwritten by a forgotten --resume
+        step_done = load_checkpoint(ckpt_path).get("step", "?")
+        raise UserError(f"{ckpt_path} holds a run (step {step_done}): continue it with --resume, or train into "
+                        "another --out (or delete it)")
     if resume and ckpt_path.exists():  # before the data: the frames to read depend on it
         stored = load_checkpoint(ckpt_path).get("dataset", {}).get("resize")
         if stored != cfg.frame_size:
@@ -272,7 +292,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     # the env and every reader of the dataset resize its frames as training did
                     **({"resize": cfg.frame_size, "resized_from": list(cache.resized_from or ())}
                        if cfg.frame_size is not None else {})}
-    contexts = _reset_contexts(cache, val_eps if len(val_eps) else train_eps, cfg.num_contexts, cfg.context_length)
+    # episode starts of the validation episodes, else of training episodes (none long enough: e.g. one short one)
+    contexts = (_reset_contexts(cache, val_eps, cfg.num_contexts, cfg.context_length)
+                or _reset_contexts(cache, train_eps, cfg.num_contexts, cfg.context_length))
+    if not contexts and rank == 0:
+        warnings.warn(f"no episode has context_length={cfg.context_length} frames: the checkpoint stores no reset "
+                      "contexts, so its env needs the dataset on the machine", stacklevel=2)
     step, num_frames_seen, elapsed = 0, 0, 0.0
     extra: dict[str, Any] = {}  # carried over (resume, init-from): a termination classifier sees frames, not the model
     if resume and ckpt_path.exists():
@@ -289,11 +314,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         _set_rng_state(ckpt["rng"])
         extra = {k: ckpt[k] for k in ("termination_classifier",) if ckpt.get(k) is not None}
     elif cfg.init_from:
-        step, num_frames_seen, elapsed, extra = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema, opt,
-                                                           cache.env_spec)
+        step, num_frames_seen, elapsed, extra, how = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema,
+                                                                opt, cache.env_spec)
         if rank == 0:
-            print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames"
-                  f"{'' if opt.state else '; EMA weights of an export, fresh optimiser'})")
+            print(f"initialised from {cfg.init_from} at step {step} ({num_frames_seen} supervised frames): {how}")
     elif resume and rank == 0:
         print(f"no checkpoint in {out_dir} to resume from: starting from scratch")
     if step >= cfg.steps and rank == 0:  # --steps counts from 0 across the runs a run continues (--init-from too)
@@ -376,14 +400,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                             supervised=supervised * world, num_frames_seen=num_frames_seen)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if rank == 0:
-                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend)
+                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
+                                     held_out=val_windows is not None)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
             if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
                 if step % cfg.checkpoint_every and step != cfg.steps:
                     save()
                 if rank == 0 and step % cfg.eval_every and step != cfg.steps:  # validation + dashboard at the stop
-                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend)
+                    monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
+                                     held_out=val_windows is not None)
                 if rank == 0:
                     print(f"stopped at step {step} after --max-minutes {cfg.max_minutes:g}: checkpoint saved to "
                           f"{ckpt_path} (continue with --resume)")
@@ -419,11 +445,12 @@ def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world
 
 def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module,
                opt: torch.optim.Optimizer, env_spec: dict[str, Any] | None = None
-               ) -> tuple[int, int, float, dict[str, Any]]:
+               ) -> tuple[int, int, float, dict[str, Any], str]:
     """Load another run's weights, EMA, optimiser and counters into a new run whose model config may differ
     in fields that hold no parameters (e.g. the context window: a short-memory baseline that shares the
     first part of its training budget with the long-memory model). Also returns what the new run carries
-    over: the termination classifier, when the new run's frames come from the same pixel env (``env_spec``).
+    over: the termination classifier, when the new run's frames come from the same pixel env (``env_spec``),
+    and what it loaded, in words.
 
     ``path`` may also be an inference export or a shipped model's name (``"cartpole"``): it has EMA weights
     only, so both the weights and the EMA start from them (in fp32) and the optimiser starts fresh."""
@@ -451,15 +478,26 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
             model.load_state_dict(adapt(ckpt["model"]))
             ema.load_state_dict(adapt(ckpt["ema"]))
     except RuntimeError as e:
-        changed = sorted(k for k, v in model_cfg.items() if ckpt["model_config"].get(k) != v)
-        raise UserError(f"{path} does not fit this model (config differs in {changed}): "
-                        f"{str(e).splitlines()[0]}") from e
+        from diffusion_world.model.config import ModelConfig
+
+        try:  # the stored config with today's defaults for fields it predates
+            old_cfg = ModelConfig.from_dict(ckpt["model_config"]).to_dict()
+        except (UserError, TypeError):
+            old_cfg = ckpt["model_config"]
+        changed = ", ".join(f"{k} {old_cfg.get(k)!r} there, {v!r} here" for k, v in model_cfg.items()
+                            if old_cfg.get(k) != v)
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        first = next((ln for ln in lines if ln.startswith("size mismatch")), lines[0].rstrip(":"))
+        raise UserError(f"{path} does not fit this model ({changed or 'same config'}): {first}") from e
     if not fresh_optimizer:
         opt.load_state_dict(ckpt["optimizer"])
     same_env = env_spec is not None and ckpt.get("dataset", {}).get("env_spec") == env_spec
     extra = {"termination_classifier": ckpt["termination_classifier"]} if (
         same_env and ckpt.get("termination_classifier") is not None) else {}
-    return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0), extra
+    how = ("the EMA weights of an export, a fresh optimiser" if weights_only else
+           f"its weights and EMA, a fresh optimiser (input_temporal_kernel {old_k} -> {new_k})" if fresh_optimizer
+           else "its weights, EMA and optimiser")
+    return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0), extra, how
 
 
 class _nullcontext:
