@@ -71,8 +71,10 @@ def main() -> None:
 
         exact = np.concatenate([e.observations for e in dataset.iterate_episodes()]).astype(np.int16)
         jpeg = np.concatenate([e.observations for e in minari.load_dataset("bench/jpeg-v0").iterate_episodes()])
-        minari.combine_datasets([dataset, dataset], "bench/minari-combined-v0")
-        combine(["bench/lossless-v0", "bench/lossless-v0"], "bench/combined-v0")
+        # a second dataset to merge with (combine refuses one dataset twice); only the first's frames are compared
+        other = collect(args.env, "bench/lossless-other-v0", steps=200, size=args.size, seed=10_000, progress=False)
+        minari.combine_datasets([dataset, other], "bench/minari-combined-v0")
+        combine(["bench/lossless-v0", "bench/lossless-other-v0"], "bench/combined-v0")
 
         def changed(dataset_id: str) -> tuple[float, int]:
             frames = np.concatenate([e.observations for e in minari.load_dataset(dataset_id).iterate_episodes()])

@@ -4,7 +4,8 @@ A card holds everything the pipeline needs to know about one environment: ``[env
 pixel settings), ``[collect]`` (dataset id, size, policy), and the ``[model]``, ``[train]`` and
 ``[imagination]`` settings that later stages read. A ``[collect] policy`` path is relative to the card's
 folder. ``[env]`` and ``[collect]`` are validated here; the other sections are passed through as plain dicts
-for their owners to validate. Cards are data: CLI flags given next to ``--card`` override them.
+for their owners to validate. Cards are data: CLI flags given next to ``--card`` override them, and supply the
+``[collect]`` keys a card leaves out (``collect --card C --dataset-id me/x-v0 --steps 500``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from diffusion_world.errors import UserError
 
-# key -> (accepted types, default). A default of None means required.
+# key -> (accepted types, default). A default of None means required; OPTIONAL, left out unless given.
+OPTIONAL: Any = object()
 ENV_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "id": ((str,), None),
     "size": ((int,), 64),
@@ -25,8 +27,9 @@ ENV_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "env_kwargs": ((dict,), {}),
 }
 COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "dataset_id": ((str,), None),
-    "steps": ((int,), None),
+    # the command's flags give them where the card does not (its dataset id, its budget)
+    "dataset_id": ((str,), OPTIONAL),
+    "steps": ((int,), OPTIONAL),
     "policy": ((str,), "random"),
     "epsilon": ((int, float), 0.0),
     "seed": ((int,), 0),
@@ -70,7 +73,8 @@ def check_imagination(where: str, section: dict[str, Any]) -> None:
 
 @dataclass
 class Card:
-    """A parsed env card; each section is a plain dict (``env`` and ``collect`` with defaults filled in)."""
+    """A parsed env card; each section is a plain dict (``env`` and ``collect`` with defaults filled in;
+    ``collect`` lacks ``dataset_id`` / ``steps`` where the card does not set them)."""
 
     env: dict[str, Any]
     collect: dict[str, Any]
@@ -93,7 +97,8 @@ def _validate_section(
         if key not in section:
             if default is None:
                 raise UserError(f"{where}: missing required key {key!r}")
-            out[key] = default
+            if default is not OPTIONAL:
+                out[key] = default
             continue
         value = section[key]
         # bool is an int in Python: reject `size = true` unless the key is a bool.
@@ -135,7 +140,7 @@ def load_card(path: str | os.PathLike) -> Card:
         collect = _validate_section(f"card {str(path)!r} [collect]", data["collect"], COLLECT_KEYS)
     if env["size"] < 8 or env["frame_skip"] < 1:
         raise UserError(f"card {str(path)!r} [env]: size must be >= 8 and frame_skip >= 1")
-    if collect and not (collect["steps"] >= 1 and 0.0 <= collect["epsilon"] <= 1.0):
+    if collect and not (collect.get("steps", 1) >= 1 and 0.0 <= collect["epsilon"] <= 1.0):
         raise UserError(f"card {str(path)!r} [collect]: steps must be >= 1 and epsilon in [0, 1]")
     if collect and collect["policy"] != "random" and not Path(collect["policy"]).is_absolute():
         # A policy file named by a card lives next to it (e.g. envs/experts/...), wherever the command runs.

@@ -22,14 +22,54 @@ from diffusion_world.bench.common import cpu_model
 from diffusion_world.checkpoint import SHIPPED
 from diffusion_world.data.dataset import _minari_root
 from diffusion_world.model.config import PRESETS
+from diffusion_world.registration import PIXEL_ENV_ID
 from diffusion_world.training.train import TrainConfig
 
 
+def _space_summary(space: gym.Space) -> str:
+    """A one-line description of a space: ``Box(float32, (8,))`` rather than its bounds."""
+    if isinstance(space, gym.spaces.Box):
+        return f"Box({space.dtype}, {space.shape})"
+    if isinstance(space, gym.spaces.Dict):
+        return "Dict(" + ", ".join(f"{k}: {_space_summary(v)}" for k, v in space.spaces.items()) + ")"
+    if isinstance(space, gym.spaces.Tuple):
+        return "Tuple(" + ", ".join(_space_summary(v) for v in space.spaces) + ")"
+    return " ".join(str(space).split())
+
+
+def _env_id(meta: dict[str, Any]) -> str | None:
+    """The env a dataset was recorded in (for a diffusion_world pixel dataset, the env it rendered)."""
+    try:
+        spec = json.loads(meta["env_spec"])
+        return str(spec["kwargs"]["env_id"] if spec["id"] == PIXEL_ENV_ID else spec["id"])
+    except Exception:  # no env spec, or one in an unexpected form
+        return None
+
+
+def _why_not_renderable(dataset_id: str) -> str | None:
+    """Why ``render`` cannot replay a dataset of states (as :func:`render_dataset` checks), or None if it can."""
+    import minari
+
+    try:
+        dataset = minari.load_dataset(dataset_id)
+        if dataset.env_spec is None:
+            return "it records no env spec, so `render` has no env to replay it in"
+        metas = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
+    except Exception:  # unreadable here: render will say why
+        return None
+    unseeded = sum(m.get("seed") is None for m in metas)
+    if unseeded:
+        return f"{unseeded} of {len(metas)} episodes record no reset seed, so `render` cannot replay them"
+    return None
+
+
 def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Episodes, steps, what its observations are, and what it takes to train a world model on them."""
+    """Its env, episodes, steps, what its observations are, and what it takes to train a world model on them
+    (``to_train``: a command, or None if nothing; ``cannot_train``: why it cannot be made into frames)."""
     from minari.serialization import deserialize_space
 
-    entry: dict[str, Any] = {"episodes": int(meta.get("total_episodes", 0)), "steps": int(meta.get("total_steps", 0))}
+    entry: dict[str, Any] = {"env_id": _env_id(meta), "episodes": int(meta.get("total_episodes", 0)),
+                             "steps": int(meta.get("total_steps", 0)), "cannot_train": None}
     try:
         space = deserialize_space(meta["observation_space"])
     except Exception:  # an exotic or missing space must not hide the rest
@@ -45,8 +85,9 @@ def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         fits = len(shape) == 3 and shape[2] == 3 and shape[0] % step == 0 and shape[1] % step == 0
         entry["to_train"] = None if fits else "train --frame-size 64"
     else:
-        entry["observations"] = f"states {space}"
-        entry["to_train"] = f"diffusion-world render {dataset_id} --dataset-id NEW"
+        entry["observations"] = f"states {_space_summary(space)}"
+        entry["cannot_train"] = _why_not_renderable(dataset_id)
+        entry["to_train"] = None if entry["cannot_train"] else f"diffusion-world render {dataset_id} --dataset-id NEW"
     return entry
 
 
@@ -119,8 +160,10 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"datasets:        {datasets}")
     else:
         lines.append(f"datasets:        {len(datasets)}" + "".join(
-            f"\n  {d}: {m['episodes']} episodes, {m['steps']} steps, {m['observations']}"
-            + (f" (to train on it: {m['to_train']})" if m["to_train"] else "") for d, m in datasets.items()))
+            f"\n  {d}: {m['env_id'] or 'no env spec'}, {m['episodes']} episodes, {m['steps']} steps, "
+            f"{m['observations']}" + (f" (to train on it: {m['to_train']})" if m["to_train"] else "")
+            + (f" (cannot be rendered to frames: {m['cannot_train']})" if m["cannot_train"] else "")
+            for d, m in datasets.items()))
     lines.append("shipped world models (gym.make('DiffusionWorld-v0', world_model=NAME)):")
     for m in info["shipped_world_models"]:
         if not m["installed"]:

@@ -73,7 +73,7 @@ def test_defaults_and_pass_through(tmp_path: Path) -> None:
             '[env]\nid = "CartPole-v1"\n[collect]\ndataset_id = "a/b-v0"\nsteps = 5\nepsilon = 2.0\n',
             "epsilon",
         ),
-        ('[env]\nid = "CartPole-v1"\n[collect]\nsteps = 5\n', "missing required key 'dataset_id'"),
+        ('[env]\nid = "CartPole-v1"\n[collect]\nsteps = 0\n', "steps must be >= 1"),
         ('[env]\nid = "CartPole-v1"\n[trian]\nsteps = 5\n', r"unknown section\(s\) trian"),
         ('[env]\nid = "CartPole-v1"\nmodel = 3\n', r"unknown key\(s\) model"),
         ("[env\n", "not valid TOML"),
@@ -90,6 +90,24 @@ def test_bad_cards(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as info:
         load_card(_write(tmp_path, text))
     assert "\n" not in str(info.value)
+
+
+def test_collect_flags_supply_the_keys_a_card_leaves_out(tmp_path: Path, minari_root: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import minari
+
+    from diffusion_world.cli import main
+
+    card = _write(tmp_path, '[env]\nid = "CartPole-v1"\nsize = 16\n[collect]\nseed = 7\n')
+    assert load_card(card).collect == {"policy": "random", "epsilon": 0.0, "seed": 7, "lossless": True,
+                                       "chunk_steps": 5000, "post_terminal_steps": 0}
+    assert main(["collect", "--card", str(card), "--dataset-id", "tt/card-v0", "--steps", "20", "--quiet"]) == 0
+    dataset = minari.load_dataset("tt/card-v0")
+    (first,) = dataset.storage.get_episode_metadata([0])
+    assert dataset.total_steps == 20 and first["seed"] == 7  # the card's seed
+    for flags, missing in ((["--steps", "20"], "--dataset-id"), (["--dataset-id", "tt/other-v0"], "--steps")):
+        assert main(["collect", "--card", str(card), *flags, "--quiet"]) == 2
+        assert f"{missing} is required" in capsys.readouterr().err
 
 
 def test_missing_card(tmp_path: Path) -> None:

@@ -48,16 +48,27 @@ def test_combine_refuses_bad_input(minari_root: Path) -> None:
     with pytest.raises(UserError, match="spaces"):
         combine(["tt/c-v0", "tt/d-v0"], "tt/x-v0")
     with pytest.raises(UserError, match="already exists"):
-        combine(["tt/c-v0", "tt/c-v0"], "tt/d-v0")
+        combine(["tt/c-v0", "tt/d-v0"], "tt/d-v0")
+    with pytest.raises(UserError, match="'tt/c-v0' more than once"):  # its episodes in train and validation
+        combine(["tt/c-v0", "tt/c-v0"], "tt/x-v0")
     assert not (minari_root / "tt/x-v0").exists()
     assert not [p for p in minari_root.iterdir() if p.name.startswith(".diffusion_world-combine")]
 
 
+def test_combine_names_the_env_spec_difference(minari_root: Path) -> None:
+    collect("CartPole-v1", "tt/skip1-v0", steps=10, size=8, frame_skip=1, progress=False)
+    collect("CartPole-v1", "tt/skip2-v0", steps=10, size=8, frame_skip=2, progress=False)
+    with pytest.raises(UserError, match="env spec differs: frame_skip 1 in 'tt/skip1-v0' vs 2 in 'tt/skip2-v0'"):
+        combine(["tt/skip1-v0", "tt/skip2-v0"], "tt/x-v0")
+    assert not (minari_root / "tt/x-v0").exists()
+
+
 def test_combine_cli(minari_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     collect("CartPole-v1", "tt/e-v0", steps=10, size=8, seed=3, progress=False)
-    assert main(["combine", "tt/e-v0", "tt/e-v0", "--out-id", "tt/ee-v0"]) == 0
-    assert "tt/ee-v0: " in capsys.readouterr().out
-    assert minari.load_dataset("tt/ee-v0").total_steps == 20
+    collect("CartPole-v1", "tt/g-v0", steps=10, size=8, seed=30, progress=False)
+    assert main(["combine", "tt/e-v0", "tt/g-v0", "--out-id", "tt/eg-v0"]) == 0
+    assert "tt/eg-v0: " in capsys.readouterr().out
+    assert minari.load_dataset("tt/eg-v0").total_steps == 20
     assert main(["combine", "tt/e-v0", "--out-id", "tt/f-v0"]) == 2
     assert "at least two" in capsys.readouterr().err
 

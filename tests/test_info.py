@@ -42,15 +42,35 @@ def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pyte
     from diffusion_world.data.collect import collect
 
     record("tt/cartpole-states-v0", gym.make("CartPole-v1"), seeds=[0])
+    record("tt/unseeded-states-v0", gym.make("CartPole-v1"), seeds=[0, 1], recorded_seeds=[None, None])
     collect("CartPole-v1", "tt/odd-frames-v0", steps=5, size=20, progress=False)
     collect("CartPole-v1", "tt/frames-v0", steps=5, size=16, progress=False)
     assert main(["info", "--json"]) == 0
     datasets = json.loads(capsys.readouterr().out)["datasets"]
-    assert datasets["tt/frames-v0"] == {"episodes": 1, "steps": 5, "observations": "frames 16x16x3", "to_train": None}
+    assert datasets["tt/frames-v0"] == {"env_id": "CartPole-v1", "episodes": 1, "steps": 5,
+                                        "observations": "frames 16x16x3", "to_train": None, "cannot_train": None}
     assert datasets["tt/odd-frames-v0"]["to_train"] == "train --frame-size 64"  # 20 is not a multiple of 8
     states = datasets["tt/cartpole-states-v0"]
-    assert states["observations"].startswith("states Box(") and states["to_train"] == (
-        "diffusion-world render tt/cartpole-states-v0 --dataset-id NEW")
+    assert states["env_id"] == "CartPole-v1" and states["observations"] == "states Box(float32, (4,))"
+    assert states["to_train"] == "diffusion-world render tt/cartpole-states-v0 --dataset-id NEW"
+    # render replays episodes from their reset seeds: without them, info does not suggest it
+    unseeded = datasets["tt/unseeded-states-v0"]
+    assert unseeded["to_train"] is None and unseeded["cannot_train"] == (
+        "2 of 2 episodes record no reset seed, so `render` cannot replay them")
     assert main(["info"]) == 0
-    assert ("  tt/cartpole-states-v0: 1 episodes, " in (text := capsys.readouterr().out)
+    text = capsys.readouterr().out
+    assert ("  tt/cartpole-states-v0: CartPole-v1, 1 episodes, " in text
             and "(to train on it: diffusion-world render tt/cartpole-states-v0 --dataset-id NEW)" in text)
+    assert "  tt/unseeded-states-v0: CartPole-v1, 2 episodes, " in text and "record no reset seed" in text
+
+
+def test_info_lists_a_wide_state_space_on_one_line(minari_root, capsys: pytest.CaptureFixture[str]) -> None:
+    import gymnasium as gym
+    from dataset_fixtures import record
+
+    pytest.importorskip("Box2D")
+    record("tt/lunar-states-v0", gym.make("LunarLander-v3"), seeds=[0])
+    assert main(["info"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "tt/lunar-states-v0" in line]
+    assert line.startswith("  tt/lunar-states-v0: LunarLander-v3, 1 episodes, ")
+    assert "states Box(float32, (8,)) (to train on it: diffusion-world render" in line

@@ -123,6 +123,14 @@ def test_bad_input_is_a_user_error(kwargs: dict, message: str) -> None:
         PixelEnv(**kwargs)
 
 
+@pytest.mark.parametrize(("env_id", "suggestion"), [("CartPol-v1", "CartPole-v1"), ("cartpole-v1", "CartPole-v1"),
+                                                   ("Pendulum-v0", "Pendulum-v1"), ("Nope-v9", None)])
+def test_unknown_env_id_suggests_only_close_ids(env_id: str, suggestion: str | None) -> None:
+    with pytest.raises(UserError, match=f"unknown Gymnasium env id {env_id!r}") as e:
+        make_pixel_env(env_id)
+    assert str(e.value).endswith(f"; did you mean {suggestion!r}?" if suggestion else f"{env_id!r}")
+
+
 def test_env_without_rgb_rendering_is_refused(no_render_env_id: str) -> None:
     with pytest.raises(UserError, match="cannot render 'rgb_array'"):
         make_pixel_env(no_render_env_id)

@@ -39,6 +39,18 @@ def test_classifier_shapes_and_bad_frames() -> None:
         model(torch.zeros(2, 3, 16, 16))
 
 
+def test_bad_fit_settings_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, message in (({"steps": 0}, "steps=0: must be >= 1"), ({"lr": -1.0}, "lr=-1.0: must be > 0"),
+                         ({"imagined_fraction": 1.0}, "imagined_fraction=1.0: must be in")):
+        with pytest.raises(UserError, match=f"bad termination-classifier setting {message}"):
+            TerminationFitConfig(**bad).validate()
+    from diffusion_world.cli import main
+
+    # settings are checked before the checkpoint is read
+    assert main(["fit-termination", str(tmp_path / "missing.pt"), "--steps", "0"]) == 2
+    assert "setting steps=0: must be >= 1" in capsys.readouterr().err
+
+
 def test_fit_learns_held_out_terminal_frames(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
     cache = FrameCache.open(edge_walk_dataset, progress=False)
     src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache)

@@ -292,6 +292,23 @@ def test_box_actions(tiny_box_world_model: str) -> None:
     np.testing.assert_array_equal(env.step([0.5, -1.0])[0], a)
 
 
+def test_contexts_from_a_dataset_of_another_action_space(minari_root: Path, tmp_path: Path) -> None:
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.data.collect import collect
+
+    collect("MountainCarContinuous-v0", "tt/mcc-v0", steps=10, size=16, progress=False)  # Box(-1, 1, (1,))
+    for name, bounds, accepted in (("pendulum", 2.0, False), ("mcc", 1.0, True)):
+        ckpt = make_tiny_checkpoint(tmp_path / f"{name}.pt", action_space={
+            "type": "box", "shape": [1], "low": [-bounds], "high": [bounds]})
+        if accepted:
+            assert DiffusionWorldEnv(str(ckpt), dataset_id="tt/mcc-v0").action_space == gym.spaces.Box(-1, 1, (1,))
+            continue
+        with pytest.raises(UserError, match=r"'tt/mcc-v0' has action space Box\(-1.0, 1.0, \(1,\), float32\) but "
+                                            r"the world model .* was trained with Box\(-2.0, 2.0, \(1,\), float32\)"):
+            DiffusionWorldEnv(str(ckpt), dataset_id="tt/mcc-v0")
+
+
 def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, tmp_path: Path) -> None:
     from worldmodel_fixtures import make_tiny_checkpoint
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -28,6 +29,7 @@ import gymnasium as gym
 import h5py
 import minari
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 from minari.dataset.minari_dataset import DATASET_ID_RE
 from minari.namespace import create_namespace, list_local_namespaces
@@ -475,6 +477,10 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     validate_dataset_id(new_dataset_id)
     if len(dataset_ids) < 2:
         raise UserError(f"combine needs at least two datasets, got {dataset_ids!r}")
+    repeated = sorted({d for d in dataset_ids if dataset_ids.count(d) > 1})
+    if repeated:
+        raise UserError(f"combine got {', '.join(map(repr, repeated))} more than once: its episodes would be "
+                        "duplicated (and land in both training and validation)")
     if dataset_path(new_dataset_id).exists():
         raise UserError(f"dataset {new_dataset_id!r} already exists at {dataset_path(new_dataset_id)}")
     local = set(minari.list_local_datasets())
@@ -486,6 +492,9 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         if ds.observation_space != sources[0].observation_space or ds.action_space != sources[0].action_space:
             raise UserError(f"{d!r} has observation/action spaces {ds.observation_space} / {ds.action_space}, "
                             f"{dataset_ids[0]!r} has {sources[0].observation_space} / {sources[0].action_space}")
+        difference = _env_spec_difference(sources[0].spec.env_spec, ds.spec.env_spec, dataset_ids[0], d)
+        if difference is not None:
+            raise UserError(f"cannot combine {dataset_ids}: env spec differs: {difference}")
     try:
         env_spec = validate_datasets_to_combine(sources)
     except ValueError as e:
@@ -513,6 +522,24 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return minari.load_dataset(new_dataset_id)
+
+
+def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name_b: str) -> str | None:
+    """The first difference between two datasets' env specs, e.g. ``frame_skip 1 in 'me/a-v0' vs 2 in
+    'me/b-v0'``; None if they match. ``max_episode_steps`` may differ (the combined dataset takes the larger)."""
+    if a is None or b is None:
+        return None if a is b else f"{name_b if b is None else name_a!r} records no env spec"
+    unset = object()
+    for key in sorted(a.kwargs.keys() | b.kwargs.keys()):
+        va, vb = a.kwargs.get(key, unset), b.kwargs.get(key, unset)
+        if va != vb:
+            return (f"{key} {'unset' if va is unset else repr(va)} in {name_a!r} vs "
+                    f"{'unset' if vb is unset else repr(vb)} in {name_b!r}")
+    for field in dataclasses.fields(a):
+        va, vb = getattr(a, field.name), getattr(b, field.name)
+        if field.name not in ("kwargs", "max_episode_steps") and va != vb:
+            return f"{field.name} {va!r} in {name_a!r} vs {vb!r} in {name_b!r}"
+    return None
 
 
 def _at(observations: Any, t: int) -> Any:

@@ -66,8 +66,10 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
         os.environ.setdefault("MUJOCO_GL", "egl")
     # "module:Env-vN" ids register themselves when gym.make imports the module.
     if ":" not in env_id and env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        # case-insensitive, and only genuinely close ids (the default cutoff 0.6 offers 'Hopper-v5' for 'Nope-v9')
+        by_lower = {name.lower(): name for name in gym.registry}
+        close = difflib.get_close_matches(env_id.lower(), list(by_lower), n=1, cutoff=0.8)
+        hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
         raise UserError(f"unknown Gymnasium env id {env_id!r}{hint}")
     if "render_mode" in env_kwargs:
         raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")

@@ -142,11 +142,20 @@ class CheckpointContexts:
 
 
 def _same_action_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`action_space_to_dict` descriptions are one space: Discrete ``n`` (a non-zero start
+    is refused when described), Box shape and bounds (None: infinite; float32 rounding tolerated)."""
     if a.get("type") != b.get("type"):
         return False
     if a["type"] == "discrete":
-        return int(a["n"]) == int(b["n"])
-    return list(a["shape"]) == list(b["shape"])
+        return int(a["n"]) == int(b["n"]) and int(a.get("start", 0)) == int(b.get("start", 0))
+    if list(a["shape"]) != list(b["shape"]):
+        return False
+
+    def bound(d: dict[str, Any], key: str, infinity: float) -> np.ndarray:
+        return np.array([infinity if v is None else v for v in d[key]], dtype=np.float64)
+
+    return all(np.allclose(bound(a, key, inf), bound(b, key, inf), rtol=1e-6, atol=0)
+               for key, inf in (("low", -np.inf), ("high", np.inf)) if key in a and key in b)
 
 
 def check_dataset_fits(cache: Any, world_model: WorldModel) -> None:

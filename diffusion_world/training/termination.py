@@ -53,12 +53,15 @@ class TerminationFitConfig:
     imagined_past_end: int = 2  # steps replayed after the real terminal frame, where the data has frames there
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise UserError(f"bad termination-classifier settings: {self}")
-        if (self.imagined_episodes < 0 or self.imagined_horizon < 1 or self.imagined_past_end < 0
-                or not 0 < self.imagined_fraction < 1):
-            raise UserError(f"bad imagined-frame settings (imagined_episodes >= 0, imagined_horizon >= 1, "
-                            f"imagined_past_end >= 0, 0 < imagined_fraction < 1): {self}")
+        rules = {"steps": (self.steps >= 1, ">= 1"), "batch_size": (self.batch_size >= 1, ">= 1"),
+                 "lr": (self.lr > 0, "> 0"), "imagined_episodes": (self.imagined_episodes >= 0, ">= 0"),
+                 "imagined_horizon": (self.imagined_horizon >= 1, ">= 1"),
+                 "imagined_past_end": (self.imagined_past_end >= 0, ">= 0"),
+                 "imagined_fraction": (0 < self.imagined_fraction < 1, "in (0, 1)")}
+        for name, (ok, requirement) in rules.items():
+            if not ok:
+                raise UserError(f"bad termination-classifier setting {name}={getattr(self, name)!r}: "
+                                f"must be {requirement}")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
