@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +138,18 @@ def play(world_model: str | os.PathLike = "cartpole", steps: int = 200, out: str
             "episode_returns": returns, "unfinished_return": episode_return}
 
 
-def _val_episodes(world_model: Any, cache: Any) -> np.ndarray:
-    """The validation episodes of the training run (its ``val_fraction`` and split seed), else all."""
+def _val_episodes(world_model: Any, cache: Any) -> tuple[np.ndarray, bool]:
+    """The episodes of ``cache`` that the model did not train on: all of another dataset's, else the validation
+    episodes of the training run (its ``val_fraction`` and split seed); else all, and False (trained on)."""
     from diffusion_world.checkpoint import load_checkpoint
 
     train = load_checkpoint(world_model.path).get("train_config") or {}
+    if train.get("dataset_id") and train["dataset_id"] != cache.dataset_id:
+        return np.arange(cache.num_episodes), True
     val_fraction = float(train.get("val_fraction", 0.1))
     split_seed = int(train.get("split_seed", train.get("seed", 0)))
     _, val = cache.episode_split(val_fraction, seed=split_seed)
-    return val if len(val) else np.arange(cache.num_episodes)
+    return (val, True) if len(val) else (np.arange(cache.num_episodes), False)
 
 
 def _play_compare_real(world_model: str | os.PathLike, steps: int, out: str | os.PathLike, seed: int, fps: int,
@@ -156,10 +160,14 @@ def _play_compare_real(world_model: str | os.PathLike, steps: int, out: str | os
     core = ImaginationCore(world_model, 1, **env_kwargs)
     cache = core.contexts.cache  # type: ignore[union-attr]
     L = core.context_frames
-    episodes = _val_episodes(core.world_model, cache)
+    episodes, held_out = _val_episodes(core.world_model, cache)
+    if not held_out:
+        warnings.warn(f"the training run held out no episode of {cache.dataset_id!r}: replaying one it trained on",
+                      stacklevel=2)
     long_enough = episodes[cache.episode_lengths[episodes] > L]
     if not len(long_enough):
-        raise UserError(f"no held-out episode of {cache.dataset_id!r} is longer than context_frames={L}")
+        raise UserError(f"no {'held-out ' if held_out else ''}episode of {cache.dataset_id!r} is longer than "
+                        f"context_frames={L}")
     rng = np.random.default_rng(seed)
     episode = int(rng.choice(long_enough))
     start, length = int(cache.episode_starts[episode]), int(cache.episode_lengths[episode])
@@ -182,7 +190,7 @@ def _play_compare_real(world_model: str | os.PathLike, steps: int, out: str | os
         if real_end is None and cache.terminations[i]:
             real_end = t + 1
     path = write_video(out, frames, fps)
-    return {"out": str(path), "steps": steps, "dataset_id": cache.dataset_id, "episode": episode,
+    return {"out": str(path), "steps": steps, "dataset_id": cache.dataset_id, "episode": episode, "held_out": held_out,
             "psnr_per_step": psnrs, "mean_psnr": float(np.mean([p for p in psnrs if math.isfinite(p)] or [math.inf])),
             "predicted_termination_step": predicted_end, "real_termination_step": real_end}
 
@@ -198,7 +206,8 @@ def play_from_args(args: Any) -> dict[str, Any]:
                    progress=not args.quiet, **env_kwargs)
     if not args.quiet:
         if args.compare_real:
-            print(f"wrote {summary['out']}: episode {summary['episode']} of {summary['dataset_id']}, "
+            print(f"wrote {summary['out']}: {'held-out' if summary['held_out'] else 'training'} episode "
+                  f"{summary['episode']} of {summary['dataset_id']}, "
                   f"{summary['steps']} steps, mean PSNR {summary['mean_psnr']:.2f} dB "
                   f"(termination: predicted step {summary['predicted_termination_step']}, "
                   f"real step {summary['real_termination_step']})")

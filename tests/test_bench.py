@@ -101,7 +101,8 @@ def test_heldout_windows_too_short_names_the_longest() -> None:
     cache = SimpleNamespace(episode_lengths=np.array([15, 18, 27]), episode_starts=np.array([0, 16, 35]))
     starts = heldout_windows(cache, np.arange(3), 20, 6, 0)
     assert set(starts.tolist()) <= set(range(35, 35 + 27 - 20 + 1))  # only the 27-frame episode holds 20 frames
-    with pytest.raises(UserError, match="no held-out episode has 40 frames .* the longest has 27"):
+    with pytest.raises(UserError, match="no held-out episode has 40 frames .* the longest has 27: use a shorter "
+                                        "horizon \\(benchmark fidelity --horizon\\)"):
         heldout_windows(cache, np.arange(3), 40, 6, 0)
 
 
@@ -558,7 +559,9 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
         if suite in OPTION_SUITES[option]:
             with pytest.raises(_Called) as called:
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
-            if option in ("reset_mode", "horizon"):  # recorded with the imagined env's settings
+            if option == "horizon" and suite == "fidelity":  # the rollout length of each replayed window
+                assert called.value.args[0]["horizon"] == value
+            elif option in ("reset_mode", "horizon"):  # recorded with the imagined env's settings
                 assert called.value.args[0]["imagination_kwargs"][option] == value
             if option == "reference_cache":  # not a setting of the result: the same agents either way
                 assert called.value.args[0]["reference_cache"] == value

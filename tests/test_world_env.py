@@ -405,6 +405,26 @@ def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path
         assert im.n_frames == 4 and im.size == im32.size
 
 
+def test_compare_real_says_whether_the_episode_was_held_out(tiny_world_model: str, tmp_path: Path) -> None:
+    from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion_world.play import play
+
+    summary = play(tiny_world_model, steps=2, out=tmp_path / "a.gif", compare_real=True, progress=False)
+    assert summary["held_out"] is True
+    ckpt = load_checkpoint(tiny_world_model)
+    ckpt["train_config"] = {"val_fraction": 0.0, "seed": 0}  # trained on every episode
+    save_checkpoint(tmp_path / "all.pt", ckpt)
+    with pytest.warns(UserWarning, match="held out no episode of .*: replaying one it trained on"):
+        summary = play(str(tmp_path / "all.pt"), steps=2, out=tmp_path / "b.gif", compare_real=True, progress=False)
+    assert summary["held_out"] is False
+    ckpt["train_config"] = {"val_fraction": 0.0, "seed": 0, "dataset_id": "someone/else-v0"}  # another dataset
+    save_checkpoint(tmp_path / "other.pt", ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert play(str(tmp_path / "other.pt"), steps=2, out=tmp_path / "c.gif", compare_real=True,
+                    progress=False)["held_out"] is True
+
+
 def test_play_cli_passes_precision_to_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import diffusion_world.play as play_module
     from diffusion_world.cli import main

@@ -56,7 +56,8 @@ def heldout_windows(cache: FrameCache, episodes: np.ndarray, length: int, num: i
     if not eps:
         longest = int(max((cache.episode_lengths[e] for e in episodes), default=0))
         raise UserError(f"no held-out episode has {length} frames (context frames + rollout horizon); the longest "
-                        f"has {longest}: use fewer context frames, a shorter horizon or longer episodes")
+                        f"has {longest}: use a shorter horizon (benchmark fidelity --horizon), fewer context frames "
+                        "(a card's [imagination] context_frames) or longer episodes")
     starts = []
     for i in range(num):
         e = eps[rng.integers(len(eps))]

@@ -18,7 +18,7 @@ from diffusion_world.precision import check_precision
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
-                 "reset_mode": ("rl",), "horizon": ("rl",), "reference_cache": ("rl",),
+                 "reset_mode": ("rl",), "horizon": ("rl", "fidelity"), "reference_cache": ("rl",),
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play"),
                  "precision": ("fidelity", "termination", "control", "random_play", "rl"),
                  "context_source": ("random_play",)}
@@ -38,7 +38,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     :func:`run_rl_seeds`. ``reset_mode`` and ``horizon`` (rl): where the imagined episodes the agent trains in
     start (``"episode_start"``, the default, or ``"anywhere"`` in the dataset) and where they are cut (default:
     the card's ``[imagination] horizon``, else the checkpoint's), e.g. DIAMOND's short imagined episodes from
-    real states: ``reset_mode="anywhere", horizon=15``. ``reference_cache`` (rl): a directory that keeps the
+    real states: ``reset_mode="anywhere", horizon=15``; ``horizon`` (fidelity): the imagined steps of each
+    replayed window (default 32, ``quick`` 16). ``reference_cache`` (rl): a directory that keeps the
     real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`). ``precision``: the imagined
     rollouts in ``"fp32"`` (the default) or ``"bf16"`` autocast, as the imagined envs' ``precision``; recorded in
     the result when given. ``context_source`` (random_play): ``"checkpoint"`` or ``"dataset"`` reset contexts
@@ -95,7 +96,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         if not world_model:
             raise UserError("benchmark fidelity needs --world-model")
         result = run_fidelity(world_model, out, dataset_id=dataset_id, context=imagination.get("context_frames"),
-                              horizon=16 if quick else 32, num_windows=8 if quick else 32,
+                              horizon=horizon or (16 if quick else 32), num_windows=8 if quick else 32,
                               sampler_sweep=(1, 3) if quick else (1, 2, 3, 5, 10), short_memory=short_memory,
                               device=device, sampler_steps=K, stem=stem, **guidance, **amp)
     elif suite == "speed":
