@@ -160,7 +160,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"datasets:        {datasets}")
     else:
         lines.append(f"datasets:        {len(datasets)}" + "".join(
-            f"\n  {d}: {m['env_id'] or 'no env spec'}, {m['episodes']} episodes, {m['steps']} steps, "
+            f"\n  {d}: {m['env_id'] or 'no env spec'}, {m['episodes']} episode{'s' * (m['episodes'] != 1)}, "
+            f"{m['steps']} steps, "
             f"{m['observations']}" + (f" (to train on it: {m['to_train']})" if m["to_train"] else "")
             + (f" (cannot be rendered to frames: {m['cannot_train']})" if m["cannot_train"] else "")
             for d, m in datasets.items()))

@@ -59,7 +59,7 @@ def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pyte
         "2 of 2 episodes record no reset seed, so `render` cannot replay them")
     assert main(["info"]) == 0
     text = capsys.readouterr().out
-    assert ("  tt/cartpole-states-v0: CartPole-v1, 1 episodes, " in text
+    assert ("  tt/cartpole-states-v0: CartPole-v1, 1 episode, " in text
             and "(to train on it: diffusion-world render tt/cartpole-states-v0 --dataset-id NEW)" in text)
     assert "  tt/unseeded-states-v0: CartPole-v1, 2 episodes, " in text and "record no reset seed" in text
 
@@ -72,5 +72,5 @@ def test_info_lists_a_wide_state_space_on_one_line(minari_root, capsys: pytest.C
     record("tt/lunar-states-v0", gym.make("LunarLander-v3"), seeds=[0])
     assert main(["info"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "tt/lunar-states-v0" in line]
-    assert line.startswith("  tt/lunar-states-v0: LunarLander-v3, 1 episodes, ")
+    assert line.startswith("  tt/lunar-states-v0: LunarLander-v3, 1 episode, ")
     assert "states Box(float32, (8,)) (to train on it: diffusion-world render" in line
