@@ -407,6 +407,7 @@ def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path, capsys) -> 
         train(tiny_cfg(tiny_dataset_id, tmp_path / "e", steps=3, init_from=str(tmp_path / "old.pt"),
                        model={"head_channels": 7}))
     assert "input_temporal_kernel" not in str(info.value) and "head_channels 32 there, 7 here" in str(info.value)
+    assert str(info.value).endswith("; it was trained with --preset tiny")  # the usual fix
 
 
 def test_init_from_an_inference_export(tiny_dataset_id: str, tmp_path: Path) -> None:

@@ -340,7 +340,8 @@ def test_bad_checkpoints_and_settings(tiny_world_model: str, tiny_frame_cache, t
                           ({"horizon": 0}, "horizon"), ({"termination_threshold": 2}, "termination_threshold"),
                           ({"termination": "maybe"}, "termination must be one of"),
                           ({"context_frames": 100}, "context_frames"), ({"render_mode": "human"}, "render_mode"),
-                          ({"context_source": "web"}, "context_source")]:
+                          ({"context_source": "web"}, "context_source"),
+                          ({"context_source": "checkpoint", "dataset_id": "a/b-v0"}, "give one of them")]:
         with pytest.raises(UserError, match=match):
             DiffusionWorldEnv(tiny_world_model, **kwargs)
     for bad in (0, -1, True, 2.5, "4"):  # the real env checks its frame stack as the imagined one does

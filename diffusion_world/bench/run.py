@@ -14,6 +14,7 @@ from diffusion_world.bench.report import make_readme, render, update_readme_sect
 from diffusion_world.checkpoint import check_device
 from diffusion_world.errors import UserError
 from diffusion_world.precision import check_precision
+from diffusion_world.registration import PIXEL_ENV_ID
 
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
@@ -22,6 +23,27 @@ OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("r
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play"),
                  "precision": ("fidelity", "termination", "control", "random_play", "rl"),
                  "context_source": ("random_play",)}
+
+
+def card_imagination(card: str | None, world_model: str | None) -> dict[str, Any]:
+    """The ``[imagination]`` settings of ``card`` (none without one), refused when the card describes another env
+    than the one the world model learned (its settings would be another model's)."""
+    if not card:
+        return {}
+    from diffusion_world.cards import load_card
+    from diffusion_world.checkpoint import load_checkpoint, resolve_world_model
+
+    parsed = load_card(card)
+    if world_model:
+        try:
+            spec = (load_checkpoint(resolve_world_model(world_model)).get("dataset") or {}).get("env_spec") or {}
+        except UserError:
+            spec = {}  # not found: the suite says so
+        learned = spec.get("env_id") if spec.get("id") == PIXEL_ENV_ID else spec.get("id")
+        if learned and learned != parsed.env["id"]:
+            raise UserError(f"card {card!r} describes {parsed.env['id']}, but the world model {world_model!r} learned "
+                            f"{learned}: give its own card, or none")
+    return parsed.imagination
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -82,11 +104,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             fingerprint = world_model_fingerprint(world_model)
         except UserError:
             pass  # not found: the suite says so
-    imagination: dict[str, Any] = {}
-    if card:
-        from diffusion_world.cards import load_card
-
-        imagination = load_card(card).imagination
+    imagination = card_imagination(card, world_model)
     K = sampler_steps or imagination.get("sampler_steps")  # None: the checkpoint's own
     w = history_guidance if history_guidance is not None else imagination.get("history_guidance")
     guidance: dict[str, Any] = {} if w is None else {"history_guidance": float(w)}
@@ -183,11 +201,9 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
     fingerprint = world_model_fingerprint(world_model)
     K, w = kwargs.get("sampler_steps"), kwargs.get("history_guidance")
     if card:
-        from diffusion_world.cards import load_card
-
-        card_imagination = load_card(card).imagination
-        K = K if K is not None else card_imagination.get("sampler_steps")
-        w = w if w is not None else card_imagination.get("history_guidance")
+        imagination = card_imagination(card, world_model)
+        K = K if K is not None else imagination.get("sampler_steps")
+        w = w if w is not None else imagination.get("history_guidance")
     want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w, kwargs.get("reset_mode"),
                         kwargs.get("horizon"), kwargs.get("precision"))
     per_seed: dict[str, dict[str, Any]] = {}

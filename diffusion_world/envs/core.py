@@ -274,6 +274,9 @@ class ImaginationCore:
             raise UserError(f"termination must be one of {TERMINATION_MODES}, got {termination!r}")
         if context_source not in CONTEXT_SOURCES:
             raise UserError(f"context_source must be one of {CONTEXT_SOURCES}, got {context_source!r}")
+        if context_source == "checkpoint" and dataset_id is not None:  # one of them would be ignored
+            raise UserError(f"dataset_id={dataset_id!r} names reset contexts from a dataset, context_source="
+                            "'checkpoint' those stored in the checkpoint: give one of them")
         th = termination_threshold  # numpy floats too
         if isinstance(th, bool) or not isinstance(th, int | float | np.floating) or not 0.0 <= th <= 1.0:
             raise UserError(f"termination_threshold must be a number in [0, 1], got {termination_threshold!r}")

@@ -488,7 +488,9 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
                             if old_cfg.get(k) != v)
         lines = [ln.strip() for ln in str(e).splitlines()]
         first = next((ln for ln in lines if ln.startswith("size mismatch")), lines[0].rstrip(":"))
-        raise UserError(f"{path} does not fit this model ({changed or 'same config'}): {first}") from e
+        preset = (ckpt.get("train_config") or {}).get("preset")
+        hint = f"; it was trained with --preset {preset}" if preset else ""
+        raise UserError(f"{path} does not fit this model ({changed or 'same config'}): {first}{hint}") from e
     if not fresh_optimizer:
         opt.load_state_dict(ckpt["optimizer"])
     same_env = env_spec is not None and ckpt.get("dataset", {}).get("env_spec") == env_spec
