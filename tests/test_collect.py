@@ -112,6 +112,38 @@ def test_sb3_policy_with_epsilon(minari_root: Path, tmp_path: Path) -> None:
     assert "PPO" in type(collect_module.load_sb3_model(tmp_path / "ppo_cartpole.zip")).__name__
 
 
+def test_sb3_policy_on_stacked_frames(minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that watches the last 2 frames (trained in imagination with frame_stack=2) collects: it is fed
+    the frames stacked as the imagined and real envs stack them, the first frame of each episode repeated."""
+    from stable_baselines3 import PPO
+
+    from diffusion_world.data.pixel_env import make_pixel_env
+    from diffusion_world.envs.world_env import ChannelFrameStack
+
+    stacked = ChannelFrameStack(make_pixel_env("CartPole-v1", size=16), 2)
+    PPO("MlpPolicy", stacked, n_steps=16, batch_size=16, device="cpu").save(tmp_path / "stacked")
+    real_load = collect_module.load_sb3_model
+    seen: list[np.ndarray] = []
+
+    def load(path):
+        model = real_load(path)
+        predict = model.predict
+        model.predict = lambda obs, **kw: (seen.append(obs.copy()), predict(obs, **kw))[1]
+        return model
+
+    monkeypatch.setattr(collect_module, "load_sb3_model", load)
+    dataset = collect("CartPole-v1", "tt/stacked-v0", steps=40, size=16, policy=str(tmp_path / "stacked.zip"),
+                      seed=3, progress=False)
+    episodes = list(dataset.iterate_episodes())
+    assert len(episodes) >= 2 and len(seen) == 40  # epsilon 0: the agent acted on every step
+    expected = []  # what ChannelFrameStack gives an agent, episode by episode
+    for ep in episodes:
+        frames = ep.observations
+        for t in range(len(ep.actions)):
+            expected.append(np.concatenate([frames[max(t - 1, 0)], frames[t]], axis=-1))
+    np.testing.assert_array_equal(np.stack(seen), np.stack(expected))
+
+
 def test_sb3_policy_with_wrong_spaces_is_refused(minari_root: Path, tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 

@@ -20,6 +20,7 @@ import time
 import uuid
 import warnings
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -118,7 +119,10 @@ def make_policy(policy: str, env: gym.Env, epsilon: float = 0.0, seed: int = 0) 
     """A collection policy: ``"random"`` or an SB3 model path, mixed with random actions w.p. ``epsilon``.
 
     An SB3 model whose observation space matches the inner env's state space is fed ``info["state"]``; one
-    that matches the frames (HWC, or CHW as SB3's ``CnnPolicy`` stores it) is fed the frame.
+    that matches the frames (HWC, or CHW as SB3's ``CnnPolicy`` stores it) is fed the frame, and one that watches
+    the last k frames stacked on the channel axis (an agent trained in imagination with ``frame_stack=k``) is
+    fed them as the imagined and real envs stack them, the first frame of an episode repeated. Such a policy
+    has a ``reset()`` to call at each episode start.
 
     Example:
         >>> env = make_pixel_env("CartPole-v1", size=32)
@@ -142,27 +146,44 @@ def make_policy(policy: str, env: gym.Env, epsilon: float = 0.0, seed: int = 0) 
     state_space = pixel_env.inner.observation_space
     frame_shape = (pixel_env.size, pixel_env.size, 3)
     model_space = model.observation_space
-    if _same_space(model_space, state_space):
-        use_state = True
-    elif isinstance(model_space, gym.spaces.Box) and model_space.shape in (frame_shape, frame_shape[::-1]):
-        use_state = False
-    else:
-        raise UserError(
-            f"policy {policy!r} observes {model_space}, which matches neither the env state {state_space} "
-            f"nor its {frame_shape} frames"
-        )
+    use_state, stack = _same_space(model_space, state_space), 1
+    if not use_state:
+        from diffusion_world.envs.sb3_vec_env import agent_frame_stack
+
+        stack = agent_frame_stack(model_space, frame_shape[:2]) or 0
+        if not stack or not isinstance(model_space, gym.spaces.Box):
+            raise UserError(
+                f"policy {policy!r} observes {model_space}, which matches neither the env state {state_space} "
+                f"nor its {frame_shape} frames (or a stack of them)"
+            )
     import torch
 
     torch.manual_seed(seed)  # SB3's stochastic predict draws from torch's global generator
+    return _SB3Policy(model, space, use_state, stack, epsilon, seed)
 
-    def act(frame: np.ndarray, info: dict[str, Any]) -> Any:
-        action, _ = model.predict(info["state"] if use_state else frame, deterministic=False)
-        return _as_action(action, space)
 
-    if epsilon <= 0.0:
-        return act
-    rng = np.random.default_rng(seed)
-    return lambda frame, info: space.sample() if rng.random() < epsilon else act(frame, info)
+class _SB3Policy:
+    """An SB3 agent acting on the state or on the last ``stack`` frames, with ε-random actions (the frames are
+    stacked on every step, also those where a random action is taken)."""
+
+    def __init__(self, model: Any, space: gym.Space, use_state: bool, stack: int, epsilon: float, seed: int) -> None:
+        self.model, self.space, self.use_state, self.epsilon = model, space, use_state, epsilon
+        self.frames: deque[np.ndarray] = deque(maxlen=stack)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        self.frames.clear()
+
+    def __call__(self, frame: np.ndarray, info: dict[str, Any]) -> Any:
+        if self.use_state:
+            obs = info["state"]
+        else:
+            self.frames.extend([frame] * (self.frames.maxlen or 1) if not self.frames else [frame])
+            obs = np.concatenate(list(self.frames), axis=-1)
+        if self.epsilon > 0 and self.rng.random() < self.epsilon:
+            return self.space.sample()
+        action, _ = self.model.predict(obs, deterministic=False)
+        return _as_action(action, self.space)
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -440,6 +461,8 @@ def collect(
                     buffers, buffered_steps = [], 0
                 if not last_step:
                     frame, info = env.reset(seed=seed + num_episodes)
+                    if hasattr(act, "reset"):  # a frame-stacking agent starts a new stack
+                        act.reset()
                     frames, actions, rewards, terms, truncs = [frame], [], [], [], []
                     tail_left = None
             writer.add(buffers)
