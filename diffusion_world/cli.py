@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from diffusion_world.errors import UserError
+from diffusion_world.errors import report_user_errors
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -344,10 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(handlers[args.command](args) or 0)
-    except UserError as e:
-        print(f"diffusion-world {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_errors(f"diffusion-world {args.command}", lambda: handlers[args.command](args))
     except KeyboardInterrupt:
         print(f"diffusion-world {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,13 +10,14 @@ trained with (read from the agent's observation space). Prints mean return ± st
 from __future__ import annotations
 
 import argparse
+import sys
 
 from diffusion_world.bench.rl import evaluate
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.data.collect import load_sb3_model
 from diffusion_world.envs import make_real_env
 from diffusion_world.envs.sb3_vec_env import agent_frame_stack
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, report_user_errors
 
 
 def main() -> None:
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000, help="episode i resets with seed + i")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the most likely")
     args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error(f"--episodes must be at least 1, not {args.episodes}")
 
     wm = load_world_model(args.world_model)
     agent = load_sb3_model(args.agent)
@@ -45,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_user_errors("evaluate_real.py", main))

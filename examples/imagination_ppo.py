@@ -12,12 +12,15 @@ CartPole PPO settings, 8 envs, terminations sampled from the model's probability
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from stable_baselines3 import PPO
 
 from diffusion_world import make_sb3_vec_env
 from diffusion_world.bench.rl import PPO_LR, PPO_SETTINGS
 from diffusion_world.envs.sb3_vec_env import small_frames_policy_kwargs
+from diffusion_world.errors import report_user_errors
 
 
 def main() -> None:
@@ -58,10 +61,11 @@ def main() -> None:
     model = PPO("CnnPolicy", venv, **ppo, learning_rate=lambda progress_left: PPO_LR * progress_left, seed=args.seed,
                 device=args.device, policy_kwargs=policy_kwargs, verbose=1)
     model.learn(args.steps)
-    model.save(args.out)
-    print(f"saved {args.out}; evaluate it in the real env: python examples/evaluate_real.py "
-          f"--world-model {args.world_model} --agent {args.out}")
+    out = args.out if Path(args.out).suffix else f"{args.out}.zip"  # where SB3 would save it
+    model.save(out)
+    print(f"saved {out}; evaluate it in the real env: python examples/evaluate_real.py "
+          f"--world-model {args.world_model} --agent {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_user_errors("imagination_ppo.py", main))

@@ -10,10 +10,15 @@ keep the data diverse).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from diffusion_world.errors import report_user_errors
 
 
 def main() -> None:
@@ -25,11 +30,13 @@ def main() -> None:
     args = parser.parse_args()
     model = PPO("MlpPolicy", gym.make(args.env), seed=args.seed, verbose=0)
     model.learn(args.steps, progress_bar=False)
-    mean, std = evaluate_policy(model, gym.make(args.env), n_eval_episodes=10)
-    print(f"{args.env}: PPO expert after {args.steps} steps: return {mean:.1f} ± {std:.1f}")
-    model.save(args.out)
-    print(f"saved {args.out}")
+    mean, std = evaluate_policy(model, Monitor(gym.make(args.env)), n_eval_episodes=10)
+    # PPO trains whole rollouts (2048 steps each by default): num_timesteps is what it trained, not --steps
+    print(f"{args.env}: PPO expert after {model.num_timesteps} steps: return {mean:.1f} ± {std:.1f}")
+    out = args.out if Path(args.out).suffix else f"{args.out}.zip"  # where SB3 would save it
+    model.save(out)
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_user_errors("train_state_expert.py", main))

@@ -12,7 +12,9 @@ Same as ``diffusion-world train --card ... --out ...``.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from diffusion_world.errors import report_user_errors
 from diffusion_world.training.train import train_from_card
 
 
@@ -34,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_user_errors("train_world_model.py", main))

@@ -212,6 +212,32 @@ def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
     assert "speed_quick" in (tmp_path / "README.md").read_text()
 
 
+def test_rl_records_the_ppo_settings_it_trains_with(tiny_world_model: str, one_torch_thread: None) -> None:
+    """A budget below one full rollout: PPO trains a whole rollout (128 steps over 8 envs, not 64) in minibatches
+    of the rollout's size (128, not 256); results and the reference key record those, while the defaults' keys (and
+    so existing cached references) stay as they were."""
+    import gymnasium
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from diffusion_world.bench.rl import PPO_LR, PPO_SETTINGS, _ppo_kwargs, ppo_settings, reference_key
+    from diffusion_world.checkpoint import load_world_model
+
+    model = PPO("MlpPolicy", DummyVecEnv([lambda: gymnasium.make("CartPole-v1")] * 8),
+                **_ppo_kwargs(64, 8, False, 0)).learn(64)
+    assert ppo_settings(64, 8) == {**PPO_SETTINGS, "n_steps": 16, "batch_size": 128,
+                                   "learning_rate": f"linear {PPO_LR} -> 0"}
+    assert (model.n_steps, model.batch_size, model.num_timesteps) == (16, 128, 128)
+    wm = load_world_model(tiny_world_model)
+    assert reference_key(wm, 64, 8, 4, 0, 1)["ppo"] == ppo_settings(64, 8)
+    for steps in (256, 20_000):  # the key as it was before the settings were recorded
+        assert reference_key(wm, steps, 8, 4, 0, 1)["ppo"] == {**PPO_SETTINGS, "learning_rate": f"linear {PPO_LR} -> 0"}
+    committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/rl_step7995.json").read_text())
+    assert f"for {committed['agent_steps']:,} steps" in render("rl", committed)  # older results: the budget
+    text = render("rl", {**committed, "agent_steps": 64, "agent_steps_trained": 128})
+    assert "for 128 steps (budget 64: PPO trains whole rollouts)" in text
+
+
 @pytest.mark.slow
 def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent trains in short imagined episodes from anywhere in the data (``reset_mode="anywhere"``, a
@@ -244,6 +270,7 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
         assert len(im[key]["returns"]) == 2 and all(1 <= x <= 20 for x in im[key]["returns"])
     # learning curves: [steps, mean return, mean length, episodes] per rollout; 64 steps = 2 rollouts of 2 x 16
     assert r["imagination_kwargs"] == kwargs
+    assert r["agent_steps_trained"] == 64 and (r["ppo"]["n_steps"], r["ppo"]["batch_size"]) == (32, 64)
     for key in ("imagination", "real_trained"):
         curve = r[key]["curve"]
         assert curve and all(row[0] in (32, 64) and row[3] >= 1 and 1 <= row[2] for row in curve)
@@ -286,6 +313,39 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
                     or f"`{path.stem}`" in precision_table  # and the precision table its fp32 / bf16 pairs
                     or path.stem.split("_")[-1] in candidates_table)  # and the candidates table their tags
     assert "#### `fidelity`" in text and "#### `fidelity_step4150`" not in text
+
+
+def test_report_cli_and_a_results_folder_without_a_project_readme(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``benchmark`` with the default --out benchmarks/results run outside this repo (no README there) writes its
+    result and benchmarks/README.md, and stops there (before: FileNotFoundError after the result was written);
+    the report takes --help, and touches a README only where it has the block's markers."""
+    from diffusion_world.bench.report import END, START, main
+    from diffusion_world.bench.run import record_result
+
+    monkeypatch.chdir(tmp_path)
+    record_result(Path("benchmarks/results"), "generic", {"world_model": "x", "value": 1.5})
+    assert Path("benchmarks/results/generic.md").exists() and Path("benchmarks/README.md").exists()
+    assert not Path("README.md").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "results/" in capsys.readouterr().out
+    assert main([]) == 0 and "has no benchmark block: left as it is" in capsys.readouterr().out
+    assert main(["nowhere"]) == 2 and "no results folder" in capsys.readouterr().err
+    Path("notes.md").write_text("mine\n")
+    assert main(["--readme", "notes.md"]) == 2 and Path("notes.md").read_text() == "mine\n"
+    Path("README.md").write_text(f"intro\n{START}\nold\n{END}\n")
+    assert main([]) == 0 and "old" not in Path("README.md").read_text()
+
+
+def test_a_card_of_another_env_is_refused(tiny_world_model: str, tmp_path: Path) -> None:
+    from diffusion_world.bench.run import card_imagination, run_benchmark
+
+    lunar = str(Path(__file__).resolve().parents[1] / "envs" / "lunarlander.toml")
+    for suite in ("termination", "rl"):
+        with pytest.raises(UserError, match="describes LunarLander-v3, but the world model .* learned CartPole-v1"):
+            run_benchmark(suite, tiny_world_model, tmp_path, card=lunar)
+    cartpole = str(Path(__file__).resolve().parents[1] / "envs" / "cartpole.toml")
+    assert card_imagination(cartpole, tiny_world_model) == card_imagination(cartpole, None)
 
 
 def _readme_block(results: Path, readme: Path) -> str:
@@ -783,6 +843,8 @@ def test_rl_seed_sweep_writes_each_seed_and_their_spread_and_resumes(tiny_world_
     assert summary["across_seeds"]["imagination_training_end"]["mean"] == 5.5
     text = (tmp_path / "rl_sweep_seeds.md").read_text()
     assert "| mean ± std over seeds | 25.0 ± 15.0 |" in text and "`rl_sweep_seed1`" in text
+    # each seed's table is its own file beside the summary (before: said to be in benchmarks/README.md)
+    assert "benchmarks/README.md" not in text and all((tmp_path / f"rl_sweep_seed{s}.md").exists() for s in (0, 1))
     assert "training return, last 5 rollouts |\n" in text and "| 5.5 ± 0.5 |\n" in text
 
     # adding a seed runs only that seed; the others are read back from their files

@@ -119,19 +119,34 @@ def test_examples_train_imagine_evaluate(tiny_dataset_id: str, tmp_path, monkeyp
                     'steps = 300\n[model]\npreset = "tiny"\n[train]\nsteps = 2\nbatch_size = 2\nseq_len = 8\n'
                     '[imagination]\nsampler_steps = 2\nhorizon = 12\ncontext_frames = 3\n')
 
-    def run(script: str, *argv: str) -> str:
+    def run(script: str, *argv: str, status: int = 0) -> str:
+        """The script's stdout (stderr where it fails), after checking its exit status."""
         monkeypatch.setattr("sys.argv", [script, *argv])
-        runpy.run_path(str(examples / script), run_name="__main__")
-        return capsys.readouterr().out
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(str(examples / script), run_name="__main__")
+        assert exited.value.code == status
+        captured = capsys.readouterr()
+        return captured.err if status else captured.out
 
-    run("train_world_model.py", "--card", str(card), "--out", str(tmp_path / "run"), "--device", "cpu")
+    train = ("train_world_model.py", "--card", str(card), "--out", str(tmp_path / "run"), "--device", "cpu")
+    run(*train)
+    # a UserError is one line on stderr and exit status 2, as in the CLI (before: a traceback)
+    assert run(*train, status=2).startswith(f"train_world_model.py: error: {tmp_path / 'run'}")
     ckpt = str(tmp_path / "run" / "checkpoint.pt")
     env = gym.make("DiffusionWorld-v0", world_model=ckpt)
     core = env.unwrapped.core
     assert (core.context_frames, core.horizon, core.sampler.num_steps) == (3, 12, 2)  # the card's settings
     check_env(env.unwrapped)
-    run("imagination_ppo.py", "--world-model", ckpt, "--steps", "32", "--num-envs", "2", "--n-steps", "16",
-        "--frame-stack", "2", "--history-guidance", "2", "--reset-mode", "anywhere", "--horizon", "4",
-        "--precision", "bf16", "--out", str(tmp_path / "agent.zip"))
+    out = run("imagination_ppo.py", "--world-model", ckpt, "--steps", "32", "--num-envs", "2", "--n-steps", "16",
+              "--frame-stack", "2", "--history-guidance", "2", "--reset-mode", "anywhere", "--horizon", "4",
+              "--precision", "bf16", "--out", str(tmp_path / "agent"))
+    assert f"saved {tmp_path / 'agent.zip'};" in out  # where SB3 saved it (before: 'saved .../agent')
     out = run("evaluate_real.py", "--world-model", ckpt, "--agent", str(tmp_path / "agent.zip"), "--episodes", "2")
     assert "frame_stack=2" in out and "agent" in out and "±" in out
+    assert "--episodes must be at least 1" in run("evaluate_real.py", "--world-model", ckpt, "--agent",
+                                                  str(tmp_path / "agent.zip"), "--episodes", "0", status=2)
+    err = run("evaluate_real.py", "--world-model", ckpt, "--agent", str(tmp_path / "none.zip"), status=2)
+    assert err.startswith("evaluate_real.py: error: policy file not found") and "Traceback" not in err
+    # PPO trains whole rollouts: the expert reports (and saves) what it really did
+    out = run("train_state_expert.py", "--steps", "256", "--out", str(tmp_path / "expert"))
+    assert "PPO expert after 2048 steps" in out and f"saved {tmp_path / 'expert.zip'}" in out

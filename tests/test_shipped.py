@@ -120,3 +120,14 @@ def test_benchmark_candidate_script_replays_the_shipped_models_benchmarks(monkey
     for a in parsed:
         assert a.agent_steps == shipped["agent_steps"] and a.termination == shipped["imagination_kwargs"]["termination"]
         assert a.world_model == "runs/cp/checkpoint.pt" and a.card == "envs/cartpole.toml"
+
+
+def test_export_shipped_script_refuses_a_note_without_a_value(capsys) -> None:
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "export_shipped.py"))
+    with pytest.raises(SystemExit) as exited:  # before: ValueError "dictionary update sequence element #0 ..."
+        script["main"](["runs/x/checkpoint.pt", "x", "--note", "collect=a=b", "--note", "badnote"])
+    assert exited.value.code == 2 and "argument --note: takes KEY=VALUE, not 'badnote'" in capsys.readouterr().err
+    assert script["key_value"]("collect=a=b") == ("collect", "a=b")

@@ -222,8 +222,11 @@ def rl_markdown(r: dict[str, Any]) -> str:
                 else ", SB3's PPO defaults but n_steps <= 128, batch 256")
     env_kwargs = r.get("imagination_kwargs")
     sampled = "stochastic" in r["imagination"]  # measured since 2026-11-27
+    trained = r.get("agent_steps_trained", r["agent_steps"])  # older results: the budget
     lines = [f"PPO (CnnPolicy, {r['frame_stack']}-frame stack, {r['num_envs']} envs{settings}) for "
-             f"{r['agent_steps']:,} steps" + (f" (seed {r['seed']})" if r.get("seed") else "")
+             f"{trained:,} steps" + (f" (budget {r['agent_steps']:,}: PPO trains whole rollouts)"
+                                     if trained != r["agent_steps"] else "")
+             + (f" (seed {r['seed']})" if r.get("seed") else "")
              + f"; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
              + (f"; world model at training step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None
                 else "")

@@ -109,8 +109,9 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
         if len(curve):
             smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid") if len(curve) >= 5 else curve[:, 1]
             ax.plot(curve[len(curve) - len(smooth):, 0], smooth, color=colour, label=label)
-        ax.errorbar([result["agent_steps"]], [result[key]["mean"]], yerr=[result[key]["std"]], fmt="o",
-                    color=colour, capsize=3, label=f"{key.replace('_', ' ')}: final real-env evaluation")
+        steps = result.get("agent_steps_trained", result["agent_steps"])  # older results: the budget
+        ax.errorbar([steps], [result[key]["mean"]], yerr=[result[key]["std"]], fmt="o", color=colour,
+                    capsize=3, label=f"{key.replace('_', ' ')}: final real-env evaluation")
     ax.axhline(result["random"]["mean"], color="grey", ls="--", label="random policy, real env")
     ax.set_xlabel("agent steps")
     ax.set_ylabel("episode return")
@@ -121,13 +122,20 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
+def ppo_settings(agent_steps: int, num_envs: int) -> dict[str, Any]:
+    """PPO's settings for a budget of ``agent_steps`` over ``num_envs`` envs, as results record them: rollouts of
+    at most ``agent_steps`` (but at least 16 steps per env), minibatches no larger than a rollout. PPO trains whole
+    rollouts, so it runs ``agent_steps`` rounded up to a multiple of ``n_steps * num_envs``."""
+    n_steps = max(16, min(PPO_SETTINGS["n_steps"], agent_steps // num_envs))
+    return dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(PPO_SETTINGS["batch_size"], n_steps * num_envs),
+                learning_rate=f"linear {PPO_LR} -> 0")
+
+
 def _ppo_kwargs(agent_steps: int, num_envs: int, small_frames: bool, seed: int) -> dict[str, Any]:
     from diffusion_world.envs.sb3_vec_env import small_frames_policy_kwargs
 
-    n_steps = max(16, min(PPO_SETTINGS["n_steps"], agent_steps // num_envs))
-    return dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(256, n_steps * num_envs),
-                learning_rate=lambda progress_left: PPO_LR * progress_left, seed=seed, verbose=0,
-                policy_kwargs=small_frames_policy_kwargs() if small_frames else None)
+    return dict(ppo_settings(agent_steps, num_envs), learning_rate=lambda progress_left: PPO_LR * progress_left,
+                seed=seed, verbose=0, policy_kwargs=small_frames_policy_kwargs() if small_frames else None)
 
 
 def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: int, seed: int,
@@ -172,7 +180,7 @@ def reference_key(wm: Any, agent_steps: int, num_envs: int, frame_stack: int, se
 
     return {"env_spec": wm.dataset.get("env_spec"), "frame_size": list(wm.config.frame_size),
             "agent_steps": agent_steps, "num_envs": num_envs, "frame_stack": frame_stack, "seed": seed,
-            "ppo": {**PPO_SETTINGS, "learning_rate": f"linear {PPO_LR} -> 0"}, "torch_threads": torch_threads,
+            "ppo": ppo_settings(agent_steps, num_envs), "torch_threads": torch_threads,
             "cpu": cpu_model(), "versions": {"diffusion_world": __version__, "torch": str(torch.__version__),
                                              "stable_baselines3": stable_baselines3.__version__,
                                              "gymnasium": gymnasium.__version__, "numpy": np.__version__}}
@@ -224,7 +232,6 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
 
     wm = load_world_model(world_model)
     ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
-    n_steps = ppo_kwargs["n_steps"]
     imagination_kwargs = dict(imagination_kwargs or {})
     env_kwargs = {**({"horizon": horizon} if horizon else {}), **imagination_kwargs}
     say = print if progress else (lambda *a, **k: None)
@@ -266,7 +273,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
             callback=_curve_callback(curves["imagination"], "PPO in imagination" if progress else None,
                                      on_rollout_end=reclaim_threads))
         t_imagined = time.perf_counter() - t0
-        say(f"PPO in imagination: {agent_steps} steps in {t_imagined:.0f}s")
+        say(f"PPO in imagination: {agent_imagined.num_timesteps} steps in {t_imagined:.0f}s")
         if reused is not None:
             curves["real_trained"] = meta["curve"]
         elif real_job is None:
@@ -285,7 +292,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
             tmp.cleanup()
         torch.set_num_threads(threads_before)
     if reused is None:
-        say(f"PPO in the real env: {agent_steps} steps in {t_real:.0f}s")
+        say(f"PPO in the real env: {agent_real.num_timesteps} steps in {t_real:.0f}s")
 
     from diffusion_world.envs import make_real_env
 
@@ -315,8 +322,8 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     say(f"evaluation in imagination (episodes cut at {h_imag} steps): {time.perf_counter() - t0:.0f}s")
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "env_spec": wm.dataset.get("env_spec"),
-        "agent_steps": agent_steps, "seed": seed,
-        "ppo": {**PPO_SETTINGS, "n_steps": n_steps, "learning_rate": f"linear {PPO_LR} -> 0"},
+        "agent_steps": agent_steps, "agent_steps_trained": int(agent_imagined.num_timesteps), "seed": seed,
+        "ppo": ppo_settings(agent_steps, num_envs),
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination_kwargs": imagination_kwargs, "contexts": contexts,
         "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"],
