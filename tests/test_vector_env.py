@@ -160,6 +160,27 @@ def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cach
     assert len(frames) == 2 and frames[0].shape == (16, 16, 3)
 
 
+def test_call_get_attr_set_attr_as_sync_vector_env(tiny_world_model: str) -> None:
+    """Code written against SyncVectorEnv's call / get_attr / set_attr runs on the batched env: the same shapes
+    of answer; a method runs once for all sub-envs; sub-envs cannot hold different values."""
+    kwargs = dict(num_envs=2, world_model=tiny_world_model, render_mode="rgb_array")
+    batched = gym.make_vec("DiffusionWorld-v0", **kwargs).unwrapped
+    sync = gym.make_vec("DiffusionWorld-v0", vectorization_mode="sync", **kwargs)
+    for envs in (batched, sync):
+        envs.reset(seed=0)
+        assert envs.get_attr("render_mode") == ("rgb_array", "rgb_array")
+        frames = envs.call("render")
+        assert len(frames) == 2 and all(f.shape == (16, 16, 3) for f in frames)
+    np.testing.assert_array_equal(np.stack(batched.call("render")), np.stack(batched.render()))
+    batched.set_attr("note", ["a", "a"])
+    assert batched.get_attr("note") == ("a", "a")
+    with pytest.raises(UserError, match="share their attributes"):
+        batched.set_attr("note", ["a", "b"])
+    calls = []
+    batched.reset = lambda **kw: calls.append(kw) or "out"
+    assert batched.call("reset", seed=1) == ("out", "out") and calls == [{"seed": 1}]  # once, not per sub-env
+
+
 def test_bf16_precision_batched_equals_single_and_stays_near_fp32(tiny_world_model: str) -> None:
     """precision="bf16" (autocast): vector == single env up to bf16 rounding; frames within rounding of fp32's
     (measured on the tiny model over 12 steps: mean |diff| 0.45 of 255, max 3-4).

@@ -143,5 +143,34 @@ class DiffusionWorldVectorEnv(VectorEnv):
             raise ResetNeededError("DiffusionWorldVectorEnv: call reset() before render()")
         return tuple(self.core.last_frames())
 
+    # SyncVectorEnv's per-sub-env access, for code written against it. The N envs are rows of one object:
+    # attributes are shared, and a method acts on all rows at once.
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """The attribute ``name``, once per sub-env (the sub-envs share it)."""
+        value = getattr(self, name)
+        return tuple(value for _ in range(self.num_envs))
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set ``name`` to ``values``: one value, or a list with one (the same) per sub-env."""
+        if isinstance(values, list | tuple):
+            if len(values) != self.num_envs or any(v is not values[0] and v != values[0] for v in values):
+                raise UserError(f"set_attr({name!r}): the sub-envs share their attributes: give one value, or "
+                                f"{self.num_envs} equal ones")
+            values = values[0]
+        setattr(self, name, values)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """``render``: each sub-env's newest frame. Any other method is this vector env's own, which acts on all
+        sub-envs at once: it runs once and its result is given for each sub-env; an attribute is read as
+        :meth:`get_attr` reads it."""
+        if name == "render":
+            if self.core.needs_reset.any():
+                raise ResetNeededError("DiffusionWorldVectorEnv: call reset() before render()")
+            return tuple(self.core.last_frames())
+        value = getattr(self, name)
+        result = value(*args, **kwargs) if callable(value) else value
+        return tuple(result for _ in range(self.num_envs))
+
     def close_extras(self, **kwargs: Any) -> None:
         self.core.needs_reset[:] = True
