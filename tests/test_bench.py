@@ -236,6 +236,11 @@ def test_rl_records_the_ppo_settings_it_trains_with(tiny_world_model: str, one_t
     assert f"for {committed['agent_steps']:,} steps" in render("rl", committed)  # older results: the budget
     text = render("rl", {**committed, "agent_steps": 64, "agent_steps_trained": 128})
     assert "for 128 steps (budget 64: PPO trains whole rollouts)" in text
+    seeds = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/rl_50k_sampled_seeds.json")
+                       .read_text())
+    assert "PPO for 50,000 steps per agent, " in render("rl_50k_sampled_seeds", seeds)
+    assert "PPO for 128 steps per agent (budget 64: PPO trains whole rollouts), " in render(
+        "rl_50k_sampled_seeds", {**seeds, "agent_steps": 64, "agent_steps_trained": 128})
 
 
 @pytest.mark.slow
@@ -803,6 +808,7 @@ def _fake_rl(calls: list[int]):
             return {"mean": mean, "std": 1.0, "returns": [mean] * eval_episodes}
 
         return {"world_model": world_model, "checkpoint_step": 7, "agent_steps": agent_steps, "seed": seed,
+                "agent_steps_trained": max(agent_steps, 4096),  # whole rollouts
                 "num_envs": 2, "frame_stack": 2, "eval_episodes": eval_episodes,
                 "imagination_kwargs": kwargs.get("imagination_kwargs") or {},
                 "imagination": {**summary(10.0 + 30 * seed), "train_s": 1.0,  # training returns 1 + seed .. 7 + seed
@@ -834,6 +840,7 @@ def test_rl_seed_sweep_writes_each_seed_and_their_spread_and_resumes(tiny_world_
     summary = json.loads((tmp_path / "rl_sweep_seeds.json").read_text())
     imag = [r["imagination"]["mean"] for r in per_seed]
     assert summary["seeds"] == [0, 1] and summary["imagination_kwargs"] == {"termination": "sample"}
+    assert (summary["agent_steps"], summary["agent_steps_trained"]) == (2_000, 4096)  # --quick's budget
     spread = summary["across_seeds"]["imagination"]
     assert spread == {"mean": np.mean(imag), "std": np.std(imag), "min": min(imag), "max": max(imag), "n": 2}
     assert summary["per_seed"]["1"]["imagination_sampled"] == per_seed[1]["imagination"]["stochastic"]["mean"]

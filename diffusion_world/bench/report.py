@@ -194,7 +194,9 @@ def rl_seeds_markdown(r: dict[str, Any]) -> str:
                                          f"rollouts")]
     cols = [c for c in cols if any(c[0] in row for row in r["per_seed"].values())]  # older results lack some
     settings = f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in kw.items())}" if kw else ""
-    lines = [f"PPO for {r['agent_steps']:,} steps per agent, {len(r['seeds'])} seeds (agents, envs and evaluation "
+    trained = r.get("agent_steps_trained", r["agent_steps"])  # older results: the budget
+    budget = f" (budget {r['agent_steps']:,}: PPO trains whole rollouts)" if trained != r["agent_steps"] else ""
+    lines = [f"PPO for {trained:,} steps per agent{budget}, {len(r['seeds'])} seeds (agents, envs and evaluation "
              f"episodes; {r['eval_episodes']} real-env episodes each); world model at training step "
              f"{r.get('checkpoint_step')}{settings}. Each seed's own table is its result, named in the first "
              "column (`<result>.md` in the same folder).", "",

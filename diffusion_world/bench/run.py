@@ -253,6 +253,8 @@ def seeds_summary(per_seed: dict[str, dict[str, Any]], stem: str) -> dict[str, A
                         "max": float(vals.max()), "n": len(vals)} if len(vals) else None)
     result = {k: first.get(k) for k in ("world_model", "checkpoint_step", "model_sha256", "env_spec", "agent_steps",
                                         "eval_episodes", "imagination_kwargs", "quick")}
+    if first.get("agent_steps_trained") is not None:  # PPO trains whole rollouts: more than a small budget
+        result["agent_steps_trained"] = first["agent_steps_trained"]
     result.update({"seeds": [int(s) for s in per_seed], "per_seed": rows, "across_seeds": spread})
     result["headline"] = {"seeds": len(rows), **{f"{key}_mean_over_seeds": (spread[key] or {}).get("mean")
                                                   for key in ("imagination", "real_trained", "random")}}
