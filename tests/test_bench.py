@@ -40,7 +40,13 @@ def test_horizons_and_scores() -> None:
     assert (psnr_noisy < 40).all() and (ssim_noisy < 1).all()
     t = termination_scores(np.array([[0, 0, 1], [0, 0, 0]], bool), np.array([[0.1, 0.9, 0.8], [0.0, 0.0, 0.0]]))
     assert (t["precision"], t["recall"], t["positives"]) == (0.5, 1.0, 1)
-    assert t["first_termination_step_error"] == 1.0
+    assert t["first_termination"] == {"both": 1, "step_error": 1.0, "missed": 0, "spurious": 0}
+    # one-sided terminations are counted, not given a step error that depends on the window's length
+    t = termination_scores(np.array([[0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]], bool),
+                           np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 0.0, 0.9]]))
+    assert t["first_termination"] == {"both": 1, "step_error": 2.0, "missed": 1, "spurious": 1}
+    none = termination_scores(np.zeros((2, 3), bool), np.zeros((2, 3)))["first_termination"]
+    assert none == {"both": 0, "step_error": None, "missed": 0, "spurious": 0}
 
 
 def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
@@ -54,6 +60,11 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert 1 <= r["window_episodes"] <= min(4, r["heldout_episodes"])
     text = render("fidelity", {**r, "machine": {}, "window_episodes": 1, "heldout_episodes": 3})
     assert "windows: 4 from 1 of the 3 held-out episodes" in text  # not "from 3 episodes"
+    ft = r["termination"]["first_termination"]
+    assert f"{ft['missed']} window(s) where only the real episode terminates, {ft['spurious']} where" in text
+    old = {**r, "machine": {}, "termination": {**{k: v for k, v in r["termination"].items()
+                                                  if k != "first_termination"}, "first_termination_step_error": 2.5}}
+    assert "first-termination step error 2.50 (over the windows where either side" in render("fidelity", old)
     # a random-weight model is worse than repeating the last real frame
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()

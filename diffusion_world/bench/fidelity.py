@@ -211,7 +211,7 @@ def real_frame_termination(wm: WorldModel, cache: FrameCache, episodes: np.ndarr
     over frames."""
     real, probs = real_frame_termination_probs(wm, cache, episodes, seq_len, batch_size, progress)
     scores = termination_scores(real[None], probs[None])
-    scores.pop("first_termination_step_error")
+    scores.pop("first_termination")
     return {**scores, "frames": len(real), "seq_len": seq_len}
 
 
@@ -244,14 +244,23 @@ def termination_scores(real: np.ndarray, probs: np.ndarray, threshold: float = 0
     precision = tp / (tp + fp) if tp + fp else None  # undefined (no predicted termination): None in the JSON
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-    errors = []
-    for r, p in zip(real, pred):  # first-termination step error, where either side terminates
-        if r.any() or p.any():
-            first_r = int(np.argmax(r)) if r.any() else len(r)
-            first_p = int(np.argmax(p)) if p.any() else len(p)
-            errors.append(abs(first_r - first_p))
     return {"precision": precision, "recall": recall, "f1": f1, "positives": int(real.sum()),
-            "first_termination_step_error": float(np.mean(errors)) if errors else None}
+            "first_termination": first_termination(real, pred)}
+
+
+def first_termination(real: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Where each window's first termination falls, real against predicted ((N, H) booleans): the mean step
+    error over the windows where both terminate, and counts of the windows where only the real episode
+    terminates (``missed``) or only the imagined one does (``spurious``). A one-sided termination has no
+    step error: counting it to the window's end would make an error that depends on the window length."""
+    errors, missed, spurious = [], 0, 0
+    for r, p in zip(real, pred):
+        if r.any() and p.any():
+            errors.append(abs(int(np.argmax(r)) - int(np.argmax(p))))
+        missed += int(r.any() and not p.any())
+        spurious += int(p.any() and not r.any())
+    return {"both": len(errors), "step_error": float(np.mean(errors)) if errors else None, "missed": missed,
+            "spurious": spurious}
 
 
 def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None = None, context: int | None = None,

@@ -13,6 +13,19 @@ from typing import Any
 from diffusion_world.bench.common import TRAINING_END_ROLLOUTS, sampler_label
 
 
+def _first_termination(t: dict[str, Any]) -> str:
+    """The windows' first terminations, real against imagined, in a sentence."""
+    if "first_termination" not in t:  # results from before the breakdown: one-sided ones counted to the window end
+        return (f"first-termination step error {_f(t['first_termination_step_error'])} (over the windows where "
+                "either side terminates, a termination only one side makes counted to the window's end).")
+    ft = t["first_termination"]
+    both = (f"the first termination is {_f(ft['step_error'])} steps off in the {ft['both']} window(s) where both "
+            "the real and the imagined episode terminate" if ft["both"] else
+            "no window has a termination on both sides")
+    return (f"{both}; {ft['missed']} window(s) where only the real episode terminates, {ft['spurious']} where only "
+            "the imagined one does.")
+
+
 def _f(v: Any, digits: int = 2) -> str:
     if v is None:
         return "–"
@@ -97,8 +110,8 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
                   "scene rather than the dynamics."]
     t = r["termination"]
     lines += ["", f"Reward MAE {r['reward_mae']:.4f}; termination precision {_f(t['precision'])}, recall "
-              f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations), first-termination step "
-              f"error {_f(t['first_termination_step_error'])}.", ""]
+              f"{_f(t['recall'])}, F1 {_f(t['f1'])} ({t['positives']} real terminations); "
+              + _first_termination(t), ""]
     if "termination_real_frames" in r:  # results from before this metric existed do not have it
         tf = r["termination_real_frames"]
         lines += [f"Terminations on all {tf['frames']} real held-out frames (teacher-forced; the model's termination "

@@ -111,7 +111,7 @@ def score_classifier(logits: np.ndarray, terminations: np.ndarray) -> dict[str, 
     """ROC AUC and precision / recall / F1 at p > 0.5 over frames."""
     terminations = np.asarray(terminations, dtype=bool)
     scores = termination_scores(terminations[None], 1 / (1 + np.exp(-logits[None].astype(np.float64))))
-    scores.pop("first_termination_step_error")
+    scores.pop("first_termination")
     return {"frames": int(len(terminations)), "auc": roc_auc(terminations, logits), **scores}
 
 
