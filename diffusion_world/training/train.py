@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                       f"{cfg.steps} more steps)", stacklevel=2)
     net: Any = model  # the model, or its DDP / compiled wrapper
     if world > 1:
+        _grads_in_param_layout(model)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     if cfg.compile:
@@ -426,6 +428,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
     return ckpt_path
+
+
+def _grads_in_param_layout(model: torch.nn.Module) -> None:
+    """Give each gradient its parameter's strides. On CPU a 1x1 convolution's weight gradient comes back
+    channels-last: the same memory order as the (O, I, 1, 1) weight, but other strides on the size-1 dims, which
+    makes DDP warn "Grad strides do not match bucket view strides" at the first step."""
+    def hook(strides: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda g: g if g.stride() == strides else g.clone(memory_format=torch.contiguous_format)
+
+    for p in model.parameters():
+        if p.requires_grad and p.is_contiguous():
+            p.register_hook(hook(p.stride()))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
