@@ -53,6 +53,17 @@ def test_registered_and_made_both_ways(tiny_world_model: str) -> None:
     assert "dataset" in core.contexts.description
 
 
+def test_spec_records_a_path_as_a_string(tiny_world_model: str) -> None:
+    """A path-like world_model is recorded as a string, so that spec.to_json() works (Minari's DataCollector
+    stores it) and the spec rebuilds the env; for the vector env too."""
+    env = gym.make("DiffusionWorld-v0", world_model=Path(tiny_world_model), frame_stack=2)
+    assert env.spec is not None and env.spec.kwargs["world_model"] == tiny_world_model
+    again = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
+    assert again.observation_space == env.observation_space
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=Path(tiny_world_model))
+    assert envs.spec is not None and json.loads(envs.spec.to_json())["kwargs"]["world_model"] == tiny_world_model
+
+
 @pytest.mark.parametrize("frame_stack", [1, 3])
 def test_gymnasium_check_env_without_warnings(tiny_world_model: str, frame_stack: int) -> None:
     from gymnasium.utils.env_checker import check_env

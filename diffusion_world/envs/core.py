@@ -15,6 +15,7 @@ holds the last k context frames (the first one repeated when the context is shor
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
@@ -517,6 +519,25 @@ def make_core(owner: str, world_model: Any, num_envs: int, kwargs: dict[str, Any
     if unknown:
         raise UserError(f"{owner} got unexpected kwargs {unknown}; the imagined env takes {sorted(CORE_KWARGS)}")
     return ImaginationCore(world_model, num_envs, **kwargs)
+
+
+class JsonSpec:
+    """An env whose ``spec`` (set by ``gym.make`` / ``gym.make_vec`` after construction) records a path-like
+    ``world_model`` as a string, so that ``spec.to_json()`` works (Minari's ``DataCollector`` stores it) and
+    ``gym.make(spec)`` makes the same env."""
+
+    _json_spec: EnvSpec | None = None
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        return self._json_spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        if value is not None and isinstance(value.kwargs.get("world_model"), os.PathLike):
+            value = dataclasses.replace(value, kwargs={**value.kwargs,
+                                                       "world_model": os.fspath(value.kwargs["world_model"])})
+        self._json_spec = value
 
 
 def stack_frames(frames: Sequence[np.ndarray]) -> np.ndarray:

@@ -16,11 +16,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.envs.core import Context, ResetNeededError, make_core, warn_unknown_options
+from diffusion_world.envs.core import Context, JsonSpec, ResetNeededError, make_core, warn_unknown_options
 from diffusion_world.errors import UserError
 
 
-class DiffusionWorldVectorEnv(VectorEnv):
+class DiffusionWorldVectorEnv(JsonSpec, VectorEnv):
     """N imagined envs of one world model, stepped as one batch.
 
     ``autoreset_mode``: ``"NextStep"`` (Gymnasium's default: the step after an episode ends resets that
