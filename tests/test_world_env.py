@@ -53,15 +53,28 @@ def test_registered_and_made_both_ways(tiny_world_model: str) -> None:
     assert "dataset" in core.contexts.description
 
 
-def test_spec_records_a_path_as_a_string(tiny_world_model: str) -> None:
-    """A path-like world_model is recorded as a string, so that spec.to_json() works (Minari's DataCollector
-    stores it) and the spec rebuilds the env; for the vector env too."""
+def test_spec_records_a_path_as_a_string_and_the_horizon(tiny_world_model: str) -> None:
+    """A path-like world_model is recorded as a string, so that spec.to_json() works and the spec rebuilds the
+    env; max_episode_steps is the horizon the env truncates at (TimeAwareObservation needs it); for the vector
+    env too, which takes max_episode_steps as Gymnasium's vector envs do."""
     env = gym.make("DiffusionWorld-v0", world_model=Path(tiny_world_model), frame_stack=2)
     assert env.spec is not None and env.spec.kwargs["world_model"] == tiny_world_model
+    assert env.spec.max_episode_steps == env.unwrapped.core.horizon == 50
     again = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
-    assert again.observation_space == env.observation_space
-    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=Path(tiny_world_model))
+    assert again.observation_space == env.observation_space and again.spec.max_episode_steps == 50
+    timed = gym.wrappers.TimeAwareObservation(gym.make("DiffusionWorld-v0", world_model=tiny_world_model))
+    assert timed.observation_space.shape == (16 * 16 * 3 + 1,)
+    assert gym.make("DiffusionWorld-v0", world_model=tiny_world_model, max_episode_steps=3).spec.max_episode_steps == 3
+
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=Path(tiny_world_model), max_episode_steps=3)
     assert envs.spec is not None and json.loads(envs.spec.to_json())["kwargs"]["world_model"] == tiny_world_model
+    assert envs.spec.max_episode_steps == 3
+    envs.reset(seed=0)
+    truncations = [envs.step(np.zeros(2, np.int64))[3] for _ in range(3)]
+    assert [t.tolist() for t in truncations] == [[False, False], [False, False], [True, True]]
+    assert gym.make_vec(envs.spec, num_envs=2).spec.max_episode_steps == 3
+    with pytest.raises(UserError, match="max_episode_steps must be an integer >= 1"):
+        gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, max_episode_steps=0)
 
 
 @pytest.mark.parametrize("frame_stack", [1, 3])

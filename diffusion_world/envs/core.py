@@ -521,23 +521,28 @@ def make_core(owner: str, world_model: Any, num_envs: int, kwargs: dict[str, Any
     return ImaginationCore(world_model, num_envs, **kwargs)
 
 
-class JsonSpec:
+class RecordedSpec:
     """An env whose ``spec`` (set by ``gym.make`` / ``gym.make_vec`` after construction) records a path-like
-    ``world_model`` as a string, so that ``spec.to_json()`` works (Minari's ``DataCollector`` stores it) and
-    ``gym.make(spec)`` makes the same env."""
+    ``world_model`` as a string, so that ``spec.to_json()`` works and ``gym.make(spec)`` makes the same env, and
+    gives ``max_episode_steps`` as the env's ``horizon`` (the env truncates itself there), for what reads it
+    (``TimeAwareObservation``, sb3-contrib's ``TimeFeatureWrapper``). A ``TimeLimit`` from
+    ``gym.make(..., max_episode_steps=N)`` wraps the env and states its own N."""
 
-    _json_spec: EnvSpec | None = None
+    _recorded_spec: EnvSpec | None = None
+    core: ImaginationCore
 
     @property
     def spec(self) -> EnvSpec | None:
-        return self._json_spec
+        return self._recorded_spec
 
     @spec.setter
     def spec(self, value: EnvSpec | None) -> None:
         if value is not None and isinstance(value.kwargs.get("world_model"), os.PathLike):
             value = dataclasses.replace(value, kwargs={**value.kwargs,
                                                        "world_model": os.fspath(value.kwargs["world_model"])})
-        self._json_spec = value
+        if value is not None and value.max_episode_steps is None:
+            value = dataclasses.replace(value, max_episode_steps=self.core.horizon)
+        self._recorded_spec = value
 
 
 def stack_frames(frames: Sequence[np.ndarray]) -> np.ndarray:

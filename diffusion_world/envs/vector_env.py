@@ -16,18 +16,26 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.envs.core import Context, JsonSpec, ResetNeededError, make_core, warn_unknown_options
+from diffusion_world.envs.core import (
+    Context,
+    RecordedSpec,
+    ResetNeededError,
+    make_core,
+    positive_int,
+    warn_unknown_options,
+)
 from diffusion_world.errors import UserError
 
 
-class DiffusionWorldVectorEnv(JsonSpec, VectorEnv):
+class DiffusionWorldVectorEnv(RecordedSpec, VectorEnv):
     """N imagined envs of one world model, stepped as one batch.
 
     ``autoreset_mode``: ``"NextStep"`` (Gymnasium's default: the step after an episode ends resets that
     sub-env and ignores its action), ``"SameStep"`` (the step that ends an episode already returns the new
     episode's first observation; the last one is in ``infos["final_obs"]``) or ``"Disabled"`` (reset ended
-    sub-envs yourself with ``reset(options={"reset_mask": mask})``). Other kwargs: those of
-    :class:`~diffusion_world.envs.world_env.DiffusionWorldEnv`.
+    sub-envs yourself with ``reset(options={"reset_mask": mask})``). ``max_episode_steps``, as Gymnasium's vector
+    envs take it (``gym.make_vec`` passes a spec's): episodes are truncated at the lesser of it and ``horizon``.
+    Other kwargs: those of :class:`~diffusion_world.envs.world_env.DiffusionWorldEnv`.
 
     Example::
 
@@ -41,7 +49,7 @@ class DiffusionWorldVectorEnv(JsonSpec, VectorEnv):
 
     def __init__(self, num_envs: int = 1, world_model: str | os.PathLike | WorldModel = "cartpole",
                  autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP, render_mode: str | None = None,
-                 **kwargs: Any) -> None:
+                 max_episode_steps: int | None = None, **kwargs: Any) -> None:
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldVectorEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         try:
@@ -50,6 +58,8 @@ class DiffusionWorldVectorEnv(JsonSpec, VectorEnv):
             modes = [m.value for m in AutoresetMode]
             raise UserError(f"autoreset_mode must be one of {modes}, got {autoreset_mode!r}") from e
         self.core = make_core("DiffusionWorldVectorEnv", world_model, num_envs, kwargs)
+        if max_episode_steps is not None:
+            self.core.horizon = min(self.core.horizon, positive_int("max_episode_steps", max_episode_steps))
         self.num_envs = self.core.num_envs
         self.render_mode = render_mode
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode,
