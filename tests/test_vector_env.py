@@ -3,6 +3,9 @@ per-row resets, bad inputs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -46,6 +49,29 @@ def test_make_vec_uses_the_native_vector_env(tiny_world_model: str) -> None:
         assert envs.action_space == gym.spaces.MultiDiscrete([2, 2, 2])
     envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, autoreset_mode="SameStep")
     assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+
+
+ASYNC_SCRIPT = """
+import sys, numpy as np, torch, gymnasium as gym, diffusion_world
+torch.set_num_threads(2)
+torch.randn(256, 256) @ torch.randn(256, 256)  # the parent's OpenMP pool is running when the workers fork
+rewards = {}
+for mode in ("async", "sync"):
+    envs = gym.make_vec("DiffusionWorld-v0", num_envs=2, vectorization_mode=mode, world_model=sys.argv[1])
+    envs.reset(seed=0)
+    rewards[mode] = np.stack([envs.step(np.array([0, 1]))[1] for _ in range(3)])
+    envs.close()
+np.testing.assert_allclose(rewards["async"], rewards["sync"], rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def test_async_vector_env_forks_without_hanging(tiny_world_model: str) -> None:
+    """gym.make_vec(..., vectorization_mode="async") builds an env in the parent, then forks its workers: their
+    torch must not wait on the parent's OpenMP threads (it hung forever), and they step as the sync mode does."""
+    out = subprocess.run([sys.executable, "-c", ASYNC_SCRIPT, tiny_world_model], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
 def test_sub_env_i_equals_single_env_seeded_s_plus_i(tiny_world_model: str) -> None:
