@@ -246,6 +246,32 @@ def test_render_fps_is_the_real_envs(tiny_world_model: str) -> None:
     assert recorded_render_fps({"id": "Absent-v0"}) == 30 and recorded_render_fps(None, default=12) == 12
 
 
+def test_default_horizon_is_the_real_envs_time_limit(tiny_world_model: str, tmp_path: Path) -> None:
+    """Without a horizon in the checkpoint (a card that sets none), episodes are truncated where the real env's
+    are (it used to be 1000 steps for any env: Pendulum's real episodes last 200)."""
+    from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion_world.data.pixel_env import recorded_time_limit
+
+    pixels = {"id": "diffusion_world/Pixels-v0", "env_id": "Pendulum-v1", "size": 16}
+    assert recorded_time_limit(pixels) == 200
+    assert recorded_time_limit({**pixels, "frame_skip": 3}) == 67  # the last pixel step repeats the action twice
+    assert recorded_time_limit({**pixels, "env_kwargs": {"max_episode_steps": 50}}) == 50
+    assert recorded_time_limit({**pixels, "max_episode_steps": 30}) == 30
+    assert recorded_time_limit({"id": "CartPole-v1"}) == 500
+    assert recorded_time_limit({"id": "CartPole-v1", "max_episode_steps": 100}) == 100
+    assert recorded_time_limit({"id": "Absent-v0"}) is None and recorded_time_limit(None) is None
+    assert recorded_time_limit({**pixels, "env_id": "Absent-v0"}) is None
+
+    ckpt = load_checkpoint(tiny_world_model)  # its dataset: CartPole-v1 through the pixel env
+    del ckpt["imagination"]["horizon"]
+    save_checkpoint(tmp_path / "no_horizon.pt", ckpt)
+    env = gym.make("DiffusionWorld-v0", world_model=str(tmp_path / "no_horizon.pt"))
+    assert env.unwrapped.core.horizon == env.spec.max_episode_steps == 500
+    ckpt["dataset"]["env_spec"] = {**ckpt["dataset"]["env_spec"], "env_id": "Absent-v0"}
+    save_checkpoint(tmp_path / "unknown_env.pt", ckpt)
+    assert gym.make("DiffusionWorld-v0", world_model=str(tmp_path / "unknown_env.pt")).unwrapped.core.horizon == 1000
+
+
 def _cores_with_constant_termination(path: str, p: float, num_envs: int, **kwargs):
     from diffusion_world.checkpoint import load_world_model
     from diffusion_world.envs.core import ImaginationCore

@@ -55,6 +55,33 @@ def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> i
     return max(1, round(fps / max(1, int(frame_skip))))
 
 
+def recorded_time_limit(env_spec: dict[str, Any] | None) -> int | None:
+    """The steps after which the env a dataset's env spec names truncates its episodes, without making it: the
+    spec's ``max_episode_steps``, else the registered one; through the pixel env, its inner env's limit in the
+    pixel env's steps (each repeating the action ``frame_skip`` times). None where neither tells."""
+    if not env_spec or not isinstance(env_spec.get("id"), str):
+        return None
+
+    def limit(env_id: Any, given: Any) -> int | None:
+        if given is None:
+            try:
+                register_ale_if_needed(env_id)
+                given = gym.spec(env_id).max_episode_steps
+            except (gym.error.Error, ImportError, TypeError, ValueError):  # UserError is a ValueError
+                return None
+        return int(given) if isinstance(given, int | np.integer) and not isinstance(given, bool) and given > 0 \
+            else None
+
+    outer = limit(env_spec["id"], env_spec.get("max_episode_steps"))
+    if env_spec["id"] != PIXEL_ENV_ID:
+        return outer
+    inner = limit(env_spec.get("env_id"), (env_spec.get("env_kwargs") or {}).get("max_episode_steps"))
+    frame_skip = env_spec.get("frame_skip", 1)
+    frame_skip = int(frame_skip) if isinstance(frame_skip, int | np.integer) and frame_skip > 0 else 1
+    limits = [n for n in (outer, None if inner is None else -(-inner // frame_skip)) if n is not None]
+    return min(limits) if limits else None
+
+
 def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
     register_ale_if_needed(env_id)

@@ -30,7 +30,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
-from diffusion_world.data.pixel_env import recorded_render_fps
+from diffusion_world.data.pixel_env import recorded_render_fps, recorded_time_limit
 from diffusion_world.diffusion.sampler import (
     edm_sigmas,
     frames_to_x,
@@ -249,7 +249,8 @@ class ImaginationCore:
         context_source: ``"auto"`` (the dataset when it is on this machine, else the contexts stored in the
             checkpoint), ``"dataset"`` or ``"checkpoint"``.
         context_frames: real frames warmed up at reset (default: the checkpoint's ``imagination`` setting, else 4).
-        horizon: steps after which an episode is truncated (default: the checkpoint's, else 1000).
+        horizon: steps after which an episode is truncated (default: the checkpoint's, else the real env's time
+            limit, as its dataset's env spec records or registers it, else 1000).
         sampler_steps: denoiser calls per step, K (default: the checkpoint's, else 3). K = 1 commits its noisy
             sigma_max call to the caches; use K >= 2.
         history_guidance: w of :class:`~diffusion_world.diffusion.sampler.SamplerConfig`'s history guidance
@@ -307,8 +308,11 @@ class ImaginationCore:
         defaults = self.world_model.imagination
         self.context_frames = positive_int("context_frames", context_frames if context_frames is not None
                                             else defaults.get("context_frames", DEFAULT_CONTEXT_FRAMES))
-        self.horizon = positive_int("horizon", horizon if horizon is not None
-                                     else defaults.get("horizon", DEFAULT_HORIZON))
+        if horizon is None:  # the card's, else the real env's time limit
+            horizon = defaults.get("horizon")
+        if horizon is None:
+            horizon = recorded_time_limit(self.world_model.dataset.get("env_spec")) or DEFAULT_HORIZON
+        self.horizon = positive_int("horizon", horizon)
         self.frame_stack = positive_int("frame_stack", frame_stack)
         self.reset_mode = reset_mode
         self.termination_threshold = float(termination_threshold)
