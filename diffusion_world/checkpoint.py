@@ -110,7 +110,7 @@ class WorldModel:
 
     model: DartWorldModel
     config: ModelConfig
-    dataset: dict[str, Any]  # dataset_id, frame_size, action_space, env_spec
+    dataset: dict[str, Any]  # dataset_id, frame_size, action_space, env_spec, training_terminations
     imagination: dict[str, Any] = field(default_factory=dict)  # card defaults: sampler_steps, horizon, ...
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # frames (N, L, H, W, 3) uint8, actions, ...
     path: str = ""
@@ -132,7 +132,11 @@ class WorldModel:
         return self.head_termination_probability(logits)
 
     def head_termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """The model's own termination head, calibrated (see :meth:`termination_probability`)."""
+        """The model's own termination head, calibrated (see :meth:`termination_probability`); 0 where its
+        training episodes held no termination (the head had nothing to learn to fire on, and an undertrained one
+        says about 0.5 everywhere). Checkpoints from before that count was recorded use the head."""
+        if self.dataset.get("training_terminations") == 0:
+            return torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         return torch.sigmoid(logits.float() - math.log(self.termination_pos_weight))
 
     def sampler_config(self, sampler_steps: int | None = None,

@@ -95,6 +95,17 @@ def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Pat
         torch.testing.assert_close(b[name], t, atol=2e-5, rtol=1e-4, msg=f"{name} differs between 1 and 2 ranks")
 
 
+def test_checkpoint_counts_the_training_terminations(tiny_dataset_id: str, tiny_frame_cache, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tiny_dataset_id, tmp_path, steps=1)
+    train(cfg)
+    recorded = load_checkpoint(tmp_path / "checkpoint.pt")["dataset"]["training_terminations"]
+    train_eps, _ = tiny_frame_cache.episode_split(cfg.val_fraction, cfg.seed)
+    per_episode = [int(tiny_frame_cache.terminations[s: s + n].sum()) for s, n in
+                   zip(tiny_frame_cache.episode_starts, tiny_frame_cache.episode_lengths)]
+    assert recorded == sum(per_episode[e] for e in train_eps) > 0
+    assert recorded < sum(per_episode)  # the validation episodes' are not counted
+
+
 def test_last_frame_supervision_and_grad_accum(tiny_dataset_id: str, tmp_path: Path) -> None:
     # without padding after episode ends, so that every window has T supervised frames
     train(tiny_cfg(tiny_dataset_id, tmp_path / "a", steps=2, grad_accum=2, pad_episode_ends=False,

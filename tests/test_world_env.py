@@ -272,6 +272,29 @@ def test_default_horizon_is_the_real_envs_time_limit(tiny_world_model: str, tmp_
     assert gym.make("DiffusionWorld-v0", world_model=str(tmp_path / "unknown_env.pt")).unwrapped.core.horizon == 1000
 
 
+def test_no_termination_in_the_training_data_never_terminates(tiny_world_model: str, tmp_path: Path) -> None:
+    """A model whose training episodes held no termination (Pendulum) never ends an episode: its head had
+    nothing to learn to fire on (an undertrained one says about 0.5 everywhere)."""
+    from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion_world.envs.core import ImaginationCore
+
+    def probabilities(path: str) -> list[float]:
+        core = ImaginationCore(path, 1, termination_threshold=0.0)
+        core.reset_rows([0], [np.random.default_rng(0)])
+        out = []
+        for _ in range(3):
+            result = core.step(core.check_actions(np.zeros(1, np.int64)))
+            out.append(float(result.termination_probability[0]))
+            assert bool(result.terminated[0]) == (out[-1] > 0)
+        return out
+
+    assert all(p > 0 for p in probabilities(tiny_world_model))  # threshold 0: every step terminates
+    ckpt = load_checkpoint(tiny_world_model)
+    ckpt["dataset"]["training_terminations"] = 0
+    save_checkpoint(tmp_path / "never.pt", ckpt)
+    assert probabilities(str(tmp_path / "never.pt")) == [0.0, 0.0, 0.0]
+
+
 def _cores_with_constant_termination(path: str, p: float, num_envs: int, **kwargs):
     from diffusion_world.checkpoint import load_world_model
     from diffusion_world.envs.core import ImaginationCore

@@ -290,6 +290,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     dataset_info = {"dataset_id": cfg.dataset_id, "frame_size": list(cache.frame_size),
                     "action_space": action_space_to_dict(cache.action_space), "env_spec": cache.env_spec,
                     "observation_shape": list(cache.observation_space.shape),
+                    # terminal frames in the training episodes: none, and the env never terminates
+                    "training_terminations": _terminations(cache, train_eps),
                     # the env and every reader of the dataset resize its frames as training did
                     **({"resize": cfg.frame_size, "resized_from": list(cache.resized_from or ())}
                        if cfg.frame_size is not None else {})}
@@ -428,6 +430,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
     return ckpt_path
+
+
+def _terminations(cache: FrameCache, episodes: np.ndarray) -> int:
+    """The number of terminal frames in ``episodes``."""
+    terminal = np.asarray(cache.terminations)
+    return int(sum(terminal[s: s + n].sum() for s, n in zip(cache.episode_starts[episodes],
+                                                           cache.episode_lengths[episodes])))
 
 
 def _grads_in_param_layout(model: torch.nn.Module) -> None:
