@@ -441,6 +441,40 @@ def test_make_real_env_stacks_like_imagination(tiny_world_model: str) -> None:
     np.testing.assert_array_equal(new[..., :3], obs[..., 3:])
 
 
+def test_make_real_env_goes_through_the_recorded_wrappers(tiny_world_model: str, tmp_path: Path) -> None:
+    """A dataset recorded through wrappers applied after gym.make (pixels from AddRenderObservation, resized):
+    its env spec records them, and the real env is rebuilt through them (it used to be the bare env: here state
+    observations; with --frame-size, silently other frames). A kwarg JSON made a list is a tuple again."""
+    from gymnasium.wrappers import AddRenderObservation, ResizeObservation
+
+    from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
+    from diffusion_world.data.dataset import _env_spec_dict
+
+    def recording_env() -> gym.Env:
+        env = gym.make("CartPole-v1", render_mode="rgb_array", max_episode_steps=20)
+        return ResizeObservation(AddRenderObservation(env, render_only=True), (16, 16))
+
+    spec = json.loads(json.dumps(_env_spec_dict(recording_env().spec)))  # as the frame cache stores it
+    assert [w["entry_point"].rsplit(":")[1] for w in spec["additional_wrappers"]] == ["AddRenderObservation",
+                                                                                      "ResizeObservation"]
+    ckpt = load_checkpoint(tiny_world_model)
+    ckpt["dataset"]["env_spec"] = spec
+    save_checkpoint(tmp_path / "wrapped.pt", ckpt)
+    real, expected = make_real_env(str(tmp_path / "wrapped.pt")), recording_env()
+    np.testing.assert_array_equal(real.reset(seed=3)[0], expected.reset(seed=3)[0])
+    for _ in range(3):
+        np.testing.assert_array_equal(real.step(1)[0], expected.step(1)[0])
+
+    ckpt["dataset"]["env_spec"] = {k: v for k, v in spec.items() if k != "additional_wrappers"}
+    save_checkpoint(tmp_path / "bare.pt", ckpt)  # a checkpoint from before wrappers were recorded
+    with pytest.raises(UserError, match="gives observations Box.*not the frames"):
+        make_real_env(str(tmp_path / "bare.pt"))
+    ckpt["dataset"]["env_spec"] = {"id": "absent_pkg/Absent-v0"}
+    save_checkpoint(tmp_path / "absent.pt", ckpt)
+    with pytest.raises(UserError, match="unknown Gymnasium env id 'absent_pkg/Absent-v0' .*import that package"):
+        make_real_env(str(tmp_path / "absent.pt"))
+
+
 def test_lazy_sb3_export() -> None:
     assert callable(diffusion_world.make_sb3_vec_env)
     with pytest.raises(AttributeError):

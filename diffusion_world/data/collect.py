@@ -37,7 +37,7 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 from tqdm.auto import tqdm
 
-from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env
+from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
 from diffusion_world.errors import UserError
 from diffusion_world.registration import PIXEL_ENV_ID
 
@@ -684,8 +684,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
                                                or registered.max_episode_steps != spec.max_episode_steps):
         env_kwargs["max_episode_steps"] = spec.max_episode_steps  # the recording's time limit, not the default
     # wrappers the recording env had (e.g. an action rescaling): the replay goes through the same ones
-    wrappers = [{"entry_point": w.entry_point, "kwargs": dict(w.kwargs or {})}
-                for w in spec.additional_wrappers or ()]
+    wrappers = recorded_wrappers(spec)
     try:
         json.dumps([env_kwargs, wrappers])
     except TypeError as e:

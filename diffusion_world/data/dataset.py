@@ -24,12 +24,12 @@ import numpy as np
 from minari.serialization import deserialize_space, serialize_space
 from tqdm.auto import tqdm
 
-from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, resize_frame
+from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, recorded_wrappers, resize_frame
 from diffusion_world.errors import UserError
 
 CACHE_DIR_NAME = "diffusion_world_cache"
 # Bump when the cache layout or its alignment conventions change: old caches are then rebuilt.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: env_spec records additional_wrappers
 _ARRAYS = (
     "prev_actions",
     "has_prev_action",
@@ -84,12 +84,15 @@ def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[in
 
 
 def _env_spec_dict(env_spec: Any) -> dict[str, Any] | None:
-    """``{"id": ..., **kwargs}`` (plus ``max_episode_steps`` if set), or None when not JSON-serialisable."""
+    """``{"id": ..., **kwargs}`` (plus ``max_episode_steps`` if set, and ``additional_wrappers``, the wrappers the
+    recording env had beyond ``gym.make``'s, if any), or None when not JSON-serialisable."""
     if env_spec is None:
         return None
     spec = {"id": env_spec.id, **dict(env_spec.kwargs)}
     if env_spec.max_episode_steps is not None:
         spec["max_episode_steps"] = env_spec.max_episode_steps
+    if recorded_wrappers(env_spec):
+        spec["additional_wrappers"] = recorded_wrappers(env_spec)
     try:
         json.dumps(spec)
     except TypeError:
@@ -105,7 +108,8 @@ class FrameCache:
     ``prev_actions[i]``, ``rewards[i]``, ``terminations[i]``, ``truncations[i]`` describe the transition
     *into*
     frame ``i``; ``has_prev_action[i]`` is False (and the others zero) for an episode's first frame.
-    ``env_spec`` rebuilds the env: ``gym.make(spec["id"], **{k: v for k, v in spec.items() if k != "id"})``.
+    ``env_spec`` rebuilds the env: ``gym.make(spec["id"], **kwargs)`` with the other keys but
+    ``additional_wrappers``, in those wrappers (``diffusion_world.envs.make_real_env`` does it).
 
     Example:
         >>> cache = FrameCache.open("diffusion_world/cartpole-pixels-v0")  # doctest: +SKIP

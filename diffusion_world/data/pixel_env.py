@@ -82,8 +82,8 @@ def recorded_time_limit(env_spec: dict[str, Any] | None) -> int | None:
     return min(limits) if limits else None
 
 
-def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
-    """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
+def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors."""
     register_ale_if_needed(env_id)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr, and
@@ -96,15 +96,15 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
         # case-insensitive, and only genuinely close ids (the default cutoff 0.6 offers 'Hopper-v5' for 'Nope-v9')
         by_lower = {name.lower(): name for name in gym.registry}
         close = difflib.get_close_matches(env_id.lower(), list(by_lower), n=1, cutoff=0.8)
-        hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+        hint = (f"; did you mean {by_lower[close[0]]!r}?" if close else
+                " (an env another package registers: import that package first, or name the env "
+                "'module:EnvName-vN')")
         raise UserError(f"unknown Gymnasium env id {env_id!r}{hint}")
-    if "render_mode" in env_kwargs:
-        raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")
     try:
         with warnings.catch_warnings():
-            # gymnasium only warns when render_mode is unsupported; we check it ourselves below.
+            # gymnasium only warns when render_mode is unsupported; PixelEnv checks it itself.
             warnings.filterwarnings("ignore", message=".*render_mode.*")
-            env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+            return gym.make(env_id, **kwargs)
     except ModuleNotFoundError as e:  # a "module:Env-vN" id whose module does not exist
         raise UserError(f"cannot make env {env_id!r}: {str(e).splitlines()[0]}") from e
     except gym.error.DependencyNotInstalled as e:
@@ -116,9 +116,14 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
             raise UserError(
                 f"env {env_id!r} cannot render 'rgb_array' frames (no render_mode argument)"
             ) from e
-        raise UserError(
-            f"cannot make env {env_id!r} with kwargs {env_kwargs}: {str(e).splitlines()[0]}"
-        ) from e
+        raise UserError(f"cannot make env {env_id!r} with kwargs {kwargs}: {str(e).splitlines()[0]}") from e
+
+
+def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
+    if "render_mode" in env_kwargs:
+        raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")
+    env = make_env(env_id, {"render_mode": "rgb_array", **env_kwargs})
     render_modes = env.unwrapped.metadata.get("render_modes") or []
     if "rgb_array" not in render_modes or env.unwrapped.render_mode != "rgb_array":
         env.close()
@@ -128,8 +133,16 @@ def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return env
 
 
-def _wrap(env: gym.Env, wrappers: list[dict[str, Any]]) -> gym.Env:
-    """``env`` inside each wrapper of ``wrappers`` (entry point and JSON kwargs), innermost first."""
+def recorded_wrappers(spec: Any) -> list[dict[str, Any]]:
+    """The wrappers a Gymnasium ``EnvSpec`` records beyond ``gym.make``'s own (``additional_wrappers``: those
+    applied to the made env, e.g. by the code that recorded a dataset), as :func:`wrap` takes them."""
+    return [{"entry_point": w.entry_point, "kwargs": dict(w.kwargs or {})}
+            for w in getattr(spec, "additional_wrappers", None) or ()]
+
+
+def wrap(env: gym.Env, wrappers: list[dict[str, Any]]) -> gym.Env:
+    """``env`` inside each wrapper of ``wrappers`` (entry point and JSON kwargs), innermost first. A kwarg that
+    JSON turned from a tuple into a list is given as a tuple again (``ResizeObservation`` takes only tuples)."""
     from gymnasium.envs.registration import load_env_creator
 
     for w in wrappers:
@@ -139,7 +152,12 @@ def _wrap(env: gym.Env, wrappers: list[dict[str, Any]]) -> gym.Env:
             wrapper: Callable[..., gym.Env] = load_env_creator(w["entry_point"])  # type: ignore[assignment]
         except (ImportError, AttributeError, ValueError) as e:
             raise UserError(f"cannot load wrapper {w['entry_point']!r}: {e}") from e
-        env = wrapper(env, **(w.get("kwargs") or {}))
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in (w.get("kwargs") or {}).items()}
+        try:
+            env = wrapper(env, **kwargs)
+        except (TypeError, ValueError, AssertionError, gym.error.Error) as e:
+            raise UserError(f"cannot wrap the env in {w['entry_point']!r} with kwargs {kwargs}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     return env
 
 
@@ -206,7 +224,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         self.env_kwargs = dict(env_kwargs or {})
         self.render_mode = render_mode
         self.wrappers = [dict(w) for w in wrappers or []]
-        self.inner = _wrap(_make_inner_env(env_id, self.env_kwargs), self.wrappers)
+        self.inner = wrap(_make_inner_env(env_id, self.env_kwargs), self.wrappers)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
         self.action_space = self.inner.action_space
         fps = self.inner.unwrapped.metadata.get("render_fps") or 30

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from diffusion_world.checkpoint import WorldModel
-from diffusion_world.data.pixel_env import ResizeFrames, register_ale_if_needed
+from diffusion_world.data.pixel_env import ResizeFrames, make_env, wrap
 from diffusion_world.envs.core import ImaginationCore, RecordedSpec, ResetNeededError, positive_int, stack_frames
 from diffusion_world.errors import UserError
 
@@ -148,9 +148,16 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
         raise UserError(f"the world model {wm.path} records no env spec of its dataset: cannot rebuild the real env")
     spec = dict(spec)
     env_id = spec.pop("id")
-    max_episode_steps = spec.pop("max_episode_steps", None)
-    register_ale_if_needed(env_id)  # a Minari Atari dataset records the ALE env itself
-    env = gym.make(env_id, max_episode_steps=max_episode_steps, **spec)
+    wrappers = spec.pop("additional_wrappers", [])
+    # a Minari Atari dataset records the ALE env itself; wrappers: those the recording env had (e.g. a dataset
+    # recorded through AddRenderObservation, GrayscaleObservation, a frame skip)
+    env = wrap(make_env(env_id, spec), wrappers)
+    space = env.observation_space
+    if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and (
+            len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[2] in (1, 3, 4)))):
+        raise UserError(f"the real env {env_id} gives observations {space}, not the frames the world model was "
+                        "trained on: was its dataset recorded through wrappers that its env spec does not record "
+                        "(a checkpoint trained before they were recorded: train it again)?")
     if wm.dataset.get("resize"):  # trained on the dataset's frames resized: the real env's frames are too
         env = ResizeFrames(env, wm.dataset["resize"])
     shape = env.observation_space.shape
