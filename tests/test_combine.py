@@ -83,3 +83,23 @@ def test_jpeg_dataset_warns_when_cached(minari_root: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         FrameCache.open("tt/exact-v0", progress=False)
+
+
+@pytest.mark.parametrize("data_format", ["hdf5", "arrow"])
+def test_jpeg_warning_for_datasets_recorded_elsewhere(minari_root: Path, data_format: str) -> None:
+    """Datasets recorded with Minari's own writers, in either storage format (an Arrow one was not warned about)."""
+    import warnings
+
+    from dataset_fixtures import record
+
+    from diffusion_world.data.pixel_env import make_pixel_env
+
+    record(f"tt/{data_format}-jpeg-v0", make_pixel_env("CartPole-v1", size=32), seeds=[0], data_format=data_format,
+           jpeg_encoding=True)
+    with pytest.warns(UserWarning, match="JPEG-encoded"):
+        FrameCache.open(f"tt/{data_format}-jpeg-v0", progress=False)
+    record(f"tt/{data_format}-raw-v0", make_pixel_env("CartPole-v1", size=32), seeds=[0], data_format=data_format,
+           jpeg_encoding=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FrameCache.open(f"tt/{data_format}-raw-v0", progress=False)

@@ -171,6 +171,18 @@ def test_non_image_dataset_is_refused(minari_root: Path) -> None:
         FrameCache.open("tt/state-v0", progress=False)
 
 
+@pytest.mark.parametrize("frame_size", [None, 16])
+def test_uint8_observations_that_are_not_image_levels_are_refused(frame_size: int | None) -> None:
+    """A 0/1 mask in a uint8 Box would train as all but black frames (-1 after scaling): refused, by its bounds."""
+    from diffusion_world.data.dataset import _check_image_space
+
+    mask = gym.spaces.Box(0, 1, (16, 16, 3), np.uint8)
+    with pytest.raises(UserError, match="its bounds are not 0 and 255"):
+        _check_image_space("tt/mask-v0", mask, frame_size)
+    frames = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    assert _check_image_space("tt/frames-v0", frames, frame_size) is frames
+
+
 def test_padded_windows_run_past_episode_ends(tiny_frame_cache: FrameCache) -> None:
     """pad_ends: a window starts at every frame; past the episode's end it repeats the last frame, marked invalid,
     with no action, reward or termination. Every termination then sits at every window position."""

@@ -64,6 +64,9 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
     image = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))
     if rgb if frame_size is None else image:
         assert isinstance(space, gym.spaces.Box)
+        if not _full_uint8_range(space):  # e.g. a 0/1 mask: as frames it would be all but black
+            raise UserError(f"dataset {dataset_id!r} has observation space {space}: its bounds are not 0 and 255, "
+                            "so its values are not image levels; record frames scaled to 0-255")
         return space
     states = f"; if it holds states, render them into frames: `diffusion-world render {dataset_id} --dataset-id NEW`"
     if frame_size is None:
@@ -73,6 +76,11 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
                         f"observations Box(0, 255, (H, W, 3), uint8){hint}")
     raise UserError(f"dataset {dataset_id!r} has observation space {space}; resizing its frames needs uint8 images "
                     f"Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4{states}")
+
+
+def _full_uint8_range(space: gym.spaces.Box) -> bool:
+    """Whether a uint8 Box spans the image levels 0-255 (as Minari's ``is_image_space`` requires)."""
+    return bool(np.all(space.low == 0)) and bool(np.all(space.high == 255))
 
 
 def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[int, ...]]:
@@ -249,6 +257,10 @@ def _jpeg_encoded(dataset: Any) -> bool:
     import h5py
 
     path = Path(dataset.storage.data_path) / "main_data.hdf5"
+    if not path.exists():  # another storage format (Arrow): what its metadata says, for the spaces Minari encodes
+        space = dataset.observation_space
+        return (bool(getattr(dataset.storage, "jpeg_encoding", False)) and isinstance(space, gym.spaces.Box)
+                and len(space.shape) in (2, 3) and min(space.shape[:2]) >= 32 and _full_uint8_range(space))
     try:
         with h5py.File(path, "r") as f:
             first = next(iter(f.values()))
