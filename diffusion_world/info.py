@@ -83,7 +83,9 @@ def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         # the default preset's U-Net halves the frame (levels - 1) times
         step = 2 ** (len(PRESETS[TrainConfig.preset]["channels"]) - 1)
         fits = len(shape) == 3 and shape[2] == 3 and shape[0] % step == 0 and shape[1] % step == 0
-        entry["to_train"] = None if fits else "train --frame-size 64"
+        # else frames resized to N x N RGB: the larger side rounded up to the U-Net's multiple, at most 64
+        size = min(64, -(-max(shape[:2]) // step) * step)
+        entry["to_train"] = None if fits else f"train --frame-size {size}"
     else:
         entry["observations"] = f"states {_space_summary(space)}"
         entry["cannot_train"] = _why_not_renderable(dataset_id)

@@ -49,7 +49,7 @@ def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pyte
     datasets = json.loads(capsys.readouterr().out)["datasets"]
     assert datasets["tt/frames-v0"] == {"env_id": "CartPole-v1", "episodes": 1, "steps": 5,
                                         "observations": "frames 16x16x3", "to_train": None, "cannot_train": None}
-    assert datasets["tt/odd-frames-v0"]["to_train"] == "train --frame-size 64"  # 20 is not a multiple of 8
+    assert datasets["tt/odd-frames-v0"]["to_train"] == "train --frame-size 24"  # 20 is not a multiple of 8
     states = datasets["tt/cartpole-states-v0"]
     assert states["env_id"] == "CartPole-v1" and states["observations"] == "states Box(float32, (4,))"
     assert states["to_train"] == "diffusion-world render tt/cartpole-states-v0 --dataset-id NEW"

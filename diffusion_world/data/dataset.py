@@ -68,7 +68,8 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
             raise UserError(f"dataset {dataset_id!r} has observation space {space}: its bounds are not 0 and 255, "
                             "so its values are not image levels; record frames scaled to 0-255")
         return space
-    states = f"; if it holds states, render them into frames: `diffusion-world render {dataset_id} --dataset-id NEW`"
+    states = (f"; if it holds states, render them into frames: `diffusion-world render {dataset_id} --dataset-id NEW` "
+              "(it replays each episode from its recorded reset seed: `diffusion-world info` says whether it can)")
     if frame_size is None:
         hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
                 "([train] frame_size in a card)" if image else states)
