@@ -85,6 +85,27 @@ def test_jpeg_dataset_warns_when_cached(minari_root: Path) -> None:
         FrameCache.open("tt/exact-v0", progress=False)
 
 
+def test_combined_from_a_jpeg_dataset_still_warns(minari_root: Path) -> None:
+    """combine stores the decoded frames losslessly, artefacts and all: the new dataset says where they came
+    from, and training on it warns as on the source (it did not), also when combined again."""
+    import warnings
+
+    collect("CartPole-v1", "tt/lossy-v0", steps=10, size=32, lossless=False, progress=False)
+    collect("CartPole-v1", "tt/exact-v0", steps=10, size=32, progress=False)
+    collect("CartPole-v1", "tt/exact2-v0", steps=10, size=32, seed=5, progress=False)
+    combine(["tt/exact-v0", "tt/lossy-v0"], "tt/mixed-v0")
+    assert minari.load_dataset("tt/mixed-v0").storage.metadata["jpeg_decoded_from"] == ["tt/lossy-v0"]
+    with pytest.warns(UserWarning, match=r"combined from JPEG-encoded \(lossy\) datasets \['tt/lossy-v0'\]"):
+        FrameCache.open("tt/mixed-v0", progress=False)
+    combine(["tt/mixed-v0", "tt/exact2-v0"], "tt/mixed-again-v0")
+    assert minari.load_dataset("tt/mixed-again-v0").storage.metadata["jpeg_decoded_from"] == ["tt/lossy-v0"]
+    combine(["tt/exact-v0", "tt/exact2-v0"], "tt/exact-both-v0")
+    assert "jpeg_decoded_from" not in minari.load_dataset("tt/exact-both-v0").storage.metadata
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FrameCache.open("tt/exact-both-v0", progress=False)
+
+
 @pytest.mark.parametrize("data_format", ["hdf5", "arrow"])
 def test_jpeg_warning_for_datasets_recorded_elsewhere(minari_root: Path, data_format: str) -> None:
     """Datasets recorded with Minari's own writers, in either storage format (an Arrow one was not warned about)."""

@@ -37,6 +37,7 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 from tqdm.auto import tqdm
 
+from diffusion_world.data.dataset import jpeg_decoded_from, lossy_frames
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
 from diffusion_world.errors import UserError
 from diffusion_world.registration import PIXEL_ENV_ID
@@ -528,8 +529,11 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         data_dir.mkdir(parents=True)
         storage = MinariStorage.new(data_dir, env_spec=env_spec, observation_space=sources[0].observation_space,
                                     action_space=sources[0].action_space, data_format="hdf5", jpeg_encoding=False)
+        lossy = sorted({name for d, ds in zip(dataset_ids, sources) if lossy_frames(ds)
+                        for name in jpeg_decoded_from(ds) or [d]})
         storage.update_metadata({"dataset_id": new_dataset_id, "combined_datasets": list(dataset_ids),
-                                 "minari_version": minari.__version__})
+                                 "minari_version": minari.__version__,
+                                 **({"jpeg_decoded_from": lossy} if lossy else {})})
         for ds in sources:
             storage.update_from_storage(ds.storage)
         _compress_frames(data_dir / "main_data.hdf5")

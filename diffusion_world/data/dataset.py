@@ -252,6 +252,18 @@ def _cache_matches(directory: Path, fingerprint: str) -> bool:
     return meta.get("fingerprint") == fingerprint and meta.get("format") == CACHE_FORMAT_VERSION
 
 
+def jpeg_decoded_from(dataset: Any) -> list[str]:
+    """The JPEG-encoded datasets whose decoded frames a dataset made by ``combine`` holds (stored losslessly,
+    artefacts and all)."""
+    return list(dataset.storage.metadata.get("jpeg_decoded_from") or [])
+
+
+def lossy_frames(dataset: Any) -> bool:
+    """Whether a dataset's frames went through JPEG: stored that way, or combined from datasets that were."""
+    return (bool(getattr(dataset.storage, "jpeg_encoding", False)) and _jpeg_encoded(dataset)) or \
+        bool(jpeg_decoded_from(dataset))
+
+
 def _jpeg_encoded(dataset: Any) -> bool:
     """Whether the first episode's frames are stored as JPEG bytes (Minari writes image spaces of at least
     32x32 that way when its storage says ``jpeg_encoding``; smaller ones stay raw)."""
@@ -284,6 +296,10 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         warnings.warn(f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn "
                       "the compression artefacts. If you made it: collect without --jpeg, and merge datasets with "
                       "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).", stacklevel=3)
+    elif jpeg_decoded_from(dataset):
+        warnings.warn(f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "
+                      f"{jpeg_decoded_from(dataset)}: their frames keep the compression artefacts, which the world "
+                      "model will learn.", stacklevel=3)
     action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
     indices = np.asarray(dataset.episode_indices, dtype=np.int64)
     if indices.size == 0:
