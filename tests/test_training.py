@@ -95,6 +95,34 @@ def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Pat
         torch.testing.assert_close(b[name], t, atol=2e-5, rtol=1e-4, msg=f"{name} differs between 1 and 2 ranks")
 
 
+def test_resume_keeps_the_runs_settings(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:
+    """--resume continues a run only with the settings it ran with (they used to be replaced silently by the
+    card's or the defaults: another batch, lr, or a --seed that moves episodes into training); an export cannot
+    be resumed; a changed model field is named."""
+    from diffusion_world.checkpoint import save_checkpoint
+
+    train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1, batch_size=2, lr=1e-3))
+    with pytest.raises(UserError, match=r"ran with batch_size 2 \(now 4\), lr 0.001 \(now 0.01\): --resume"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2), resume=True)
+    with pytest.raises(UserError, match=r"ran with seed 0 \(now 3\)"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2, batch_size=2, lr=1e-3, seed=3), resume=True)
+    with pytest.raises(UserError, match=r"loss.supervision 'dart' \(now 'last_frame'\)"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2, batch_size=2, lr=1e-3,
+                       loss={"supervision": "last_frame"}), resume=True)
+    with pytest.raises(UserError, match=r"another model config \(context_window 16 \(now 4\)\)"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2, batch_size=2, lr=1e-3, model={"context_window": 4}),
+              resume=True)
+    # what may change between the parts of a run: the steps, the time budget, logging
+    capsys.readouterr()
+    train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2, batch_size=2, lr=1e-3, eval_every=7, init_from="x.pt"),
+          resume=True)
+    assert "resuming " in capsys.readouterr().out and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    export = {k: v for k, v in load_checkpoint(tmp_path / "checkpoint.pt").items() if k not in ("model", "optimizer")}
+    save_checkpoint(tmp_path / "export" / "checkpoint.pt", export)
+    with pytest.raises(UserError, match="is not a training state .*start a new run from its weights with --init-from"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "export", steps=3, batch_size=2, lr=1e-3), resume=True)
+
+
 def test_checkpoint_counts_the_training_terminations(tiny_dataset_id: str, tiny_frame_cache, tmp_path: Path) -> None:
     cfg = tiny_cfg(tiny_dataset_id, tmp_path, steps=1)
     train(cfg)
@@ -131,6 +159,36 @@ def test_interrupt_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkey
     with pytest.raises(KeyboardInterrupt):
         train(tiny_cfg(tiny_dataset_id, tmp_path, steps=10))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_a_signal_while_a_step_commits_waits_for_it(tiny_dataset_id: str, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C / SIGTERM between the optimiser step and the EMA update used to save the new weights under the
+    previous step's number (the resume then applied that step twice): the step now commits first."""
+    import os
+    import signal
+
+    from diffusion_world.training import train as train_module
+
+    real = train_module.normalize_weights_
+    calls = []
+
+    def normalize_and_signal(model):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:  # (the first call normalises the new model) after the second optimiser step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model)
+
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "once", steps=3))
+    monkeypatch.setattr(train_module, "normalize_weights_", normalize_and_signal)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "split", steps=3))
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 2
+    monkeypatch.setattr(train_module, "normalize_weights_", real)
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "split", steps=3), resume=True)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("once", "split"))
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key} {name}")
 
 
 def test_max_minutes_stops_saves_and_resumes_exactly(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:

@@ -235,12 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise UserError(f"{ckpt_path} holds a run (step {step_done}): continue it with --resume, or train into "
                         "another --out (or delete it)")
     if resume and ckpt_path.exists():  # before the data: the frames to read depend on it
-        stored = load_checkpoint(ckpt_path).get("dataset", {}).get("resize")
-        if stored != cfg.frame_size:
-            def said(n: int | None) -> str:
-                return f"--frame-size {n}" if n else "no --frame-size"
-            raise UserError(f"{ckpt_path} was trained with {said(stored)}: resume with the same, not "
-                            f"{said(cfg.frame_size)}")
+        _check_resumable(ckpt_path, load_checkpoint(ckpt_path), cfg)
 
     # ---- devices and processes
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -306,8 +301,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["model_config"] != model_cfg.to_dict():
-            raise UserError(f"{ckpt_path} was trained with another model config; use a new --out or the same "
-                            f"preset/card (checkpoint: preset {ckpt['train_config'].get('preset')!r})")
+            changed = ", ".join(f"{k} {ckpt['model_config'].get(k)!r} (now {v!r})"
+                                for k, v in model_cfg.to_dict().items() if ckpt["model_config"].get(k) != v)
+            raise UserError(f"{ckpt_path} was trained with another model config ({changed or 'other fields'}); "
+                            f"use a new --out or the same preset/card (checkpoint: preset "
+                            f"{ckpt['train_config'].get('preset')!r})")
         if ckpt["dataset"]["dataset_id"] != cfg.dataset_id:
             raise UserError(f"{ckpt_path} was trained on {ckpt['dataset']['dataset_id']!r}, not {cfg.dataset_id!r}")
         model.load_state_dict(ckpt["model"])
@@ -316,6 +314,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         step, num_frames_seen, elapsed = ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0)
         _set_rng_state(ckpt["rng"])
         extra = {k: ckpt[k] for k in ("termination_classifier",) if ckpt.get(k) is not None}
+        if rank == 0:
+            print(f"resuming {ckpt_path} at step {step}" + (f" (--init-from {cfg.init_from} only starts a new run)"
+                                                           if cfg.init_from else ""))
     elif cfg.init_from:
         step, num_frames_seen, elapsed, extra, how = _init_from(cfg.init_from, model_cfg.to_dict(), model, ema,
                                                                 opt, cache.env_spec)
@@ -353,9 +354,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     # ---- the loop
     frame_shape = (model_cfg.image_channels, *model_cfg.frame_size)
     t_loop = time.monotonic()
-    # SIGTERM (a scheduler's pre-emption, `kill`, a job's time limit) stops like Ctrl-C: checkpoint, then exit
+    # SIGTERM (a scheduler's pre-emption, `kill`, a job's time limit) stops like Ctrl-C: checkpoint, then exit.
+    # Either waits while a step commits (optimiser step to EMA update and log), so that a checkpoint never holds
+    # a step's weights under the step before's number.
+    stop = _Interrupts()
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
+    previous = ({sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if on_main_thread else {})
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -387,6 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 if p.grad is not None:
                     torch.nan_to_num(p.grad, nan=0, posinf=0, neginf=0, out=p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            stop.hold()
             opt.step()
             opt.zero_grad(set_to_none=True)
             normalize_weights_(model)  # forced weight normalisation (EDM2 Sec. 2.3)
@@ -402,6 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             if rank == 0:
                 monitor.log(step, totals, lr=lr, grad_norm=float(grad_norm), dt=dt,
                             supervised=supervised * world, num_frames_seen=num_frames_seen)
+            stop.release()  # a signal that came meanwhile interrupts here
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if rank == 0:
                     monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
@@ -425,11 +432,52 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise
     finally:
         monitor.close()
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
     return ckpt_path
+
+
+# Settings that decide what a run computes: a resumed run keeps them (the rest, e.g. --steps, --max-minutes, the
+# device, logging, may change between the parts of a run).
+RUN_SETTINGS = ("batch_size", "grad_accum", "seq_len", "lr", "warmup_steps", "lr_decay_steps", "betas", "grad_clip",
+                "ema_halflife_steps", "ema_rampup", "loss", "val_fraction", "pad_episode_ends", "terminal_fraction",
+                "seed")
+
+
+def _check_resumable(ckpt_path: Path, ckpt: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse to resume a run that is not a training state, or with other settings than it ran with (it would
+    not continue the run: a --seed even moves episodes between training and validation). The loss's class
+    weight the run computed from its data is taken over."""
+    missing = [k for k in ("model", "ema", "optimizer", "rng") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise UserError(f"{ckpt_path} is not a training state (no {', '.join(missing)}; an export?): it cannot be "
+                        f"resumed; start a new run from its weights with --init-from {ckpt_path}")
+    stored = ckpt.get("dataset", {}).get("resize")
+    if stored != cfg.frame_size:
+        def said(n: int | None) -> str:
+            return f"--frame-size {n}" if n else "no --frame-size"
+        raise UserError(f"{ckpt_path} was trained with {said(stored)}: resume with the same, not "
+                        f"{said(cfg.frame_size)}")
+    try:  # the run's settings, today's defaults for those it predates
+        run = TrainConfig.from_dict({k: v for k, v in ckpt.get("train_config", {}).items()
+                                     if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    except (UserError, TypeError):
+        return  # an unreadable config: nothing to compare against
+    if cfg.loss.termination_pos_weight is None:  # computed from the data by the run's first part: the same
+        cfg.loss.termination_pos_weight = run.loss.termination_pos_weight
+    differ = []
+    for name in RUN_SETTINGS:
+        if name == "loss":
+            differ += [f"loss.{f.name} {getattr(run.loss, f.name)!r} (now {getattr(cfg.loss, f.name)!r})"
+                       for f in dataclasses.fields(LossConfig)
+                       if getattr(run.loss, f.name) != getattr(cfg.loss, f.name)]
+        elif getattr(run, name) != getattr(cfg, name):
+            differ.append(f"{name} {getattr(run, name)!r} (now {getattr(cfg, name)!r})")
+    if differ:
+        raise UserError(f"{ckpt_path} ran with {', '.join(differ)}: --resume continues a run with its own "
+                        "settings; give the same (flags or card), or start a new run from it with --init-from")
 
 
 def _terminations(cache: FrameCache, episodes: np.ndarray) -> int:
@@ -451,8 +499,27 @@ def _grads_in_param_layout(model: torch.nn.Module) -> None:
             p.register_hook(hook(p.stride()))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """SIGINT / SIGTERM as KeyboardInterrupt, held back between :meth:`hold` and :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = signum
+        else:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world: int) -> bool:
