@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +35,17 @@ class Monitor:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         if start_step > 0 and path.exists():  # keep the curve of the steps done before a resume
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r.get("step", 0) <= start_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            rows = []
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut by a kill: its row is lost, the curve goes on
+                    if line.strip():
+                        warnings.warn(f"{path}: line {number} is not a JSON row (cut short?): dropped", stacklevel=2)
+            self.history = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= start_step]
+            tmp = path.with_name(path.name + ".tmp")  # a kill while rewriting must not cut the file
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, path)
         elif path.exists():
             path.unlink()
         self.file = path.open("a")
