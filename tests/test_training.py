@@ -93,6 +93,12 @@ def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Pat
     b = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]
     for name, t in a.items():
         torch.testing.assert_close(b[name], t, atol=2e-5, rtol=1e-4, msg=f"{name} differs between 1 and 2 ranks")
+    # the logged losses and counts are the whole batch's (they were rank 0's half, and its count times 2)
+    rows_one, rows_two = ([r for r in metrics(tmp_path / d) if "loss" in r] for d in ("one", "two"))
+    for r1, r2 in zip(rows_one, rows_two, strict=True):
+        assert r1["num_frames_seen"] == r2["num_frames_seen"]
+        for key in ("loss", "diffusion", "reward", "termination"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-6), key
 
 
 def test_resume_keeps_the_runs_settings(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:

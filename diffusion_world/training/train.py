@@ -388,6 +388,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 totals["reward"] += out.reward.item() / cfg.grad_accum
                 totals["termination"] += out.termination.item() / cfg.grad_accum
                 supervised += out.num_supervised
+            if world > 1:  # the logged losses and counts are the whole batch's, as one process computes them
+                summed = torch.tensor([*totals.values(), supervised], dtype=torch.float64, device=device)
+                dist.all_reduce(summed)
+                totals = dict(zip(totals, (summed[:-1] / world).tolist()))
+                supervised = round(float(summed[-1]))
             for p in model.parameters():  # NaN-safe, as EDM2
                 if p.grad is not None:
                     torch.nan_to_num(p.grad, nan=0, posinf=0, neginf=0, out=p.grad)
@@ -397,7 +402,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             opt.zero_grad(set_to_none=True)
             normalize_weights_(model)  # forced weight normalisation (EDM2 Sec. 2.3)
             step += 1
-            num_frames_seen += supervised * world
+            num_frames_seen += supervised
             halflife = min(cfg.ema_halflife_steps, max(step * cfg.ema_rampup, 1.0))
             beta = 0.5 ** (1.0 / halflife)
             with torch.no_grad():
@@ -407,7 +412,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             elapsed += dt
             if rank == 0:
                 monitor.log(step, totals, lr=lr, grad_norm=float(grad_norm), dt=dt,
-                            supervised=supervised * world, num_frames_seen=num_frames_seen)
+                            supervised=supervised, num_frames_seen=num_frames_seen)
             stop.release()  # a signal that came meanwhile interrupts here
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if rank == 0:
