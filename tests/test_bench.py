@@ -755,6 +755,10 @@ def test_glance_table_answers_from_current_results_only() -> None:
         ("80.0 ± 1.0", "PPO trained in the real env: 70.0 ± 1.0; random: 20.0 ± 1.0", "`rl_50k_seeds`")]
     assert "termination='sample'" in rows[-1][0] and "over 2 seeds" in rows[-1][0]
     assert "K=3 denoiser calls per frame, no history guidance" in glance_markdown(results)
+    # an env whose held-action episodes never ended within the horizon (Pendulum): no share, not a crash
+    never = {**results, "control": {**results["control"], "headline": {"gain_h8": 0.75, "termination_on_time": None}}}
+    row = next(r for r in glance_markdown(never).splitlines() if "held actions end" in r)
+    assert row.endswith("| – | no real episode ended | `control` |")
     # speed: the `speed` result's row, then a row for each `speed_<machine>` measured the same way elsewhere
     def speed(cpu: str, fps: tuple[float, float], **kw: object) -> dict:
         return {"sampler_steps": 3, "preset": "small", "device": "cpu", "world_model": None,

@@ -748,11 +748,14 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
     control = current("control")
     if control:
         h = control["headline"]
-        rows.append(("Do actions matter as much as in the real env? Effect of an action held 8 steps, "
-                     "relative to the real one", _f(h["gain_h8"]), "1", "control"))
+        if h.get("gain_h8") is not None:
+            rows.append(("Do actions matter as much as in the real env? Effect of an action held 8 steps, "
+                         "relative to the real one", _f(h["gain_h8"]), "1", "control"))
+        on_time = h.get("termination_on_time")  # None: no real held-action episode ended within the horizon
         rows.append(("Do episodes of held actions end when the real ones do? (within "
-                     f"{control.get('tolerance', 2)} steps)", f"{100 * h['termination_on_time']:.0f} %", "100 %",
-                     "control"))
+                     f"{control.get('tolerance', 2)} steps)",
+                     "–" if on_time is None else f"{100 * on_time:.0f} %",
+                     "100 %" if on_time is not None else "no real episode ended", "control"))
     tails = current("termination_tails")
     if tails:
         rows.append((f"Do imagined episodes end when the real ones do? {tails['imagined']['episodes']} held-out "
