@@ -273,8 +273,9 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
     original = rl.evaluate_imagined
     monkeypatch.setattr(rl, "evaluate_imagined", evaluate_imagined)
     kwargs = {"termination": "sample", "reset_mode": "anywhere", "horizon": 6}
-    r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
-               progress=False, imagination_kwargs=kwargs)
+    with pytest.warns(UserWarning, match="is one PPO rollout .*learning rate 0, so the agents stay untrained"):
+        r = run_rl(tiny_world_model, agent_steps=64, eval_episodes=2, num_envs=2, frame_stack=2, horizon=20,
+                   progress=False, imagination_kwargs=kwargs)
     assert evaluated == [(20, {"termination": "sample"})] * 3
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
@@ -296,6 +297,11 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
     assert (tmp_path / "rl.png").stat().st_size > 1000
     text = render("rl", r)
     assert "termination='sample'" in text and "in the first rollout" in text
+    assert "One PPO rollout (64 steps): its only update ran at learning rate 0" in text
+    assert "One PPO rollout" not in render("rl", {**r, "agent_steps_trained": 128})
+    # a ratio of negative returns says nothing: none is given
+    assert "No imagination / real return ratio" in render("rl", {**r, "headline": {
+        **r["headline"], "imagination_vs_real_ratio": None}})
     # where the imagined episodes started (the training dataset when it is here, else the stored contexts)
     assert r["contexts"].startswith("dataset ") or r["contexts"].endswith("contexts stored in the checkpoint")
     assert f"imagined episodes start from the {r['contexts']}." in text

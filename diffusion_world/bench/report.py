@@ -260,7 +260,13 @@ def rl_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {where} | {row['mean']:.1f} ± {row['std']:.1f} |{col} {in_imag} "
                      f"| {_f(row.get('train_s'), 0)} |")
     ratio = r.get("headline", {}).get("imagination_vs_real_ratio")
-    lines += ["", f"Imagination / real return ratio: {_f(ratio)}."
+    ppo_rollout = (ppo or {}).get("n_steps", 0) * r["num_envs"]
+    if ppo and isinstance(ppo.get("learning_rate"), str) and "-> 0" in ppo["learning_rate"] and \
+            0 < trained <= ppo_rollout:
+        lines += ["", f"**One PPO rollout ({ppo_rollout} steps): its only update ran at learning rate 0 (the rate "
+                  "decays linearly to 0 over the budget), so both PPO agents are untrained.**"]
+    lines += ["", (f"Imagination / real return ratio: {_f(ratio)}." if ratio is not None else
+                   "No imagination / real return ratio (it needs positive returns).")
               + (" Real-env returns use the greedy action (SB3's default); \"real, sampled actions\" samples the "
                  "policy's action distribution instead (a policy that learned little is near-uniform, and its greedy "
                  "action is one fixed action)." if sampled else "")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
 
     wm = load_world_model(world_model)
     ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
+    rollout = ppo_kwargs["n_steps"] * num_envs
+    if agent_steps <= rollout:  # the learning rate decays linearly to 0 over the budget, reaching 0 at the last update
+        warnings.warn(f"agent_steps {agent_steps} is one PPO rollout ({rollout} steps): its only update runs at "
+                      f"learning rate 0, so the agents stay untrained; give at least {2 * rollout}", stacklevel=2)
     imagination_kwargs = dict(imagination_kwargs or {})
     env_kwargs = {**({"horizon": horizon} if horizon else {}), **imagination_kwargs}
     say = print if progress else (lambda *a, **k: None)
@@ -339,8 +344,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "real_trained_return_mean": result["real_trained"]["mean"],
         "random_return_mean": result["random"]["mean"],
         "imagination_trained_return_in_imagination": in_imagination["imagination"]["mean"],
+        # a ratio of returns means something only where both are positive (Pendulum's are all negative)
         "imagination_vs_real_ratio": (result["imagination"]["mean"] / result["real_trained"]["mean"]
-                                      if result["real_trained"]["mean"] else None),
+                                      if result["real_trained"]["mean"] > 0 and result["imagination"]["mean"] >= 0
+                                      else None),
     }
     say(result["headline"])
     return result
