@@ -154,8 +154,13 @@ def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_worl
     assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 0.0
     assert "stop at the real terminal frame" in termination.termination_markdown(r)
     collect("CartPole-v1", "tt/cut-v0", steps=5, size=16, seed=3, progress=False)  # one episode, cut after 5 steps
-    with pytest.raises(UserError, match="no held-out episode of 'tt/cut-v0' terminates"):
+    with pytest.raises(UserError, match=r"none of the 1 held-out episode\(s\) of 'tt/cut-v0' terminates"):
         termination.run_termination(tiny_world_model, dataset_id="tt/cut-v0", progress=False)
+    # a run that held out no episode of its dataset: said so, not "they are all truncated"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(termination, "heldout_episodes", lambda *a: (np.zeros(0, np.int64), "none", None))
+        with pytest.raises(UserError, match="'tt/cut-v0' has no held-out episodes .*pass --dataset-id"):
+            termination.run_termination(tiny_world_model, dataset_id="tt/cut-v0", progress=False)
 
 
 def test_imagined_classifier_frames_go_on_past_the_end(absorbing_id: str, tmp_path: Path) -> None:

@@ -123,11 +123,15 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     context = int(context or wm.imagination.get("context_frames", 4))
     sampler = wm.sampler_config(sampler_steps, history_guidance)
     K = sampler.num_steps
+    if not len(episodes):
+        raise UserError(f"{dataset_id!r} has no held-out episodes (the run trained on all of them): pass "
+                        "--dataset-id of another dataset of this env")
     ends = cache.episode_starts[episodes] + cache.live_lengths[episodes] - 1
     terminated = np.asarray(cache.terminations)[ends]
     if not terminated.any():
-        raise UserError(f"no held-out episode of {dataset_id!r} terminates (they are all truncated): nothing to "
-                        f"score; use a dataset where episodes end in failure, e.g. random play")
+        raise UserError(f"none of the {len(episodes)} held-out episode(s) of {dataset_id!r} terminates (they are "
+                        "all truncated): nothing to score; use a dataset whose episodes end by termination (in "
+                        "CartPole, random play), or this env may never terminate")
     ok = terminated & (cache.live_lengths[episodes] >= context + 1)
     episodes, ends = episodes[ok], ends[ok]
     if not len(episodes):
