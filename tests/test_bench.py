@@ -58,8 +58,14 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
                       "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
     assert 1 <= r["window_episodes"] <= min(4, r["heldout_episodes"])
-    text = render("fidelity", {**r, "machine": {}, "window_episodes": 1, "heldout_episodes": 3})
+    assert 1 <= r["distinct_windows"] <= 4
+    text = render("fidelity", {**r, "machine": {}, "window_episodes": 1, "heldout_episodes": 3,
+                               "distinct_windows": 4})
     assert "windows: 4 from 1 of the 3 held-out episodes" in text  # not "from 3 episodes"
+    repeated = render("fidelity", {**r, "machine": {}, "window_episodes": 1, "heldout_episodes": 1,
+                                   "distinct_windows": 2})
+    assert "windows: 4 (2 distinct: half the windows end on an episode's last frame" in repeated
+    assert "from 1 episode of" in repeated
     ft = r["termination"]["first_termination"]
     assert f"{ft['missed']} window(s) where only the real episode terminates, {ft['spurious']} where" in text
     old = {**r, "machine": {}, "termination": {**{k: v for k, v in r["termination"].items()

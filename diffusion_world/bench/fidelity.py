@@ -306,7 +306,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     repeat_last = np.repeat(last[:, None], horizon, axis=1)
     result: dict[str, Any] = {
         "world_model": str(world_model), "dataset_id": dataset_id, "context_frames": context, "horizon": horizon,
-        "num_windows": len(starts), "heldout_episodes": len(val_eps),
+        "num_windows": len(starts), "distinct_windows": len(np.unique(starts)), "heldout_episodes": len(val_eps),
         "window_episodes": len(np.unique(np.searchsorted(cache.episode_starts, starts, side="right") - 1)),
         "heldout": heldout, "heldout_episode_seeds": seed_range,
         "sampler_steps": default_k,

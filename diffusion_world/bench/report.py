@@ -26,6 +26,11 @@ def _first_termination(t: dict[str, Any]) -> str:
             "the imagined one does.")
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 episode``, ``3 episodes``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _f(v: Any, digits: int = 2) -> str:
     if v is None:
         return "–"
@@ -62,9 +67,13 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         sm_note = (f" Short-memory baseline: the same network with a {sm['context_window']}-frame window, checkpoint "
                    f"step {sm['checkpoint_step']}" + (" (initialised from a long-window checkpoint, then trained "
                                                       "with the short window)" if sm.get("init_from") else "") + ".")
-    source = (f"{r['heldout_episodes']} episodes" if r.get("window_episodes") in (None, r["heldout_episodes"])
+    source = (_n(r["heldout_episodes"], "episode") if r.get("window_episodes") in (None, r["heldout_episodes"])
               else f"{r['window_episodes']} of the {r['heldout_episodes']} held-out episodes")
-    lines = [f"Held-out windows: {r['num_windows']} from {source} of `{r['dataset_id']}`; "
+    distinct = r.get("distinct_windows")  # recorded since windows could repeat: the intervals count each once
+    repeats = (f" ({distinct} distinct: half the windows end on an episode's last frame, so with few episodes they "
+               "repeat, and the intervals below count each repeat as a sample)"
+               if distinct is not None and distinct < r["num_windows"] else "")
+    lines = [f"Held-out windows: {r['num_windows']}{repeats} from {source} of `{r['dataset_id']}`; "
              f"{r['context_frames']} real context frames, then the real actions; {sampler_label(r)} Euler "
              f"steps; checkpoint step {r['checkpoint_step']}.{sm_note}", "",
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
