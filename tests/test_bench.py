@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +321,11 @@ def test_committed_tables_are_generated_from_the_committed_results(tmp_path: Pat
 
     root = Path(__file__).resolve().parents[1]
     results = root / "benchmarks" / "results"
-    assert make_readme(results, tmp_path / "bench.md") == (root / "benchmarks" / "README.md").read_text()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)  # the README names its results folder from itself
+    for path in results.glob("*.json"):
+        shutil.copy(path, tmp_path / "benchmarks" / "results")
+    assert make_readme(tmp_path / "benchmarks" / "results", tmp_path / "benchmarks" / "README.md") == (
+        root / "benchmarks" / "README.md").read_text()
     readme = tmp_path / "README.md"
     readme.write_text((root / "README.md").read_text())
     update_readme_section(readme, results)
@@ -353,6 +358,7 @@ def test_report_cli_and_a_results_folder_without_a_project_readme(tmp_path: Path
     monkeypatch.chdir(tmp_path)
     record_result(Path("benchmarks/results"), "generic", {"world_model": "x", "value": 1.5})
     assert Path("benchmarks/results/generic.md").exists() and Path("benchmarks/README.md").exists()
+    assert "from the JSON files in `results/`" in Path("benchmarks/README.md").read_text()  # where it stands
     assert not Path("README.md").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
