@@ -197,15 +197,17 @@ def test_a_signal_while_a_step_commits_waits_for_it(tiny_dataset_id: str, tmp_pa
             torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key} {name}")
 
 
-def test_resume_after_a_cut_metrics_line(tiny_dataset_id: str, tmp_path: Path) -> None:
+def test_resume_after_a_kill_cut_metrics_and_a_save(tiny_dataset_id: str, tmp_path: Path) -> None:
     """A metrics.jsonl whose last line a kill cut short: the resume drops that line with a warning (it crashed
     with a JSONDecodeError, and so did every later resume)."""
     train(tiny_cfg(tiny_dataset_id, tmp_path, steps=2))
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "loss": 4.2, "diff')
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a save cut by kill -9: removed
     with pytest.warns(UserWarning, match="is not a JSON row"):
         train(tiny_cfg(tiny_dataset_id, tmp_path, steps=3), resume=True)
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_max_minutes_stops_saves_and_resumes_exactly(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:

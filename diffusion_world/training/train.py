@@ -230,6 +230,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {str(out_dir)!r}: {e.strerror}") from e
+    for stale in out_dir.glob(f".{ckpt_path.name}.*.tmp"):  # a save that a kill -9 cut short (never a checkpoint)
+        stale.unlink(missing_ok=True)
     if not resume and ckpt_path.exists():  # hours of training are not overwritten by a forgotten --resume
         step_done = load_checkpoint(ckpt_path).get("step", "?")
         raise UserError(f"{ckpt_path} holds a run (step {step_done}): continue it with --resume, or train into "
