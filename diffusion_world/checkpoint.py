@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -90,8 +91,13 @@ def world_model_fingerprint(name_or_path: str | os.PathLike) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint written by :func:`save_checkpoint`."""
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    torch's zip format stores a CRC-32 of every tensor but ``torch.load`` does not check them, so a checkpoint
+    damaged on disk or in transfer (a flipped bit) would load as slightly wrong weights: the CRCs are checked
+    first (about 10 ms for the shipped model)."""
     path = Path(path)
+    _check_zip_crcs(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or pickled objects we refuse to load
@@ -102,6 +108,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"{path} has checkpoint format version {ckpt.get('format_version')}, "
                         f"this diffusion_world reads version {FORMAT_VERSION}")
     return ckpt
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Raise a UserError naming the first damaged entry of a zip checkpoint; other files are left to torch."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # not a zip (e.g. a text file): torch.load gives the error
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except OSError:
+        return  # unreadable: torch.load gives the error
+    except (zipfile.BadZipFile, EOFError) as e:
+        bad = f"({e})"
+    if bad is not None:
+        raise UserError(f"{path} is damaged: its entry {bad!r} does not match its CRC-32 checksum (the file changed "
+                        "after it was written: copy or download it again, or use another checkpoint)")
 
 
 @dataclass

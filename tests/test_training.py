@@ -6,8 +6,10 @@ import dataclasses
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -277,6 +279,24 @@ def test_bad_checkpoints_are_rejected(tmp_path: Path) -> None:
         load_world_model(tmp_path / "broken.pt")
     with pytest.raises(UserError, match="not found"):
         load_world_model(tmp_path / "missing.pt")
+
+
+def test_a_bit_flipped_checkpoint_is_refused(tmp_path: Path) -> None:
+    """torch.load does not check the CRCs of its zip entries: a flipped bit in a tensor loaded silently."""
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"ema": {"w": torch.arange(4096, dtype=torch.float32)}})
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as z:
+        entry = max(z.infolist(), key=lambda i: i.file_size)  # the tensor's storage
+    name_len, extra_len = struct.unpack("<HH", data[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len  # after the entry's local header
+    data[start + entry.file_size // 2] ^= 0x10
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(flipped, weights_only=True)["ema"]["w"], torch.arange(4096.0))  # torch: fine
+    with pytest.raises(UserError, match=rf"damaged: its entry '{entry.filename}' does not match its CRC-32"):
+        load_checkpoint(flipped)
+    assert load_checkpoint(good)["ema"]["w"].equal(torch.arange(4096.0))
 
 
 def test_bf16_autocast_on_cpu_matches_fp32(tiny_dataset_id: str, tmp_path: Path) -> None:
