@@ -130,14 +130,17 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt with the run's settings (dataset, model, batch, steps...): "
+                        "the card and flags are needed only to change what may change, e.g. --steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
-        from diffusion_world.training.train import config_from_card, train
+        from diffusion_world.training.train import config_from_card, resume_settings, train
 
         cfg = config_from_card(
-            args.card, dataset_id=args.dataset_id, frame_size=args.frame_size, out_dir=args.out, preset=args.preset,
+            args.card, base=resume_settings(args.out) if args.resume else None, dataset_id=args.dataset_id,
+            frame_size=args.frame_size, out_dir=args.out, preset=args.preset,
             steps=args.steps,
             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr,
             supervision=args.supervision, device=args.device, compile=args.compile,

@@ -131,6 +131,30 @@ def test_resume_keeps_the_runs_settings(tiny_dataset_id: str, tmp_path: Path, ca
         train(tiny_cfg(tiny_dataset_id, tmp_path / "export", steps=3, batch_size=2, lr=1e-3), resume=True)
 
 
+def test_cli_resume_takes_the_runs_settings_from_its_checkpoint(tiny_dataset_id: str, tmp_path: Path,
+                                                                 capsys) -> None:
+    """`train --out RUN --resume` needs no card or flags again (it needed the dataset id and preset, and every
+    run setting given as a flag, else refused them as changed); a card or flag still overrides, and a changed
+    run setting is still refused."""
+    out = tmp_path / "run"
+    first = ["train", "--dataset-id", tiny_dataset_id, "--out", str(out), "--preset", "tiny", "--steps", "3",
+             "--max-minutes", "1e-9", "--batch-size", "2", "--seq-len", "6", "--lr", "0.001", "--seed", "5",
+             "--context-window", "4", "--precision", "fp32", "--quiet"]
+    assert main(first) == 0  # the time budget stops it after its first step
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    assert main(["train", "--out", str(out), "--resume", "--precision", "fp32", "--quiet"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 3  # the run's own --steps
+    run = ckpt["train_config"]
+    assert (run["dataset_id"], run["preset"], run["batch_size"], run["seq_len"], run["lr"], run["seed"],
+            run["model"], run["max_minutes"]) == (tiny_dataset_id, "tiny", 2, 6, 1e-3, 5, {"context_window": 4}, 0)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--precision", "fp32", "--quiet"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--batch-size", "4", "--quiet"]) == 2
+    assert "ran with batch_size 2 (now 4)" in capsys.readouterr().err
+
+
 def test_checkpoint_counts_the_training_terminations(tiny_dataset_id: str, tiny_frame_cache, tmp_path: Path) -> None:
     cfg = tiny_cfg(tiny_dataset_id, tmp_path, steps=1)
     train(cfg)

@@ -615,11 +615,29 @@ def train_from_card(card_path: str | os.PathLike, out_dir: str | os.PathLike, re
     return train(cfg, resume=resume)
 
 
+# What a resumed run takes from its checkpoint where the card and flags do not say (not where or how it runs: the
+# device, precision, compilation, attention backend, time budget and output may differ between its parts)
+INHERITED_ON_RESUME = ("dataset_id", "frame_size", "preset", "model", "steps", *RUN_SETTINGS, "log_every",
+                       "eval_every", "checkpoint_every", "num_val_windows", "num_contexts", "context_length",
+                       "imagination")
+
+
+def resume_settings(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The settings of the run in ``out_dir`` that ``--resume`` continues with unless told otherwise (see
+    ``INHERITED_ON_RESUME``); empty when there is no run there or its checkpoint records none."""
+    ckpt_path = Path(out_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        return {}
+    run = load_checkpoint(ckpt_path).get("train_config")
+    return {k: v for k, v in run.items() if k in INHERITED_ON_RESUME} if isinstance(run, dict) else {}
+
+
 def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[str, Any] | None = None,
-                     **overrides: Any) -> TrainConfig:
-    """Build a TrainConfig: defaults < card < overrides (``None`` overrides are ignored); ``model_overrides``
-    update single fields of the card's ``[model]`` section."""
-    d: dict[str, Any] = {}
+                     base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Build a TrainConfig: defaults < ``base`` (e.g. :func:`resume_settings`) < card < overrides (``None``
+    overrides are ignored); ``model_overrides`` update single fields of the card's ``[model]`` section, and the
+    card's ``[model]``, ``[imagination]`` and loss settings update those of ``base`` field by field."""
+    d: dict[str, Any] = copy.deepcopy(base) if base else {}
     if card_path is not None:
         from diffusion_world.cards import load_card
 
@@ -628,14 +646,14 @@ def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[
         model = dict(card.model)
         if "preset" in model:
             d["preset"] = model.pop("preset")
-        d["model"] = model
+        d["model"] = {**d.get("model", {}), **model}
         train_section = dict(card.train)
         loss_keys = {f.name for f in dataclasses.fields(LossConfig)}
         loss = {k: train_section.pop(k) for k in list(train_section) if k in loss_keys}
         d.update(train_section)
         if loss:
-            d["loss"] = loss
-        d["imagination"] = dict(card.imagination)
+            d["loss"] = {**d.get("loss", {}), **loss}
+        d["imagination"] = {**d.get("imagination", {}), **card.imagination}
     for k, v in overrides.items():
         if v is None:
             continue
