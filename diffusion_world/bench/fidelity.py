@@ -391,7 +391,7 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
             ax.fill_between(hs, m - ci, m + ci, alpha=0.2)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("steps after the real context")
-        ax.set_ylabel(metric.upper())
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     if fg:
