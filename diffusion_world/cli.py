@@ -128,6 +128,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
                                        "fine-tune an inference export or shipped model, e.g. 'cartpole' (its EMA "
                                        "weights and step count, a fresh optimiser)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", type=int, help="steps between metrics.jsonl rows (training loss; default 25)")
     p.add_argument("--eval-every", type=int, help="steps between validation loss + dashboard.png")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true",
@@ -149,7 +150,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
             init_from=args.init_from,
             model_overrides={k: v for k, v in (("context_window", args.context_window),
                                                ("input_temporal_kernel", args.input_temporal_kernel)) if v is not None},
-            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
         path = train(cfg, resume=args.resume)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per process

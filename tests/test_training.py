@@ -139,7 +139,7 @@ def test_cli_resume_takes_the_runs_settings_from_its_checkpoint(tiny_dataset_id:
     out = tmp_path / "run"
     first = ["train", "--dataset-id", tiny_dataset_id, "--out", str(out), "--preset", "tiny", "--steps", "3",
              "--max-minutes", "1e-9", "--batch-size", "2", "--seq-len", "6", "--lr", "0.001", "--seed", "5",
-             "--context-window", "4", "--precision", "fp32", "--quiet"]
+             "--context-window", "4", "--precision", "fp32", "--log-every", "1", "--quiet"]
     assert main(first) == 0  # the time budget stops it after its first step
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
     assert main(["train", "--out", str(out), "--resume", "--precision", "fp32", "--quiet"]) == 0
@@ -150,6 +150,7 @@ def test_cli_resume_takes_the_runs_settings_from_its_checkpoint(tiny_dataset_id:
             run["model"], run["max_minutes"]) == (tiny_dataset_id, "tiny", 2, 6, 1e-3, 5, {"context_window": 4}, 0)
     assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--precision", "fp32", "--quiet"]) == 0
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4]  # --log-every 1 throughout
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--batch-size", "4", "--quiet"]) == 2
     assert "ran with batch_size 2 (now 4)" in capsys.readouterr().err

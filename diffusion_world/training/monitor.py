@@ -122,7 +122,7 @@ class Monitor:
         key = "val_loss" if held_out else "train_eval_loss"
         va = [(r["step"], r[key]) for r in self.history if key in r]
         if tr:
-            ax.plot(*zip(*tr), label="train loss", lw=1)
+            ax.plot(*zip(*tr), "o-" if len(tr) < 20 else "-", ms=3, label="train loss", lw=1)
         if va:
             ax.plot(*zip(*va), "o-", ms=3, label="validation loss (EMA)" if held_out else
                     "loss of the EMA on training windows (no validation episode is long enough)")
