@@ -275,7 +275,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--horizon", type=int,
                    help="rl: imagined episodes are cut (truncated) after this many steps (default: the card's "
                         "[imagination] horizon, else the checkpoint's); fidelity: imagined steps per replayed "
-                        "window (default 32, --quick 16; shorter for envs whose episodes are short)")
+                        "window (default 32, --quick 16; shorter for envs whose episodes are short); random_play: "
+                        "steps each episode may last (default 100, --quick 32; longer for envs whose random "
+                        "episodes are long)")
     p.add_argument("--reference-cache", metavar="DIR",
                    help="rl: keep each real-env reference agent in DIR, keyed by all it depends on (env, PPO "
                         "settings and budget, seed, torch threads, CPU, library versions), and reuse it: another "

@@ -478,6 +478,8 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     text = render("random_play", r)
     assert "| real env |" in text and 'termination=\"sample\"' in text and "| termination_threshold | 0.05 |" in text
     assert "| mean return | reward per step |" in text
+    # random CartPole episodes last about 20 steps: cut at 6 they say little about how episodes end
+    assert ("Most real episodes were still running after 6 steps" in text) == (e["real"]["cut"] > 0.5)
 
 
 def test_random_play_context_source(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
@@ -489,6 +491,9 @@ def test_random_play_context_source(tiny_world_model: str, tmp_path: Path, one_t
         path = run_benchmark("random_play", tiny_world_model, tmp_path, quick=True, name=f"play_{source}",
                              context_source=source)
         assert expected in json.loads(path.read_text())["contexts"]
+    # --horizon: how long its episodes may last (envs whose random episodes outlast 32 or 100 steps)
+    path = run_benchmark("random_play", tiny_world_model, tmp_path, quick=True, name="play_long", horizon=5)
+    assert json.loads(path.read_text())["steps"] == 5
     with pytest.raises(UserError, match="random_play only"):
         run_benchmark("control", tiny_world_model, tmp_path, context_source="checkpoint")
 
@@ -655,6 +660,8 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
                 run_benchmark(suite, "model.pt", tmp_path, **{option: value})
             if option == "horizon" and suite == "fidelity":  # the rollout length of each replayed window
                 assert called.value.args[0]["horizon"] == value
+            elif option == "horizon" and suite == "random_play":  # how long each episode may last
+                assert called.value.args[0]["steps"] == value
             elif option in ("reset_mode", "horizon"):  # recorded with the imagined env's settings
                 assert called.value.args[0]["imagination_kwargs"][option] == value
             if option == "reference_cache":  # not a setting of the result: the same agents either way

@@ -190,6 +190,9 @@ def random_play_markdown(r: dict[str, Any]) -> str:
              f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |" + returns("threshold"),
              f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
              f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |" + returns("sampled")]
+    if e["real"]["cut"] > 0.5:
+        lines += ["", f"**Most real episodes were still running after {r['steps']} steps: the lengths say little "
+                  "about how episodes end; rerun with a longer `--horizon`.**"]
     if ret:
         lines += ["", "Returns sum the rewards of the steps an episode takes (the imagined env's are the model's "
                   "predicted rewards; under sampled terminations, expected values)."]

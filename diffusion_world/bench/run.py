@@ -19,7 +19,7 @@ from diffusion_world.registration import PIXEL_ENV_ID
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
 OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("rl",), "seed": ("rl",),
-                 "reset_mode": ("rl",), "horizon": ("rl", "fidelity"), "reference_cache": ("rl",),
+                 "reset_mode": ("rl",), "horizon": ("rl", "fidelity", "random_play"), "reference_cache": ("rl",),
                  "short_memory": ("fidelity",), "dataset_id": ("fidelity", "termination", "random_play"),
                  "precision": ("fidelity", "termination", "control", "random_play", "rl"),
                  "context_source": ("random_play",)}
@@ -61,7 +61,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     start (``"episode_start"``, the default, or ``"anywhere"`` in the dataset) and where they are cut (default:
     the card's ``[imagination] horizon``, else the checkpoint's), e.g. DIAMOND's short imagined episodes from
     real states: ``reset_mode="anywhere", horizon=15``; ``horizon`` (fidelity): the imagined steps of each
-    replayed window (default 32, ``quick`` 16). ``reference_cache`` (rl): a directory that keeps the
+    replayed window (default 32, ``quick`` 16); ``horizon`` (random_play): the steps each episode may last
+    (default 100, ``quick`` 32). ``reference_cache`` (rl): a directory that keeps the
     real-env reference agents for reuse (see :func:`diffusion_world.bench.rl.run_rl`). ``precision``: the imagined
     rollouts in ``"fp32"`` (the default) or ``"bf16"`` autocast, as the imagined envs' ``precision``; recorded in
     the result when given. ``context_source`` (random_play): ``"checkpoint"`` or ``"dataset"`` reset contexts
@@ -150,7 +151,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
 
         if not world_model:
             raise UserError("benchmark random_play needs --world-model")
-        result = run_random_play(world_model, out, num_envs=8 if quick else 32, steps=32 if quick else 100,
+        result = run_random_play(world_model, out, num_envs=8 if quick else 32,
+                                 steps=horizon or (32 if quick else 100),
                                  dataset_id=dataset_id, device=device, sampler_steps=K, stem=stem, **guidance,
                                  **amp, context_source=context_source or "auto")
     elif suite == "rl":
