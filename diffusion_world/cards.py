@@ -1,11 +1,11 @@
 """Env cards: one TOML file per supported real environment (``envs/*.toml``).
 
-A card holds everything the pipeline needs to know about one environment: ``[env]`` (the real env id and its
-pixel settings), ``[collect]`` (dataset id, size, policy), and the ``[model]``, ``[train]`` and
-``[imagination]`` settings that later stages read. A ``[collect] policy`` path is relative to the card's
-folder. ``[env]`` and ``[collect]`` are validated here; the other sections are passed through as plain dicts
-for their owners to validate. Cards are data: CLI flags given next to ``--card`` override them, and supply the
-``[collect]`` keys a card leaves out (``collect --card C --dataset-id me/x-v0 --steps 500``).
+A card holds everything the pipeline needs to know about one environment: ``[env]`` (the real env id and its pixel
+settings), ``[collect]`` (dataset id, size, policy), the ``[model]``, ``[train]`` and ``[imagination]`` settings
+that later stages read, and ``[rl]`` (PPO settings of ``benchmark rl`` for this env). A ``[collect] policy`` path
+is relative to the card's folder. ``[env]`` and ``[collect]`` are validated here; the other sections are passed
+through as plain dicts for their owners to validate. Cards are data: CLI flags given next to ``--card`` override
+them, and supply the ``[collect]`` keys a card leaves out (``collect --card C --dataset-id me/x-v0 --steps 500``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "chunk_steps": ((int,), 5000),
     "post_terminal_steps": ((int,), 0),
 }
-PASS_THROUGH_SECTIONS = ("model", "train", "imagination")
+PASS_THROUGH_SECTIONS = ("model", "train", "imagination", "rl")
 # [imagination]: the imagined envs' defaults, stored in the checkpoint as given (no defaults filled in: each
 # consumer has its own). key -> (description of the accepted values, check)
 IMAGINATION_KEYS: dict[str, tuple[str, Any]] = {
@@ -50,6 +50,21 @@ IMAGINATION_KEYS: dict[str, tuple[str, Any]] = {
     "horizon": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
 }
 
+# [rl]: PPO settings of `benchmark rl` that replace its CartPole-tuned ones (diffusion_world.bench.rl.PPO_SETTINGS);
+# learning_rate is where the linear decay to 0 starts
+RL_KEYS: dict[str, tuple[str, Any]] = {
+    "n_steps": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "batch_size": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "n_epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "gamma": ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
+    "gae_lambda": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "ent_coef": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "vf_coef": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "clip_range": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "max_grad_norm": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "learning_rate": ("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1),
+}
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -59,14 +74,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
-def check_imagination(where: str, section: dict[str, Any]) -> None:
+def check_imagination(where: str, section: dict[str, Any], keys: dict[str, tuple[str, Any]] = IMAGINATION_KEYS
+                      ) -> None:
     """A clear :class:`UserError` for an unknown ``[imagination]`` key (a typo would otherwise be stored and
-    ignored) or a value of the wrong kind."""
-    unknown = sorted(set(section) - set(IMAGINATION_KEYS))
+    ignored) or a value of the wrong kind (``keys``: another section's, e.g. ``RL_KEYS``)."""
+    unknown = sorted(set(section) - set(keys))
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(IMAGINATION_KEYS)})")
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(keys)})")
     for key, value in section.items():
-        what, ok = IMAGINATION_KEYS[key]
+        what, ok = keys[key]
         if not ok(value):
             raise UserError(f"{where}: {key} must be {what}, got {value!r}")
 
@@ -81,6 +97,7 @@ class Card:
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     imagination: dict[str, Any] = field(default_factory=dict)
+    rl: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -152,4 +169,5 @@ def load_card(path: str | os.PathLike) -> Card:
             raise UserError(f"card {str(path)!r}: [{name}] must be a table")
         sections[name] = section
     check_imagination(f"card {str(path)!r} [imagination]", sections["imagination"])
+    check_imagination(f"card {str(path)!r} [rl]", sections["rl"], RL_KEYS)
     return Card(env=env, collect=collect, path=path, **sections)

@@ -261,6 +261,47 @@ def test_rl_records_the_ppo_settings_it_trains_with(tiny_world_model: str, one_t
         "rl_50k_sampled_seeds", {**seeds, "agent_steps": 64, "agent_steps_trained": 128})
 
 
+def test_card_rl_section_sets_ppo(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card's [rl] section replaces the CartPole-tuned PPO settings of `benchmark rl` (they were fixed for every
+    env): both agents train with them, results and the reference key record them; bad keys are refused."""
+    import gymnasium
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from diffusion_world.bench import rl
+    from diffusion_world.bench.run import run_benchmark
+    from diffusion_world.checkpoint import load_world_model
+
+    ppo = {"n_steps": 64, "gamma": 0.99, "learning_rate": 3e-4, "vf_coef": 0.25}
+    kwargs = rl._ppo_kwargs(4096, 8, False, 0, ppo)
+    agent = PPO("MlpPolicy", DummyVecEnv([lambda: gymnasium.make("CartPole-v1")] * 8), **kwargs)
+    assert (agent.n_steps, agent.gamma, agent.vf_coef) == (64, 0.99, 0.25)
+    assert agent.gae_lambda == rl.PPO_SETTINGS["gae_lambda"]
+    assert agent.lr_schedule(1.0) == pytest.approx(3e-4) and agent.lr_schedule(0.5) == pytest.approx(1.5e-4)
+    assert rl.ppo_settings(4096, 8, ppo)["learning_rate"] == "linear 0.0003 -> 0"
+    assert rl.ppo_settings(64, 8, {"n_steps": 8})["n_steps"] == 8  # not raised to the 16-step floor
+    wm = load_world_model(tiny_world_model)
+    assert rl.reference_key(wm, 4096, 8, 4, 0, 1, ppo) != rl.reference_key(wm, 4096, 8, 4, 0, 1)
+
+    def capture(*args, **kwargs):
+        raise _Called(kwargs)
+
+    monkeypatch.setattr(rl, "run_rl", capture)
+    card = tmp_path / "card.toml"
+    card.write_text('[env]\nid = "CartPole-v1"\n[rl]\nn_steps = 64\ngamma = 0.99\nlearning_rate = 3e-4\n')
+    with pytest.raises(_Called) as called:
+        run_benchmark("rl", tiny_world_model, tmp_path, card=str(card))
+    assert called.value.args[0]["ppo"] == {"n_steps": 64, "gamma": 0.99, "learning_rate": 3e-4}
+    with pytest.raises(_Called) as called:
+        run_benchmark("rl", tiny_world_model, tmp_path)
+    assert called.value.args[0]["ppo"] is None
+    for bad, match in (("gama = 0.9", r"unknown key\(s\) gama"), ("gamma = 1.5", r"gamma must be a number in \(0, 1\]"),
+                       ("n_steps = 0.5", "n_steps must be an integer >= 1")):
+        card.write_text(f'[env]\nid = "CartPole-v1"\n[rl]\n{bad}\n')
+        with pytest.raises(UserError, match=match):
+            run_benchmark("rl", tiny_world_model, tmp_path, card=str(card))
+
+
 @pytest.mark.slow
 def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent trains in short imagined episodes from anywhere in the data (``reset_mode="anywhere"``, a

@@ -123,25 +123,31 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
-def ppo_settings(agent_steps: int, num_envs: int) -> dict[str, Any]:
-    """PPO's settings for a budget of ``agent_steps`` over ``num_envs`` envs, as results record them: rollouts of
-    at most ``agent_steps`` (but at least 16 steps per env), minibatches no larger than a rollout. PPO trains whole
-    rollouts, so it runs ``agent_steps`` rounded up to a multiple of ``n_steps * num_envs``."""
-    n_steps = max(16, min(PPO_SETTINGS["n_steps"], agent_steps // num_envs))
-    return dict(PPO_SETTINGS, n_steps=n_steps, batch_size=min(PPO_SETTINGS["batch_size"], n_steps * num_envs),
-                learning_rate=f"linear {PPO_LR} -> 0")
+def ppo_settings(agent_steps: int, num_envs: int, ppo: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PPO's settings for a budget of ``agent_steps`` over ``num_envs`` envs, as results record them:
+    ``PPO_SETTINGS`` updated by ``ppo`` (a card's ``[rl]`` section; its ``learning_rate`` replaces ``PPO_LR``,
+    where the linear decay to 0 starts), with rollouts of at most ``agent_steps`` (but at least 16 steps per env, or
+    ``n_steps`` if fewer) and minibatches no larger than a rollout. PPO trains whole rollouts, so it runs
+    ``agent_steps`` rounded up to a multiple of ``n_steps * num_envs``."""
+    settings = {**PPO_SETTINGS, **(ppo or {})}
+    lr = settings.pop("learning_rate", PPO_LR)
+    n_steps = max(min(16, settings["n_steps"]), min(settings["n_steps"], agent_steps // num_envs))
+    return dict(settings, n_steps=n_steps, batch_size=min(settings["batch_size"], n_steps * num_envs),
+                learning_rate=f"linear {lr} -> 0")
 
 
-def _ppo_kwargs(agent_steps: int, num_envs: int, small_frames: bool, seed: int) -> dict[str, Any]:
+def _ppo_kwargs(agent_steps: int, num_envs: int, small_frames: bool, seed: int,
+                ppo: dict[str, Any] | None = None) -> dict[str, Any]:
     from diffusion_world.envs.sb3_vec_env import small_frames_policy_kwargs
 
-    return dict(ppo_settings(agent_steps, num_envs), learning_rate=lambda progress_left: PPO_LR * progress_left,
+    lr = float((ppo or {}).get("learning_rate", PPO_LR))
+    return dict(ppo_settings(agent_steps, num_envs, ppo), learning_rate=lambda progress_left: lr * progress_left,
                 seed=seed, verbose=0, policy_kwargs=small_frames_policy_kwargs() if small_frames else None)
 
 
 def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: int, seed: int,
                 save_to: str | None = None, torch_threads: int | None = None,
-                label: str | None = None) -> tuple[Any, list[list[float]], float]:
+                label: str | None = None, ppo: dict[str, Any] | None = None) -> tuple[Any, list[list[float]], float]:
     """PPO trained in the real pixel env: (agent, learning curve, seconds). With ``save_to`` (a run in a child
     process) the agent is saved there and returned as that path."""
     import torch
@@ -156,7 +162,7 @@ def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: 
     curve: list[list[float]] = []
     t0 = time.perf_counter()
     venv = VecMonitor(DummyVecEnv([lambda: make_real_env(wm, frame_stack=frame_stack)] * num_envs))
-    kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
+    kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed, ppo)
     agent = PPO("CnnPolicy", venv, **kwargs).learn(agent_steps, progress_bar=False,
                                                    callback=_curve_callback(curve, label))
     seconds = time.perf_counter() - t0
@@ -168,7 +174,7 @@ def _train_real(world_model: str, agent_steps: int, num_envs: int, frame_stack: 
 
 
 def reference_key(wm: Any, agent_steps: int, num_envs: int, frame_stack: int, seed: int,
-                  torch_threads: int) -> dict[str, Any]:
+                  torch_threads: int, ppo: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the real-env reference agent of ``run_rl`` depends on: the real env (as the world model records
     it) and its pixels, PPO's settings and budget, the seed, and what changes PPO's float rounding (torch threads,
     CPU model, library versions). Two runs with equal keys train the same agent."""
@@ -181,7 +187,7 @@ def reference_key(wm: Any, agent_steps: int, num_envs: int, frame_stack: int, se
 
     return {"env_spec": wm.dataset.get("env_spec"), "frame_size": list(wm.config.frame_size),
             "agent_steps": agent_steps, "num_envs": num_envs, "frame_stack": frame_stack, "seed": seed,
-            "ppo": ppo_settings(agent_steps, num_envs), "torch_threads": torch_threads,
+            "ppo": ppo_settings(agent_steps, num_envs, ppo), "torch_threads": torch_threads,
             "cpu": cpu_model(), "versions": {"diffusion_world": __version__, "torch": str(torch.__version__),
                                              "stable_baselines3": stable_baselines3.__version__,
                                              "gymnasium": gymnasium.__version__, "numpy": np.__version__}}
@@ -210,7 +216,8 @@ def _store_reference(cache: Path, key: dict[str, Any], agent: Any, curve: list[l
 def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,
            frame_stack: int = 4, horizon: int | None = None, imagined_eval_horizon: int = 200, seed: int = 0,
            progress: bool = True, imagination_kwargs: dict[str, Any] | None = None,
-           parallel: bool = False, reference_cache: str | Path | None = None) -> dict[str, Any]:
+           parallel: bool = False, reference_cache: str | Path | None = None,
+           ppo: dict[str, Any] | None = None) -> dict[str, Any]:
     """``imagination_kwargs``: more kwargs of the imagined env the agent trains in (e.g. ``{"termination":
     "sample"}``, or ``{"reset_mode": "anywhere", "horizon": 15}``: short imagined episodes from real states); the
     evaluation in imagination uses them too, except where episodes start and end: it plays whole episodes from
@@ -221,7 +228,9 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     same seeds give the same agents as a sequential run; more threads can change float rounding.
     ``reference_cache``: a directory where the real-env reference agent is kept under its :func:`reference_key`
     and reused from, so that comparing world models or settings on the same seeds trains each reference once; the
-    result then records ``real_trained.reused`` (when and where it was trained)."""
+    result then records ``real_trained.reused`` (when and where it was trained). ``ppo``: PPO settings that
+    replace the CartPole-tuned ``PPO_SETTINGS`` for both agents (a card's ``[rl]`` section, see
+    :func:`ppo_settings`)."""
     import concurrent.futures
     import multiprocessing
     import tempfile
@@ -232,7 +241,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     from diffusion_world import make_sb3_vec_env
 
     wm = load_world_model(world_model)
-    ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed)
+    ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed, ppo)
     rollout = ppo_kwargs["n_steps"] * num_envs
     if agent_steps <= rollout:  # the learning rate decays linearly to 0 over the budget, reaching 0 at the last update
         warnings.warn(f"agent_steps {agent_steps} is one PPO rollout ({rollout} steps): its only update runs at "
@@ -244,7 +253,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     real_job, pool, tmp, threads_before = None, None, None, torch.get_num_threads()
     cache = Path(reference_cache) if reference_cache is not None else None
     key = reference_key(wm, agent_steps, num_envs, frame_stack, seed,
-                        max(1, threads_before // 2) if parallel else threads_before)
+                        max(1, threads_before // 2) if parallel else threads_before, ppo)
     reused = None
     if cache is not None and all(p.exists() for p in _cache_paths(cache, key)):
         zip_path, meta_path = _cache_paths(cache, key)
@@ -262,7 +271,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         real_job = pool.submit(_train_real, str(world_model), agent_steps, num_envs, frame_stack, seed,
                                str(Path(tmp.name) / "real_trained.zip"), threads,
-                               "PPO in the real env" if progress else None)
+                               "PPO in the real env" if progress else None, ppo)
 
     def reclaim_threads() -> None:  # the reference is done: its threads go to the imagination agent
         if real_job is not None and real_job.done():
@@ -284,7 +293,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         elif real_job is None:
             agent_real, curves["real_trained"], t_real = _train_real(
                 world_model, agent_steps, num_envs, frame_stack, seed,
-                label="PPO in the real env" if progress else None)
+                label="PPO in the real env" if progress else None, ppo=ppo)
         else:
             saved, curves["real_trained"], t_real = real_job.result()
             agent_real = PPO.load(saved, device="cpu")
@@ -328,7 +337,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "env_spec": wm.dataset.get("env_spec"),
         "agent_steps": agent_steps, "agent_steps_trained": int(agent_imagined.num_timesteps), "seed": seed,
-        "ppo": ppo_settings(agent_steps, num_envs),
+        "ppo": ppo_settings(agent_steps, num_envs, ppo), **({"ppo_from_card": dict(ppo)} if ppo else {}),
         "num_envs": num_envs, "frame_stack": frame_stack, "eval_episodes": eval_episodes,
         "imagination_kwargs": imagination_kwargs, "contexts": contexts,
         "imagination": {**_summary(imag), "train_s": t_imagined, "curve": curves["imagination"],

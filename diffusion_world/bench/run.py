@@ -25,9 +25,10 @@ OPTION_SUITES = {"termination": ("rl",), "agent_steps": ("rl",), "parallel": ("r
                  "context_source": ("random_play",)}
 
 
-def card_imagination(card: str | None, world_model: str | None) -> dict[str, Any]:
-    """The ``[imagination]`` settings of ``card`` (none without one), refused when the card describes another env
-    than the one the world model learned (its settings would be another model's)."""
+def card_imagination(card: str | None, world_model: str | None, section: str = "imagination") -> dict[str, Any]:
+    """The ``[imagination]`` settings of ``card`` (none without one; ``section="rl"``: its PPO settings), refused
+    when the card describes another env than the one the world model learned (its settings would be another
+    model's)."""
     if not card:
         return {}
     from diffusion_world.cards import load_card
@@ -43,7 +44,7 @@ def card_imagination(card: str | None, world_model: str | None) -> dict[str, Any
         if learned and learned != parsed.env["id"]:
             raise UserError(f"card {card!r} describes {parsed.env['id']}, but the world model {world_model!r} learned "
                             f"{learned}: give its own card, or none")
-    return parsed.imagination
+    return dict(getattr(parsed, section))
 
 
 def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchmarks/results", card: str | None = None,
@@ -163,7 +164,8 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         settings = _rl_settings(quick, termination, agent_steps, K, w, reset_mode, horizon, precision)
         result = run_rl(world_model, agent_steps=settings["agent_steps"], eval_episodes=settings["eval_episodes"],
                         horizon=imagination.get("horizon"), parallel=parallel, seed=seed or 0,
-                        imagination_kwargs=settings["imagination_kwargs"] or None, reference_cache=reference_cache)
+                        imagination_kwargs=settings["imagination_kwargs"] or None, reference_cache=reference_cache,
+                        ppo=card_imagination(card, world_model, "rl") or None)
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(result, out / f"{stem}.png")
     else:
@@ -208,6 +210,9 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
         w = w if w is not None else imagination.get("history_guidance")
     want = _rl_settings(quick, kwargs.get("termination"), kwargs.get("agent_steps"), K, w, kwargs.get("reset_mode"),
                         kwargs.get("horizon"), kwargs.get("precision"))
+    from diffusion_world.bench.rl import ppo_settings
+
+    want["ppo"] = ppo_settings(want["agent_steps"], 8, card_imagination(card, world_model, "rl"))  # run_rl's 8 envs
     per_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         path = out / f"{stem}_seed{s}.json"
