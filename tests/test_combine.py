@@ -1,5 +1,5 @@
 """combine(): merging datasets keeps every frame bit for bit (where minari.combine_datasets re-encodes them as
-JPEG), episodes in order, refuses bad input; a JPEG-encoded dataset warns when it is cached for training."""
+JPEG), episodes in order, refuses bad input; a JPEG-encoded dataset warns whenever it is opened for training."""
 
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ def test_jpeg_dataset_warns_when_cached(minari_root: Path) -> None:
     collect("CartPole-v1", "tt/lossy-v0", steps=10, size=32, lossless=False, progress=False)
     collect("CartPole-v1", "tt/exact-v0", steps=10, size=32, progress=False)
     with pytest.warns(UserWarning, match="JPEG-encoded"):
+        FrameCache.open("tt/lossy-v0", progress=False)
+    with pytest.warns(UserWarning, match="JPEG-encoded"):  # again from the built cache (it said it only once)
         FrameCache.open("tt/lossy-v0", progress=False)
     import warnings
 

@@ -29,7 +29,7 @@ from diffusion_world.errors import UserError
 
 CACHE_DIR_NAME = "diffusion_world_cache"
 # Bump when the cache layout or its alignment conventions change: old caches are then rebuilt.
-CACHE_FORMAT_VERSION = 2  # 2: env_spec records additional_wrappers
+CACHE_FORMAT_VERSION = 3  # 2: env_spec records additional_wrappers; 3: lossy_frames (warned at every open)
 _ARRAYS = (
     "prev_actions",
     "has_prev_action",
@@ -155,6 +155,7 @@ class FrameCache:
         self.action_space = deserialize_space(meta["action_space"])
         self.env_spec = meta["env_spec"]
         self.resized_from = None if meta.get("resized_from") is None else tuple(meta["resized_from"])
+        self.lossy_frames: str | None = meta.get("lossy_frames")  # why the frames are lossy (JPEG), if they are
         self.frames = np.load(self.directory / "frames.npy", mmap_mode="r")
         for name in _ARRAYS:
             setattr(self, name, np.load(self.directory / f"{name}.npy"))
@@ -189,10 +190,12 @@ class FrameCache:
         fingerprint = _fingerprint(data_dir) + ("" if frame_size is None else f"-{frame_size}px")
         name = CACHE_DIR_NAME if frame_size is None else f"{CACHE_DIR_NAME}_{frame_size}px"
         directory = Path(cache_dir) if cache_dir is not None else dataset_dir / name
-        if _cache_matches(directory, fingerprint):
-            return cls(directory)
-        _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
-        return cls(directory)
+        if not _cache_matches(directory, fingerprint):
+            _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
+        cache = cls(directory)
+        if cache.lossy_frames:  # every time, not only when the cache is built: a second run must say it too
+            warnings.warn(cache.lossy_frames, stacklevel=2)
+        return cache
 
     @property
     def num_frames(self) -> int:
@@ -292,14 +295,15 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         raise UserError(f"cannot read Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from e
     source_space = _check_image_space(dataset_id, dataset.observation_space, frame_size)
     obs_space = source_space if frame_size is None else gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
+    lossy = None
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
-        warnings.warn(f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn "
-                      "the compression artefacts. If you made it: collect without --jpeg, and merge datasets with "
-                      "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).", stacklevel=3)
+        lossy = (f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn the "
+                 "compression artefacts. If you made it: collect without --jpeg, and merge datasets with "
+                 "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).")
     elif jpeg_decoded_from(dataset):
-        warnings.warn(f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "
-                      f"{jpeg_decoded_from(dataset)}: their frames keep the compression artefacts, which the world "
-                      "model will learn.", stacklevel=3)
+        lossy = (f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "
+                 f"{jpeg_decoded_from(dataset)}: their frames keep the compression artefacts, which the world model "
+                 "will learn.")
     action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
     indices = np.asarray(dataset.episode_indices, dtype=np.int64)
     if indices.size == 0:
@@ -367,6 +371,7 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
             "env_spec": _env_spec_dict(dataset.env_spec),
             "num_frames": num_frames,
             "num_episodes": int(len(indices)),
+            "lossy_frames": lossy,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _install(tmp, directory, fingerprint)
