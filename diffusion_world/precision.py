@@ -30,7 +30,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def warn_if_emulated(precision: str, device: torch.device | str, stacklevel: int = 3) -> None:
     """Warn where ``precision="bf16"`` is asked for on a CPU that only emulates bf16: there it runs several
-    times slower than fp32 (an AMD EPYC with AVX2 stepped 16 imagined envs 5x slower, ``env_speed_amd_epyc``),
+    times slower than fp32 (an AMD EPYC with AVX2 stepped 16 imagined envs 6x slower, ``env_speed_amd_epyc``),
     which ``"auto"`` would have avoided."""
     if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
         warnings.warn("precision='bf16' on a CPU without native bf16 (no AMX or AVX512-BF16): bf16 is emulated "

@@ -74,7 +74,7 @@ class ModelConfig:
     # a 2x downsampling); k > 1 makes it a causal conv over the raw pixels of the last k frames, where motion of
     # a thin object by a fraction of a pixel is still visible
     input_temporal_kernel: int = 1
-    context_window: int = 32  # W: frames kept in the KV cache (and visible to attention in training)
+    context_window: int = 32  # W: frames kept in the KV cache (and attention's reach in training windows longer than W)
     sigma_data: float = 0.5
     head_channels: int = 128  # reward / termination heads
     rope_base: float = 10_000.0
@@ -151,7 +151,7 @@ def action_space_from_dict(d: dict[str, Any]) -> gym.spaces.Space:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Unit tests: 16x16 frames, two levels, video attention at 8x8; ~110k parameters.
+    # Unit tests: 16x16 frames, two levels, video attention at 8x8; ~130k parameters.
     "tiny": dict(frame_size=(16, 16), channels=(12, 24), enc_blocks=(1, 1),
                  frame_attention=(), video_attention=(8,), attention_head_dim=8, emb_channels=32,
                  head_channels=32, context_window=16),

@@ -68,7 +68,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     pad_episode_ends: bool = True  # windows may run past an episode's end (padded, masked out of the loss)
     terminal_fraction: float = 0.0  # share of windows drawn from those containing a termination
-    init_from: str = ""  # start from this checkpoint's weights, optimiser, step and counters (same shapes)
+    init_from: str = ""  # start from a run's weights, optimiser, step and counters, or an export / shipped model's EMA
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
