@@ -881,6 +881,7 @@ def test_rl_recipe_table_compares_training_recipes_on_common_seeds() -> None:
 
 def _fake_rl(calls: list[int]):
     """Stands in for run_rl (PPO) in the seed-sweep tests: returns that depend on the seed."""
+    from diffusion_world.bench import rl
 
     def fake(world_model: str, agent_steps: int, eval_episodes: int, seed: int = 0, **kwargs) -> dict:
         calls.append(seed)
@@ -891,6 +892,7 @@ def _fake_rl(calls: list[int]):
         return {"world_model": world_model, "checkpoint_step": 7, "agent_steps": agent_steps, "seed": seed,
                 "agent_steps_trained": max(agent_steps, 4096),  # whole rollouts
                 "num_envs": 2, "frame_stack": 2, "eval_episodes": eval_episodes,
+                "ppo": rl.ppo_settings(agent_steps, 2, kwargs.get("ppo")),
                 "imagination_kwargs": kwargs.get("imagination_kwargs") or {},
                 "imagination": {**summary(10.0 + 30 * seed), "train_s": 1.0,  # training returns 1 + seed .. 7 + seed
                                 "curve": [[32 * i, float(i + seed), 5.0, 1] for i in range(1, 8)],
@@ -942,6 +944,12 @@ def test_rl_seed_sweep_writes_each_seed_and_their_spread_and_resumes(tiny_world_
     # a file of another run (other settings) is not mixed in
     with pytest.raises(UserError, match="holds another run"):
         run_benchmark("rl", tiny_world_model, tmp_path, quick=True, name="rl_sweep", seed=[0, 3], agent_steps=128,
+                      termination="sample")
+    assert calls == [0, 1, 2]
+    card = tmp_path / "card.toml"  # other PPO settings ([rl]) are another run too
+    card.write_text('[env]\nid = "CartPole-v1"\n[rl]\ngamma = 0.9\n')
+    with pytest.raises(UserError, match="holds another run"):
+        run_benchmark("rl", tiny_world_model, tmp_path, card=str(card), quick=True, name="rl_sweep", seed=[0, 3],
                       termination="sample")
     assert calls == [0, 1, 2]
     with pytest.raises(UserError, match="rl only"):

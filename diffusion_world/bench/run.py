@@ -212,13 +212,14 @@ def run_rl_seeds(seeds: Sequence[int], world_model: str | None, out: Path, stem:
                         kwargs.get("horizon"), kwargs.get("precision"))
     from diffusion_world.bench.rl import ppo_settings
 
-    want["ppo"] = ppo_settings(want["agent_steps"], 8, card_imagination(card, world_model, "rl"))  # run_rl's 8 envs
+    ppo = card_imagination(card, world_model, "rl")
     per_seed: dict[str, dict[str, Any]] = {}
     for s in seeds:
         path = out / f"{stem}_seed{s}.json"
         old = json.loads(path.read_text()) if path.exists() else None
         if old is not None and (old.get("model_sha256") != fingerprint or old.get("seed") != s
-                                or any(old.get(k) != v for k, v in want.items())):
+                                or any(old.get(k) != v for k, v in want.items())
+                                or old.get("ppo") != ppo_settings(want["agent_steps"], old.get("num_envs") or 8, ppo)):
             raise UserError(f"{path} holds another run (model file, seed or settings differ): remove it or choose "
                             f"another --name")
         if old is None:
