@@ -132,7 +132,7 @@ class WorldModel:
 
     model: DartWorldModel
     config: ModelConfig
-    dataset: dict[str, Any]  # dataset_id, frame_size, action_space, env_spec, training_terminations
+    dataset: dict[str, Any]  # dataset_id, frame_size, action_space, env_spec, training_terminations, reward_range
     imagination: dict[str, Any] = field(default_factory=dict)  # card defaults: sampler_steps, horizon, ...
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # frames (N, L, H, W, 3) uint8, actions, ...
     path: str = ""
@@ -152,6 +152,14 @@ class WorldModel:
             device = next(self.termination_classifier.parameters()).device
             return torch.sigmoid(self.termination_classifier(frames.to(device)).float()).to(frames.device)
         return self.head_termination_probability(logits)
+
+    def clip_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Predicted rewards (symexp of the head) clipped to the range of the training data's rewards: the head
+        regresses symlog(reward), and symexp turns an error of a barely trained model into rewards no real step
+        pays (e.g. -5 per step in Pong, whose rewards are -1, 0 and 1). Checkpoints from before the range was
+        recorded are not clipped."""
+        lo_hi = self.dataset.get("reward_range")
+        return rewards if lo_hi is None else rewards.clamp(float(lo_hi[0]), float(lo_hi[1]))
 
     def head_termination_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """The model's own termination head, calibrated (see :meth:`termination_probability`); 0 where its

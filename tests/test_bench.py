@@ -328,6 +328,9 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
     assert set(r["headline"]) >= {"agent_steps", "imagination_return_mean", "real_trained_return_mean",
                                   "random_return_mean"}
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
+    # real evaluation episodes end where imagined ones do by default (the env's horizon, 20), not after hours
+    assert r["real_eval_horizon"] == 20
+    assert all(x <= 20 for key in ("imagination", "real_trained", "random") for x in r[key]["returns"])
     assert r["checkpoint_step"] == load_world_model(tiny_world_model).step
     im = r["in_imagination"]
     assert im["horizon"] == 20 and set(im) == {"horizon", "imagination", "real_trained", "random"}

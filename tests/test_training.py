@@ -165,6 +165,9 @@ def test_checkpoint_counts_the_training_terminations(tiny_dataset_id: str, tiny_
                    zip(tiny_frame_cache.episode_starts, tiny_frame_cache.episode_lengths)]
     assert recorded == sum(per_episode[e] for e in train_eps) > 0
     assert recorded < sum(per_episode)  # the validation episodes' are not counted
+    # the rewards the env clips to: CartPole pays 1 per step (an episode's first frame, stored as 0, has none)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["dataset"]["reward_range"] == [1.0, 1.0]
+    assert tiny_frame_cache.rewards[tiny_frame_cache.episode_starts].max() == 0
 
 
 def test_last_frame_supervision_and_grad_accum(tiny_dataset_id: str, tmp_path: Path) -> None:

@@ -295,6 +295,29 @@ def test_no_termination_in_the_training_data_never_terminates(tiny_world_model: 
     assert probabilities(str(tmp_path / "never.pt")) == [0.0, 0.0, 0.0]
 
 
+def test_rewards_are_clipped_to_the_training_datas_range(tiny_world_model: str, tmp_path: Path) -> None:
+    """The reward head regresses symlog(reward): symexp made an untrained Pong model pay about -5 per step, where
+    real steps pay -1, 0 or 1. Predictions are clipped to the range of the training rewards the checkpoint records
+    (checkpoints without it are not clipped); the fidelity benchmark scores the clipped rewards the env pays."""
+    from diffusion_world.checkpoint import load_checkpoint, load_world_model, save_checkpoint
+    from diffusion_world.envs.core import ImaginationCore
+
+    def rewards(path: str) -> np.ndarray:
+        core = ImaginationCore(path, 2, termination_threshold=1.0)
+        core.reset_rows([0, 1], [np.random.default_rng(0), np.random.default_rng(1)])
+        return np.concatenate([core.step(core.check_actions(np.array([0, 1]))).rewards for _ in range(4)])
+
+    raw = rewards(tiny_world_model)
+    lo, hi = float(np.quantile(raw, 0.25)), float(np.quantile(raw, 0.75))
+    assert lo < hi
+    ckpt = load_checkpoint(tiny_world_model)
+    ckpt["dataset"]["reward_range"] = [lo, hi]
+    save_checkpoint(tmp_path / "clipped.pt", ckpt)
+    np.testing.assert_allclose(rewards(str(tmp_path / "clipped.pt")), np.clip(raw, lo, hi), rtol=1e-6)
+    wm = load_world_model(tmp_path / "clipped.pt")
+    assert wm.clip_rewards(torch.tensor([-1e3, lo, 1e3])).tolist() == pytest.approx([lo, lo, hi])
+
+
 def _cores_with_constant_termination(path: str, p: float, num_envs: int, **kwargs):
     from diffusion_world.checkpoint import load_world_model
     from diffusion_world.envs.core import ImaginationCore
@@ -439,6 +462,17 @@ def test_make_real_env_stacks_like_imagination(tiny_world_model: str) -> None:
     np.testing.assert_array_equal(obs[..., :3], obs[..., 3:])  # first frame repeated at reset
     new, *_ = real.step(0)
     np.testing.assert_array_equal(new[..., :3], obs[..., 3:])
+
+
+def test_make_real_env_max_episode_steps(tiny_world_model: str) -> None:
+    """A time limit for real envs without one (ALE's games: an agent that never serves plays 27,000 steps)."""
+    real = make_real_env(tiny_world_model, frame_stack=2, max_episode_steps=3)
+    real.reset(seed=0)
+    flags = [real.step(i % 2)[2:4] for i in range(3)]  # CartPole cannot fail within 3 steps
+    assert flags == [(False, False), (False, False), (False, True)]
+    assert real.observation_space.shape == (16, 16, 6)
+    with pytest.raises(UserError, match="max_episode_steps must be an integer >= 1"):
+        make_real_env(tiny_world_model, max_episode_steps=0)
 
 
 def test_make_real_env_goes_through_the_recorded_wrappers(tiny_world_model: str, tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def rollout(wm: WorldModel, cache: FrameCache, starts: np.ndarray, context: int,
         out = imagine(wm.model, fr[:, :context], act[:, :context], has[:, :context], act[:, context:], gens, sampler,
                       precision=precision)
         frames.append(out["frames"].numpy())
-        rewards.append(out["rewards"].numpy())
+        rewards.append(wm.clip_rewards(out["rewards"]).numpy())  # as the env pays them
         terms.append(wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy())
     return {"frames": np.concatenate(frames), "rewards": np.concatenate(rewards),
             "termination_probs": np.concatenate(terms)}

@@ -253,6 +253,7 @@ def rl_markdown(r: dict[str, Any]) -> str:
                                      if trained != r["agent_steps"] else "")
              + (f" (seed {r['seed']})" if r.get("seed") else "")
              + f"; returns over {r['eval_episodes']} real-env episodes with unseen seeds"
+             + (f" (cut at {r['real_eval_horizon']:,} steps)" if r.get("real_eval_horizon") else "")
              + (f"; world model at training step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None
                 else "")
              + (f"; imagined env settings: {', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}"

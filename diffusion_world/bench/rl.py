@@ -309,8 +309,12 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         say(f"PPO in the real env: {agent_real.num_timesteps} steps in {t_real:.0f}s")
 
     from diffusion_world.envs import make_real_env
+    from diffusion_world.envs.core import default_horizon
 
-    env = make_real_env(wm, frame_stack=frame_stack)
+    # real episodes are cut where imagined ones end by default: ALE's games have no time limit of their own, and a
+    # Breakout agent that never presses FIRE played one evaluation episode for 27,000 steps (15 minutes)
+    real_eval_horizon = int(horizon or default_horizon(wm))
+    env = make_real_env(wm, frame_stack=frame_stack, max_episode_steps=real_eval_horizon)
     eval_seed = 10_000 + seed  # episode seeds the collection (seed + i, small i) did not use
     imag = evaluate(env, lambda o: agent_imagined.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
     real = evaluate(env, lambda o: agent_real.predict(o, deterministic=True)[0], eval_episodes, eval_seed)
@@ -346,6 +350,7 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
                          "stochastic": stochastic["real_trained"], **({"reused": reused} if reused else {})},
         "random": _summary(rand),
         "in_imagination": {"horizon": h_imag, **in_imagination},
+        "real_eval_horizon": real_eval_horizon,
     }
     result["headline"] = {
         "agent_steps": agent_steps,

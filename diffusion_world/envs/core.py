@@ -308,11 +308,7 @@ class ImaginationCore:
         defaults = self.world_model.imagination
         self.context_frames = positive_int("context_frames", context_frames if context_frames is not None
                                             else defaults.get("context_frames", DEFAULT_CONTEXT_FRAMES))
-        if horizon is None:  # the card's, else the real env's time limit
-            horizon = defaults.get("horizon")
-        if horizon is None:
-            horizon = recorded_time_limit(self.world_model.dataset.get("env_spec")) or DEFAULT_HORIZON
-        self.horizon = positive_int("horizon", horizon)
+        self.horizon = positive_int("horizon", horizon if horizon is not None else default_horizon(self.world_model))
         self.frame_stack = positive_int("frame_stack", frame_stack)
         self.reset_mode = reset_mode
         self.termination_threshold = float(termination_threshold)
@@ -500,7 +496,7 @@ class ImaginationCore:
                 self.generators, self.sampler, self.sigmas)
             p_terminal = self.world_model.termination_probability(termination_logit.float(), x.float())
         frames = x_to_frames(x).cpu().numpy()  # (N, H, W, 3)
-        rewards = symexp(reward.float()).cpu().numpy().astype(np.float64)
+        rewards = self.world_model.clip_rewards(symexp(reward.float())).cpu().numpy().astype(np.float64)
         probability = p_terminal.float().cpu().numpy()
         if self.termination == "sample":
             draws = np.array([torch.rand((), generator=g).item() for g in self.generators])
@@ -539,6 +535,15 @@ def make_core(owner: str, world_model: Any, num_envs: int, kwargs: dict[str, Any
     if unknown:
         raise UserError(f"{owner} got unexpected kwargs {unknown}; the imagined env takes {sorted(CORE_KWARGS)}")
     return ImaginationCore(world_model, num_envs, **kwargs)
+
+
+def default_horizon(wm: WorldModel) -> int:
+    """The steps an imagined episode of ``wm`` lasts unless told otherwise: its card's ``[imagination] horizon``,
+    else the real env's time limit, else ``DEFAULT_HORIZON``."""
+    horizon = wm.imagination.get("horizon")
+    if horizon is None:
+        horizon = recorded_time_limit(wm.dataset.get("env_spec")) or DEFAULT_HORIZON
+    return int(horizon)
 
 
 class RecordedSpec:

@@ -131,9 +131,12 @@ class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
         return stack_frames(self._frames)
 
 
-def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int = 1) -> gym.Env:
+def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int = 1,
+                  max_episode_steps: int | None = None) -> gym.Env:
     """The real env a world model was trained on, as the same pixel frames (``make_pixel_env``) and with the same
-    frame stacking as the imagined env: where an agent trained in imagination is evaluated.
+    frame stacking as the imagined env: where an agent trained in imagination is evaluated. ``max_episode_steps``
+    adds a ``TimeLimit``: for envs without one of their own (ALE's Atari games run up to 27,000 steps at frame skip
+    4, e.g. a Breakout agent that never presses FIRE), where an evaluation could otherwise run for hours.
 
     Example::
 
@@ -142,6 +145,8 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     from diffusion_world.checkpoint import load_world_model
 
     frame_stack = positive_int("frame_stack", frame_stack)  # before a slow load, as the imagined env checks it
+    if max_episode_steps is not None:
+        max_episode_steps = positive_int("max_episode_steps", max_episode_steps)
     wm = world_model if isinstance(world_model, WorldModel) else load_world_model(world_model)
     spec = wm.dataset.get("env_spec")
     if not spec:
@@ -164,4 +169,5 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     if tuple(shape or ()) != (*wm.config.frame_size, 3):
         raise UserError(f"the real env {env_id} gives frames of shape {shape}, the world model "
                         f"{tuple(wm.config.frame_size)}")
-    return ChannelFrameStack(env, frame_stack) if frame_stack > 1 else env
+    env = ChannelFrameStack(env, frame_stack) if frame_stack > 1 else env
+    return gym.wrappers.TimeLimit(env, max_episode_steps) if max_episode_steps is not None else env

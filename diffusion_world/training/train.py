@@ -289,6 +289,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     "observation_shape": list(cache.observation_space.shape),
                     # terminal frames in the training episodes: none, and the env never terminates
                     "training_terminations": _terminations(cache, train_eps),
+                    # what the env clips predicted rewards to: the rewards of the training transitions
+                    "reward_range": _reward_range(cache, train_eps),
                     # the env and every reader of the dataset resize its frames as training did
                     **({"resize": cfg.frame_size, "resized_from": list(cache.resized_from or ())}
                        if cfg.frame_size is not None else {})}
@@ -492,6 +494,13 @@ def _terminations(cache: FrameCache, episodes: np.ndarray) -> int:
     terminal = np.asarray(cache.terminations)
     return int(sum(terminal[s: s + n].sum() for s, n in zip(cache.episode_starts[episodes],
                                                            cache.episode_lengths[episodes])))
+
+
+def _reward_range(cache: FrameCache, episodes: np.ndarray) -> list[float] | None:
+    """[min, max] of the rewards of the transitions in ``episodes`` (an episode's first frame has none)."""
+    rewards = np.concatenate([np.asarray(cache.rewards[s + 1: s + n]) for s, n in
+                              zip(cache.episode_starts[episodes], cache.episode_lengths[episodes])] or [np.zeros(0)])
+    return [float(rewards.min()), float(rewards.max())] if rewards.size else None
 
 
 def _grads_in_param_layout(model: torch.nn.Module) -> None:
