@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 
 class DiffusionWorldError(Exception):
@@ -28,3 +31,18 @@ def report_user_errors(prog: str, run: Callable[[], int | None]) -> int:
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the directory ``path`` (and its parents) and check that files can be written in it, before a long
+    run whose results would otherwise be lost at the end; a :class:`UserError` naming ``what`` and the reason."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except FileExistsError as e:
+        raise UserError(f"{what} {str(path)!r} is a file, not a directory") from e
+    except OSError as e:
+        raise UserError(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from e
+    return path

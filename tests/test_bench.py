@@ -640,6 +640,42 @@ class _Called(Exception):
     pass
 
 
+def test_bad_output_and_options_are_refused_before_the_run(tiny_world_model: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An --out that cannot be written is refused before the suite runs (it ran for minutes, then lost its
+    results to a FileExistsError); so are negative seeds, and --world-model for memory (it was ignored). A
+    benchmarks/README.md that the benchmarks did not write is left as it is (it was overwritten)."""
+    from diffusion_world.bench import control
+    from diffusion_world.bench.run import run_benchmark
+
+    def never(*args, **kwargs):
+        raise AssertionError("the suite ran")
+
+    monkeypatch.setattr(control, "run_control", never)
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="the results folder \\(--out\\) '.*afile' is a file"):
+        run_benchmark("control", tiny_world_model, a_file)
+    with pytest.raises(UserError, match="cannot write the results folder"):
+        run_benchmark("control", tiny_world_model, a_file / "sub")
+    with pytest.raises(UserError, match=r"seeds must be >= 0, got \[-1\]"):
+        run_benchmark("rl", tiny_world_model, tmp_path, seed=-1)
+    with pytest.raises(UserError, match="memory trains and compares its own two models"):
+        run_benchmark("memory", tiny_world_model, tmp_path)
+
+    monkeypatch.chdir(tmp_path)
+    results = Path("benchmarks/results")
+    results.mkdir(parents=True)
+    Path("benchmarks/README.md").write_text("# My own notes\n")
+    with pytest.warns(UserWarning, match="was not written by diffusion_world's benchmarks: left as it is"):
+        run_benchmark("random_play", tiny_world_model, results, quick=True, horizon=3)
+    assert Path("benchmarks/README.md").read_text() == "# My own notes\n"
+    assert (results / "random_play_quick.json").exists()
+    Path("benchmarks/README.md").unlink()  # a generated one is regenerated
+    run_benchmark("random_play", tiny_world_model, results, quick=True, horizon=3)
+    assert Path("benchmarks/README.md").read_text().startswith("# Benchmark results")
+
+
 @pytest.mark.parametrize("suite,module,function", [
     ("fidelity", "fidelity", "run_fidelity"), ("termination", "termination", "run_termination"),
     ("control", "control", "run_control"), ("random_play", "random_play", "run_random_play"),
@@ -656,12 +692,13 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
         raise _Called(kwargs)
 
     monkeypatch.setattr(importlib.import_module(f"diffusion_world.bench.{module}"), function, capture)
+    model = None if suite == "memory" else "model.pt"  # memory trains its own models
     card = tmp_path / "card.toml"
     card.write_text('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_steps = 5\n')
 
     def k_seen(**kwargs) -> object:
         with pytest.raises(_Called) as called:
-            run_benchmark(suite, "model.pt", tmp_path, **kwargs)
+            run_benchmark(suite, model, tmp_path, **kwargs)
         seen = called.value.args[0]
         if suite == "rl":
             return (seen["imagination_kwargs"] or {}).get("sampler_steps")
@@ -672,26 +709,26 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
     assert k_seen(card=str(card)) == 5
     assert k_seen(card=str(card), sampler_steps=2) == 2
     with pytest.raises(UserError, match="sampler_steps must be positive"):
-        run_benchmark(suite, "model.pt", tmp_path, sampler_steps=0)
+        run_benchmark(suite, model, tmp_path, sampler_steps=0)
     # --history-guidance (and the card's history_guidance) reach every suite that imagines, like K
     if suite == "memory":
         with pytest.raises(UserError, match="does not apply"):
-            run_benchmark(suite, "model.pt", tmp_path, history_guidance=2.0)
+            run_benchmark(suite, model, tmp_path, history_guidance=2.0)
     else:
         for kwargs, w in (({"history_guidance": 2.0}, 2.0), ({}, None)):
             with pytest.raises(_Called) as called:
-                run_benchmark(suite, "model.pt", tmp_path, **kwargs)
+                run_benchmark(suite, model, tmp_path, **kwargs)
             seen = called.value.args[0]
             seen = (seen["imagination_kwargs"] or {}) if suite == "rl" else seen
             assert seen.get("history_guidance") == w
         card.write_text('[env]\nid = "CartPole-v1"\n[imagination]\nhistory_guidance = 1.5\n')
         with pytest.raises(_Called) as called:
-            run_benchmark(suite, "model.pt", tmp_path, card=str(card))
+            run_benchmark(suite, model, tmp_path, card=str(card))
         seen = called.value.args[0]
         assert ((seen["imagination_kwargs"] or {}) if suite == "rl" else seen).get("history_guidance") == 1.5
     if suite in ("fidelity", "control", "random_play", "memory"):  # their plots are named after the result
         with pytest.raises(_Called) as called:
-            run_benchmark(suite, "model.pt", tmp_path, name=f"{suite}_k2")
+            run_benchmark(suite, model, tmp_path, name=f"{suite}_k2")
         assert called.value.args[0]["stem"] == f"{suite}_k2"
     # a suite-specific option reaches its suites and is refused by the others, never silently dropped
     from diffusion_world.bench.run import OPTION_SUITES
@@ -701,7 +738,7 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
                           ("horizon", 15), ("reference_cache", "refs"), ("precision", "bf16")):
         if suite in OPTION_SUITES[option]:
             with pytest.raises(_Called) as called:
-                run_benchmark(suite, "model.pt", tmp_path, **{option: value})
+                run_benchmark(suite, model, tmp_path, **{option: value})
             if option == "horizon" and suite == "fidelity":  # the rollout length of each replayed window
                 assert called.value.args[0]["horizon"] == value
             elif option == "horizon" and suite == "random_play":  # how long each episode may last
@@ -715,7 +752,7 @@ def test_sampler_steps_reach_every_suite(suite: str, module: str, function: str,
                 assert (seen["imagination_kwargs"] if suite == "rl" else seen)["precision"] == value
         else:
             with pytest.raises(UserError, match=f"{option} .* applies to benchmark .* only, not to {suite}"):
-                run_benchmark(suite, "model.pt", tmp_path, **{option: value})
+                run_benchmark(suite, model, tmp_path, **{option: value})
 
 
 def test_sampler_steps_table() -> None:

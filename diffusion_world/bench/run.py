@@ -5,14 +5,15 @@ JSON + Markdown (+ PNG) into ``--out``, and regenerate ``README.md`` next to the
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from diffusion_world.bench.common import machine_info, training_end_return, write_result
-from diffusion_world.bench.report import make_readme, render, update_readme_section
+from diffusion_world.bench.report import README_TITLE, make_readme, render, update_readme_section
 from diffusion_world.checkpoint import check_device
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.precision import check_precision
 from diffusion_world.registration import PIXEL_ENV_ID
 
@@ -79,10 +80,17 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
         if is_given and suite not in OPTION_SUITES[option]:
             raise UserError(f"{option} (--{option.replace('_', '-')}) applies to benchmark "
                             f"{' / '.join(OPTION_SUITES[option])} only, not to {suite}")
+    if suite == "memory" and world_model:
+        raise UserError("benchmark memory trains and compares its own two models on a cue-memory env: "
+                        "--world-model does not apply to it")
     check_device(device)
     if precision is not None:
         check_precision(precision)
     amp: dict[str, Any] = {} if precision is None else {"precision": precision}
+    if seed is not None:
+        seeds = [seed] if isinstance(seed, int) else [int(s) for s in seed]
+        if any(s < 0 for s in seeds):
+            raise UserError(f"seeds must be >= 0, got {seeds}")
     if seed is not None and not isinstance(seed, int):
         seeds = [int(s) for s in seed]
         if len(seeds) != len(set(seeds)) or not seeds:
@@ -97,6 +105,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
     for option, value in (("agent_steps", agent_steps), ("sampler_steps", sampler_steps), ("horizon", horizon)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be positive, got {value}")
+    writable_dir(out, "the results folder (--out)")  # before the run: its results would be lost at the end
     machine = machine_info()  # at the start: the commit that runs and the load before the benchmark adds its own
     fingerprint = None
     if world_model and suite != "memory":
@@ -276,6 +285,11 @@ def record_result(out: str | Path, stem: str, result: dict[str, Any]) -> Path:
     path = write_result(out / f"{stem}.json", result)
     (out / f"{stem}.md").write_text(render(stem, json.loads(path.read_text())))
     if out.resolve().name == "results" and out.resolve().parent.name == "benchmarks":
-        make_readme(out, out.parent / "README.md")
+        readme = out.parent / "README.md"
+        if readme.exists() and not readme.read_text().startswith(README_TITLE):
+            warnings.warn(f"{readme} was not written by diffusion_world's benchmarks: left as it is (the results "
+                          f"are in {out})", stacklevel=2)
+        else:
+            make_readme(out, readme)
         update_readme_section(out.parent.parent / "README.md", out)
     return path
