@@ -13,7 +13,9 @@ Two modes:
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, writable_dir
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 MIN_VIDEO_HEIGHT = 128  # frames are upscaled (nearest) to at least this height
+MAX_SCALE = 32  # --scale beyond this makes videos of gigabytes (OpenCV failed to allocate 10^14 bytes at 100,000)
 GAP = 4  # pixels between the real and the imagined frame
 
 
@@ -51,22 +54,38 @@ def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 15
         raise UserError(f"output {str(path)!r} must end with .gif or .mp4")
     if not frames:
         raise UserError("no frames to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-        return path
-    H, W = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (W, H))
-    if not writer.isOpened():
-        raise UserError(f"OpenCV cannot write {str(path)!r} (no mp4v encoder?); write a .gif instead")
+    check_video_path(path)
+    # written next to it, then renamed: an interrupted write never leaves half a video under the name
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
-        for f in frames:
-            writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        if path.suffix.lower() == ".gif":
+            from PIL import Image
+
+            images = [Image.fromarray(f) for f in frames]
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+        else:
+            H, W = frames[0].shape[:2]
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (W, H))
+            if not writer.isOpened():
+                raise UserError(f"OpenCV cannot write {str(path)!r} (no mp4v encoder?); write a .gif instead")
+            try:
+                for f in frames:
+                    writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+            finally:
+                writer.release()
+        os.replace(tmp, path)
     finally:
-        writer.release()
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_video_path(path: str | os.PathLike) -> Path:
+    """A clear :class:`UserError` for a video path that cannot be written (a directory, an unwritable folder), before
+    the rollout that would fill it; its folder is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output {str(path)!r} is a directory: give a file name ending with .gif or .mp4")
+    writable_dir(path.parent, "the video's folder")
     return path
 
 
@@ -94,6 +113,12 @@ def play(world_model: str | os.PathLike = "cartpole", steps: int = 200, out: str
     for name, v in (("fps", fps), ("scale", scale), ("frame_stack", env_kwargs.get("frame_stack"))):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise UserError(f"{name} must be an integer >= 1, got {v!r}")
+    if scale is not None and scale > MAX_SCALE:
+        raise UserError(f"scale must be at most {MAX_SCALE} (a {scale}x video of 64x64 frames would be "
+                        f"{64 * scale} pixels high), got {scale}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+    check_video_path(out)  # before the rollout, not after it
     if compare_real:
         if policy != "random":
             raise UserError("--compare-real replays the recorded actions of a dataset episode: drop --policy")

@@ -547,6 +547,32 @@ def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path
         assert im.n_frames == 4 and im.size == im32.size
 
 
+def test_play_refuses_an_unwritable_output_before_the_rollout(tiny_world_model: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A directory, a folder that cannot be written, a huge --scale or a negative seed: refused before the rollout
+    (they were raw tracebacks after it); a video is written under a temporary name and renamed."""
+    from diffusion_world import play as play_module
+    from diffusion_world.cli import main
+
+    made = []
+    monkeypatch.setattr("diffusion_world.envs.world_env.DiffusionWorldEnv", lambda *a, **k: made.append(1))
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    (tmp_path / "x.gif").mkdir()
+    for out, extra, message in ((tmp_path / "x.gif", [], "is a directory"),
+                                (a_file / "v.gif", [], "the video's folder '" + str(a_file) + "' is a file"),
+                                (a_file / "sub" / "v.mp4", [], "cannot write the video's folder"),
+                                (tmp_path / "v.gif", ["--scale", "100000"], "scale must be at most 32"),
+                                (tmp_path / "v.gif", ["--seed", "-1"], "seed must be an integer >= 0")):
+        assert main(["play", "--world-model", tiny_world_model, "--out", str(out), "--quiet", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not made
+    frames = [np.full((8, 8, 3), i * 20, np.uint8) for i in range(3)]
+    for name in ("w.gif", "w.mp4"):
+        assert play_module.write_video(tmp_path / "sub" / name, frames).exists()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["w.gif", "w.mp4"]  # no temporary files left
+
+
 def test_compare_real_says_whether_the_episode_was_held_out(tiny_world_model: str, tmp_path: Path) -> None:
     from diffusion_world.checkpoint import load_checkpoint, save_checkpoint
     from diffusion_world.play import play
