@@ -51,6 +51,21 @@ def test_bad_fit_settings_name_the_field(tmp_path: Path, capsys: pytest.CaptureF
     assert "setting steps=0: must be >= 1" in capsys.readouterr().err
 
 
+def test_fit_refuses_an_unwritable_out_before_training(tiny_world_model: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out a directory or in a folder that cannot be written: refused before the data and the training (raw
+    IsADirectoryError / PermissionError after it)."""
+    from diffusion_world.training import termination
+
+    monkeypatch.setattr(termination.FrameCache, "open", lambda *a, **k: pytest.fail("read the data"))
+    (tmp_path / "somedir").mkdir()
+    with pytest.raises(UserError, match="is a directory: give the checkpoint file to write"):
+        fit_termination(tiny_world_model, tmp_path / "somedir")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="cannot write the folder of the checkpoint to write"):
+        fit_termination(tiny_world_model, tmp_path / "afile" / "sub" / "wm.pt")
+
+
 def test_fit_learns_held_out_terminal_frames(edge_walk_dataset: str, tmp_path: Path) -> None:  # noqa: F811
     cache = FrameCache.open(edge_walk_dataset, progress=False)
     src = make_tiny_checkpoint(tmp_path / "wm.pt", cache=cache)

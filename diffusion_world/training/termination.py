@@ -36,7 +36,7 @@ from diffusion_world.bench.fidelity import termination_scores
 from diffusion_world.checkpoint import check_device, load_checkpoint, resolve_world_model, save_checkpoint
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.model.config import action_space_to_dict
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
 
@@ -172,6 +172,10 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     if checkpoint.is_dir():  # a run directory, as gym.make, play and benchmark take it
         checkpoint = resolve_world_model(checkpoint)
     ckpt = load_checkpoint(checkpoint)
+    dst = Path(out) if out is not None else checkpoint
+    if dst.is_dir():
+        raise UserError(f"--out {str(dst)!r} is a directory: give the checkpoint file to write, e.g. {dst / 'wm.pt'}")
+    writable_dir(dst.parent, "the folder of the checkpoint to write")  # before the training, not after it
     dataset = ckpt.get("dataset", {})
     if not dataset.get("dataset_id"):
         raise UserError(f"{checkpoint} names no dataset")
@@ -252,7 +256,6 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
                                       "state_dict": {k: v.detach().cpu().half() if slim else v.detach().cpu()
                                                      for k, v in model.state_dict().items()},
                                       "report": report}
-    dst = Path(out) if out is not None else checkpoint
     save_checkpoint(dst, ckpt)
     (dst.parent / "termination.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
