@@ -140,6 +140,8 @@ def load_card(path: str | os.PathLike) -> Card:
             data = tomllib.load(f)
     except FileNotFoundError as e:
         raise UserError(f"card not found: {str(path)!r}") from e
+    except OSError as e:  # a directory, unreadable
+        raise UserError(f"cannot read card {str(path)!r}: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"card {str(path)!r} is not valid TOML: {e}") from e
     allowed = {"env", "collect", *PASS_THROUGH_SECTIONS}

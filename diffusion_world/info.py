@@ -20,7 +20,7 @@ import torch
 from diffusion_world import precision
 from diffusion_world.bench.common import cpu_model
 from diffusion_world.checkpoint import SHIPPED
-from diffusion_world.data.dataset import _minari_root
+from diffusion_world.data.dataset import minari_datasets_root
 from diffusion_world.model.config import PRESETS
 from diffusion_world.registration import PIXEL_ENV_ID
 from diffusion_world.training.train import TrainConfig
@@ -138,7 +138,7 @@ def collect_info() -> dict[str, Any]:
                                **({"cuda": "bf16"} if cuda else {})},
         "env_precision_advice": ("'bf16' (native here: faster; frames differ from fp32's by rounding) or 'fp32'"
                                  if native else "'fp32' (bf16 is emulated here: several times slower)"),
-        "minari_datasets_path": str(_minari_root()), "datasets": _local_datasets(),
+        "minari_datasets_path": str(minari_datasets_root()), "datasets": _local_datasets(),
         "shipped_world_models": _shipped(),
     }
 

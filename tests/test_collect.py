@@ -200,13 +200,17 @@ def test_cli_with_card_and_overriding_flags(minari_root: Path, tmp_path: Path, c
         (["--policy", "/no/such/model.zip"], "policy file not found"),
         (["--frame-skip", "0"], "frame_skip must be an integer >= 1"),
         (["--card", "/no/such/card.toml"], "card not found"),
+        (["--card", "/"], "cannot read card '/'"),
+        (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+        (["--dataset-id", "EXISTING/inner-v1"], "would put it inside the dataset"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(
     argv: list[str], message: str, tiny_dataset_id: str, no_render_env_id: str, capsys
 ) -> None:
     defaults = {"--env": "CartPole-v1", "--dataset-id": "tt/cli-v0", "--steps": "5", "--size": "8"}
-    argv = [tiny_dataset_id if a == "EXISTING" else no_render_env_id if a == "NO_RENDER" else a for a in argv]
+    argv = [a.replace("EXISTING", tiny_dataset_id) if a.startswith("EXISTING") else no_render_env_id
+            if a == "NO_RENDER" else a for a in argv]
     for flag, value in defaults.items():
         if flag not in argv:
             argv += [flag, value]
@@ -214,6 +218,20 @@ def test_cli_bad_input_exits_2_with_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffusion-world collect: error: ") and message in err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_an_unwritable_minari_root_is_refused_before_collecting(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A MINARI_DATASETS_PATH that is a file or cannot be written: one line before the env is made (raw
+    FileExistsError / PermissionError after the collection); combine and render check it too."""
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "afile"))
+    assert main(["collect", "--env", "CartPole-v1", "--dataset-id", "tt/x-v0", "--steps", "5", "--quiet"]) == 2
+    assert "the Minari datasets folder (MINARI_DATASETS_PATH)" in capsys.readouterr().err
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "afile" / "sub"))
+    for argv in (["combine", "a/b-v0", "a/c-v0", "--out-id", "tt/y-v0"],
+                 ["render", "a/b-v0", "--dataset-id", "tt/z-v0"]):
+        assert main(argv) == 2
+        assert "cannot write the Minari datasets folder" in capsys.readouterr().err
 
 
 def test_non_json_env_kwargs_are_refused(minari_root: Path) -> None:

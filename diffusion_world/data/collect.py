@@ -37,9 +37,9 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 from tqdm.auto import tqdm
 
-from diffusion_world.data.dataset import jpeg_decoded_from, lossy_frames
+from diffusion_world.data.dataset import jpeg_decoded_from, lossy_frames, minari_datasets_root
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.registration import PIXEL_ENV_ID
 
 # (frame, info) -> action. ``info["state"]`` is the inner env's own observation.
@@ -67,6 +67,21 @@ def dataset_path(dataset_id: str) -> Path:
     """Where Minari keeps ``dataset_id``: ``$MINARI_DATASETS_PATH/<id>`` (default ``~/.minari/datasets``), as an
     absolute path (Minari mis-joins paths under a relative root)."""
     return Path(get_dataset_path(dataset_id)).absolute()
+
+
+def check_new_dataset_id(dataset_id: str) -> None:
+    """A clear :class:`UserError`, before any work, for an id a new dataset cannot take: bad syntax, taken, inside
+    another dataset's folder (Minari would not list it), or a Minari root that cannot be written."""
+    validate_dataset_id(dataset_id)
+    writable_dir(minari_datasets_root(), "the Minari datasets folder (MINARI_DATASETS_PATH)")
+    path = dataset_path(dataset_id)
+    if path.exists():
+        raise UserError(f"dataset {dataset_id!r} already exists at {path}; choose another id/version")
+    root = dataset_path("")
+    for parent in path.relative_to(root).parents:
+        if parent != Path(".") and (root / parent / "data").is_dir():
+            raise UserError(f"dataset id {dataset_id!r} would put it inside the dataset {parent.as_posix()!r}, "
+                            "where Minari would not find it; choose another id")
 
 
 # --- policies -----------------------------------------------------------------------------------------------
@@ -384,6 +399,8 @@ def collect(
         raise UserError(f"epsilon must be in [0, 1], got {epsilon!r}")
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise UserError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # Gymnasium's reset seeds are >= 0
+        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
     if isinstance(post_terminal_steps, bool) or not isinstance(post_terminal_steps, int) or post_terminal_steps < 0:
         raise UserError(f"post_terminal_steps must be an integer >= 0, got {post_terminal_steps!r}")
     try:
@@ -391,11 +408,7 @@ def collect(
     except TypeError as e:
         # The env spec goes into the dataset as JSON; recover_environment() needs it back.
         raise UserError(f"env_kwargs must be JSON-serialisable: {e}") from e
-    validate_dataset_id(dataset_id)
-    if dataset_path(dataset_id).exists():
-        raise UserError(
-            f"dataset {dataset_id!r} already exists at {dataset_path(dataset_id)}; choose another id/version"
-        )
+    check_new_dataset_id(dataset_id)
     if policy != "random" and not (Path(policy).is_file() or Path(f"{policy}.zip").is_file()):
         raise UserError(f"policy file not found: {policy!r} (use 'random' or a path to an SB3 model .zip)")
 
@@ -498,15 +511,13 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     from minari.dataset.minari_storage import MinariStorage
     from minari.utils import validate_datasets_to_combine
 
-    validate_dataset_id(new_dataset_id)
+    check_new_dataset_id(new_dataset_id)
     if len(dataset_ids) < 2:
         raise UserError(f"combine needs at least two datasets, got {dataset_ids!r}")
     repeated = sorted({d for d in dataset_ids if dataset_ids.count(d) > 1})
     if repeated:
         raise UserError(f"combine got {', '.join(map(repr, repeated))} more than once: its episodes would be "
                         "duplicated (and land in both training and validation)")
-    if dataset_path(new_dataset_id).exists():
-        raise UserError(f"dataset {new_dataset_id!r} already exists at {dataset_path(new_dataset_id)}")
     local = set(minari.list_local_datasets())
     missing = [d for d in dataset_ids if d not in local]
     if missing:
@@ -669,9 +680,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
         raise UserError(f"max_episodes must be an integer >= 1, got {max_episodes!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
-    validate_dataset_id(dataset_id)
-    if dataset_path(dataset_id).exists():
-        raise UserError(f"dataset {dataset_id!r} already exists at {dataset_path(dataset_id)}; choose another id")
+    check_new_dataset_id(dataset_id)
     local = set(minari.list_local_datasets())
     if source_id not in local:
         raise UserError(f"no local Minari dataset {source_id!r} (nothing is downloaded: `minari download "

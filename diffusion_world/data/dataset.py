@@ -43,7 +43,7 @@ _ARRAYS = (
 )
 
 
-def _minari_root() -> Path:
+def minari_datasets_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets").absolute()
 
 
@@ -176,11 +176,11 @@ class FrameCache:
         The build is written to a temporary directory and renamed into place, so concurrent openers (e.g. DDP
         ranks) and interrupted builds never see a partial cache.
         """
-        dataset_dir = _minari_root() / dataset_id
+        dataset_dir = minari_datasets_root() / dataset_id
         data_dir = dataset_dir / "data"
         if not data_dir.is_dir():
             raise UserError(
-                f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={_minari_root()} "
+                f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={minari_datasets_root()} "
                 "(nothing is downloaded: collect it with `diffusion-world collect` or copy it there)"
             )
         if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int)

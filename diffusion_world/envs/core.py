@@ -355,9 +355,9 @@ class ImaginationCore:
             return open_dataset_contexts(str(dataset_id or ckpt_id), wm, self.context_frames)
         # auto, no explicit dataset: the checkpoint's dataset if it is on this machine (a dataset that is here
         # but does not fit the model is an error, not a reason to fall back), else the stored contexts
-        from diffusion_world.data.dataset import _minari_root
+        from diffusion_world.data.dataset import minari_datasets_root
 
-        if ckpt_id is not None and (_minari_root() / ckpt_id / "data").is_dir():
+        if ckpt_id is not None and (minari_datasets_root() / ckpt_id / "data").is_dir():
             return open_dataset_contexts(ckpt_id, wm, self.context_frames)
         if not wm.contexts:
             where = f"dataset {ckpt_id!r} is not on this machine" if ckpt_id else "the checkpoint records no dataset"
