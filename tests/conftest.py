@@ -36,6 +36,15 @@ def single_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_cache_dir_from_the_environment() -> Iterator[None]:
+    """Frame caches next to their test datasets, whatever DIFFUSION_WORLD_CACHE_DIR the shell sets."""
+    old = os.environ.pop("DIFFUSION_WORLD_CACHE_DIR", None)
+    yield
+    if old is not None:
+        os.environ["DIFFUSION_WORLD_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def session_minari_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The session's Minari root, set in the environment for every test."""
     root = tmp_path_factory.mktemp("minari_session")

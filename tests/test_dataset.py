@@ -61,6 +61,41 @@ def test_reopening_uses_the_cache(tiny_dataset_id: str, tiny_frame_cache: FrameC
     assert np.array_equal(again.frames, tiny_frame_cache.frames)
 
 
+def test_a_dataset_folder_that_cannot_be_written_caches_elsewhere(minari_root: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared, read-only dataset store: the frame cache goes to ~/.cache/diffusion_world (with a warning) and is
+    found there next time (train and play failed with a raw PermissionError); DIFFUSION_WORLD_CACHE_DIR chooses."""
+    import errno
+
+    collect("CartPole-v1", "tt/ro-v0", steps=30, size=8, progress=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    real_build = dataset_module._build_cache
+
+    def read_only_store(dataset_id, directory, *args, **kwargs):
+        if minari_root in directory.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+        return real_build(dataset_id, directory, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "_build_cache", read_only_store)
+    with pytest.warns(UserWarning, match="cannot write the frame cache next to dataset 'tt/ro-v0' .*DIFFUSION_WORLD"):
+        cache = FrameCache.open("tt/ro-v0", progress=False)
+    assert cache.directory == tmp_path / "xdg" / "diffusion_world" / "tt" / "ro-v0" / "diffusion_world_cache"
+    assert cache.num_frames == 30 + cache.num_episodes
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("cache rebuilt")
+
+    monkeypatch.setattr(dataset_module, "_build_cache", no_rebuild)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FrameCache.open("tt/ro-v0", progress=False).directory == cache.directory
+    monkeypatch.setattr(dataset_module, "_build_cache", real_build)
+    monkeypatch.setenv("DIFFUSION_WORLD_CACHE_DIR", str(tmp_path / "mine"))
+    chosen = FrameCache.open("tt/ro-v0", progress=False)
+    assert chosen.directory == tmp_path / "mine" / "tt" / "ro-v0" / "diffusion_world_cache"
+    assert np.array_equal(chosen.frames, cache.frames)
+
+
 def test_cache_is_rebuilt_when_the_dataset_changes(minari_root: Path, tmp_path: Path) -> None:
     dataset = collect("CartPole-v1", "tt/grows-v0", steps=30, size=8, progress=False)
     cache_dir = tmp_path / "caches" / "elsewhere"

@@ -10,6 +10,7 @@ Python loop.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -41,6 +42,15 @@ _ARRAYS = (
     "episode_ids",
     "episode_seeds",
 )
+
+
+CACHE_ENV = "DIFFUSION_WORLD_CACHE_DIR"  # where frame caches go instead of next to their datasets
+
+
+def user_cache_root() -> Path:
+    """Where frame caches go when a dataset's own folder cannot be written (a shared, read-only dataset store):
+    ``$XDG_CACHE_HOME/diffusion_world`` (default ``~/.cache/diffusion_world``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").absolute() / "diffusion_world"
 
 
 def minari_datasets_root() -> Path:
@@ -172,7 +182,9 @@ class FrameCache:
         ``PixelEnv`` renders), for datasets whose frames are too large, not square, grey or RGBA (e.g. Minari's
         210x160 Atari datasets); None keeps the dataset's own (H, W, 3) frames.
         The default ``cache_dir`` is ``<MINARI_DATASETS_PATH or
-        ~/.minari/datasets>/<dataset_id>/diffusion_world_cache`` (``diffusion_world_cache_<N>px`` when resized).
+        ~/.minari/datasets>/<dataset_id>/diffusion_world_cache`` (``diffusion_world_cache_<N>px`` when resized),
+        or ``$DIFFUSION_WORLD_CACHE_DIR/<dataset_id>/...`` when that is set; where the dataset's folder cannot be
+        written, ``~/.cache/diffusion_world/<dataset_id>/...`` (:func:`user_cache_root`, with a warning).
         The build is written to a temporary directory and renamed into place, so concurrent openers (e.g. DDP
         ranks) and interrupted builds never see a partial cache.
         """
@@ -189,9 +201,22 @@ class FrameCache:
                             f"frames), got {frame_size!r}")
         fingerprint = _fingerprint(data_dir) + ("" if frame_size is None else f"-{frame_size}px")
         name = CACHE_DIR_NAME if frame_size is None else f"{CACHE_DIR_NAME}_{frame_size}px"
+        if cache_dir is None and os.environ.get(CACHE_ENV):
+            cache_dir = Path(os.environ[CACHE_ENV]) / dataset_id / name
         directory = Path(cache_dir) if cache_dir is not None else dataset_dir / name
+        fallback = user_cache_root() / dataset_id / name  # where a dataset folder that cannot be written caches
+        if cache_dir is None and not _cache_matches(directory, fingerprint) and _cache_matches(fallback, fingerprint):
+            directory = fallback
         if not _cache_matches(directory, fingerprint):
-            _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
+            try:
+                _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
+            except OSError as e:
+                if cache_dir is not None or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                warnings.warn(f"cannot write the frame cache next to dataset {dataset_id!r} ({e.strerror}): it goes "
+                              f"to {fallback} (set {CACHE_ENV} to choose where)", stacklevel=2)
+                directory = fallback
+                _build_cache(dataset_id, directory, fingerprint, progress, frame_size)
         cache = cls(directory)
         if cache.lossy_frames:  # every time, not only when the cache is built: a second run must say it too
             warnings.warn(cache.lossy_frames, stacklevel=2)
