@@ -96,6 +96,21 @@ def test_a_dataset_folder_that_cannot_be_written_caches_elsewhere(minari_root: P
     assert np.array_equal(chosen.frames, cache.frames)
 
 
+def test_a_damaged_dataset_file_is_one_line(minari_root: Path) -> None:
+    """A truncated main_data.hdf5 (a copy cut short): a UserError naming the dataset, in training and in combine
+    (a raw OSError from h5py)."""
+    from diffusion_world.data.collect import combine
+
+    collect("CartPole-v1", "tt/whole-v0", steps=10, size=8, progress=False)
+    collect("CartPole-v1", "tt/cut-v0", steps=10, size=8, progress=False)
+    h5 = minari_root / "tt" / "cut-v0" / "data" / "main_data.hdf5"
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    with pytest.raises(UserError, match="cannot read Minari dataset 'tt/cut-v0'"):
+        FrameCache.open("tt/cut-v0", progress=False)
+    with pytest.raises(UserError, match="cannot read Minari dataset 'tt/cut-v0'"):
+        combine(["tt/whole-v0", "tt/cut-v0"], "tt/both-v0")
+
+
 def test_cache_is_rebuilt_when_the_dataset_changes(minari_root: Path, tmp_path: Path) -> None:
     dataset = collect("CartPole-v1", "tt/grows-v0", steps=30, size=8, progress=False)
     cache_dir = tmp_path / "caches" / "elsewhere"

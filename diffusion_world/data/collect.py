@@ -37,7 +37,7 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 from tqdm.auto import tqdm
 
-from diffusion_world.data.dataset import jpeg_decoded_from, lossy_frames, minari_datasets_root
+from diffusion_world.data.dataset import jpeg_decoded_from, load_minari, lossy_frames, minari_datasets_root
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.registration import PIXEL_ENV_ID
@@ -522,7 +522,7 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     missing = [d for d in dataset_ids if d not in local]
     if missing:
         raise UserError(f"no local Minari dataset {missing} (local: {sorted(local)})")
-    sources = [minari.load_dataset(d) for d in dataset_ids]
+    sources = [load_minari(d) for d in dataset_ids]
     for d, ds in zip(dataset_ids[1:], sources[1:]):
         if ds.observation_space != sources[0].observation_space or ds.action_space != sources[0].action_space:
             raise UserError(f"{d!r} has observation/action spaces {ds.observation_space} / {ds.action_space}, "
@@ -685,7 +685,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
     if source_id not in local:
         raise UserError(f"no local Minari dataset {source_id!r} (nothing is downloaded: `minari download "
                         f"{source_id}` first; local: {sorted(local)})")
-    source = minari.load_dataset(source_id)
+    source = load_minari(source_id)
     spec = source.env_spec
     if spec is None:
         raise UserError(f"dataset {source_id!r} records no env spec: there is no env to replay it in")

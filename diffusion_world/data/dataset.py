@@ -310,14 +310,27 @@ def _jpeg_encoded(dataset: Any) -> bool:
         return False
 
 
-def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool,
-                 frame_size: int | None = None) -> None:
+def load_minari(dataset_id: str) -> Any:
+    """``minari.load_dataset``, with a one-line :class:`UserError` for a dataset it cannot read (a truncated or
+    damaged HDF5 file, missing metadata)."""
     import minari
 
     try:
         dataset = minari.load_dataset(dataset_id)
-    except (ValueError, FileNotFoundError, KeyError, AssertionError) as e:
-        raise UserError(f"cannot read Minari dataset {dataset_id!r}: {str(e).splitlines()[0]}") from e
+        h5 = Path(dataset.storage.data_path) / "main_data.hdf5"
+        if h5.exists():  # Minari reads its metadata.json here, and the frames only later
+            import h5py
+
+            h5py.File(h5, "r").close()
+    except (ValueError, KeyError, AssertionError, OSError) as e:
+        raise UserError(f"cannot read Minari dataset {dataset_id!r}: {(str(e).splitlines() or [repr(e)])[0]}") from e
+    return dataset
+
+
+def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: bool,
+                 frame_size: int | None = None) -> None:
+
+    dataset = load_minari(dataset_id)
     source_space = _check_image_space(dataset_id, dataset.observation_space, frame_size)
     obs_space = source_space if frame_size is None else gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
     lossy = None
