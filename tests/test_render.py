@@ -53,6 +53,9 @@ def test_state_dataset_renders_as_its_replay(minari_root: Path) -> None:
         render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", max_episodes=0, progress=False)
     with pytest.raises(UserError, match="workers must be an integer >= 1, got 0"):
         render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", workers=0, progress=False)
+    for atol in (-1.0, float("nan")):  # nan compared as "never equal" with only a numpy warning
+        with pytest.raises(UserError, match="atol must be a number >= 0"):
+            render_dataset("tt/cartpole-states-v0", "tt/cartpole-none-v0", atol=atol, progress=False)
 
 
 def test_render_workers_write_what_one_process_writes(minari_root: Path) -> None:

@@ -346,6 +346,10 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
         train(tiny_cfg(tiny_dataset_id, tmp_path, steps=0))
     with pytest.raises(UserError, match="10000 frames"):
         train(tiny_cfg(tiny_dataset_id, tmp_path, seq_len=10_000))
+    with pytest.raises(UserError, match="seq_len must be >= 2"):  # one-frame windows: nothing to condition on
+        train(tiny_cfg(tiny_dataset_id, tmp_path, seq_len=1))
+    with pytest.raises(UserError, match="max_minutes must be >= 0"):  # nan was no limit at all
+        train(tiny_cfg(tiny_dataset_id, tmp_path, max_minutes=float("nan")))
     assert main(["train", "--dataset-id", "nobody/nothing-v0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "nobody/nothing-v0" in capsys.readouterr().err
     assert main(["train", "--dataset-id", tiny_dataset_id, "--out", str(tmp_path / "cw"), "--preset", "tiny",

@@ -675,6 +675,8 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
         raise UserError(f"frame size must be an integer >= {MIN_FRAME_SIZE}, got {size!r}")
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise UserError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
+    if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:  # nan too
+        raise UserError(f"atol must be a number >= 0, got {atol!r}")
     if max_episodes is not None and (isinstance(max_episodes, bool) or not isinstance(max_episodes, int)
                                      or max_episodes < 1):
         raise UserError(f"max_episodes must be an integer >= 1, got {max_episodes!r}")

@@ -104,8 +104,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_minutes < 0:
+        if not self.max_minutes >= 0:  # nan too (it meant no limit)
             raise UserError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
+        if self.seq_len < 2:
+            raise UserError(f"seq_len must be >= 2 (a window of one frame has no past frame to predict it from), "
+                            f"got {self.seq_len}")
         if not 0 < self.lr < 1:
             raise UserError(f"lr must be in (0, 1), got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
