@@ -97,6 +97,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     damaged on disk or in transfer (a flipped bit) would load as slightly wrong weights: the CRCs are checked
     first (about 10 ms for the shipped model)."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # a text file, a card: torch's own errors mislead
+        raise UserError(f"{path} is not a readable diffusion_world checkpoint (not a torch zip file; a checkpoint "
+                        "is the checkpoint.pt a training run writes, or a shipped name such as 'cartpole')")
     _check_zip_crcs(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -114,7 +117,7 @@ def _check_zip_crcs(path: Path) -> None:
     """Raise a UserError naming the first damaged entry of a zip checkpoint; other files are left to torch."""
     try:
         if not zipfile.is_zipfile(path):
-            return  # not a zip (e.g. a text file): torch.load gives the error
+            return  # not a zip: load_checkpoint says so
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except OSError:

@@ -196,6 +196,9 @@ def test_box_actions(minari_root: Path) -> None:
 def test_missing_dataset(minari_root: Path) -> None:
     with pytest.raises(UserError, match=r"'tt/absent-v0' not found in MINARI_DATASETS_PATH="):
         FrameCache.open("tt/absent-v0")
+    for bad in ("nope", "bad id"):  # said "not found"
+        with pytest.raises(UserError, match=f"invalid dataset id '{bad}': expected NAMESPACE/NAME-vN"):
+            FrameCache.open(bad)
 
 
 def test_non_image_dataset_is_refused(minari_root: Path) -> None:

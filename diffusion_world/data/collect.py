@@ -37,7 +37,13 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 from tqdm.auto import tqdm
 
-from diffusion_world.data.dataset import jpeg_decoded_from, load_minari, lossy_frames, minari_datasets_root
+from diffusion_world.data.dataset import (
+    jpeg_decoded_from,
+    load_minari,
+    lossy_frames,
+    minari_datasets_root,
+    validate_dataset_id,
+)
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.registration import PIXEL_ENV_ID
@@ -49,18 +55,6 @@ DEFAULT_CHUNK_STEPS = 5000
 # Lossless HDF5 filter applied to stored frames; gzip is the one every HDF5 reader has built in.
 FRAME_COMPRESSION = "gzip"
 FRAME_COMPRESSION_LEVEL = 4
-
-
-def validate_dataset_id(dataset_id: str) -> None:
-    """Check Minari's ``(NAMESPACE/)NAME-vN`` id format, version required (Minari cannot parse ids without).
-
-    >>> validate_dataset_id("diffusion_world/cartpole-pixels-v0")
-    """
-    match = DATASET_ID_RE.fullmatch(dataset_id) if isinstance(dataset_id, str) else None
-    if match is None or match.group("version") is None:
-        raise UserError(
-            f"invalid dataset id {dataset_id!r}: expected NAMESPACE/NAME-vN, e.g. 'me/cartpole-v0'"
-        )
 
 
 def dataset_path(dataset_id: str) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from minari.dataset.minari_dataset import DATASET_ID_RE
 from minari.serialization import deserialize_space, serialize_space
 from tqdm.auto import tqdm
 
@@ -51,6 +52,18 @@ def user_cache_root() -> Path:
     """Where frame caches go when a dataset's own folder cannot be written (a shared, read-only dataset store):
     ``$XDG_CACHE_HOME/diffusion_world`` (default ``~/.cache/diffusion_world``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").absolute() / "diffusion_world"
+
+
+def validate_dataset_id(dataset_id: str) -> None:
+    """Check Minari's ``(NAMESPACE/)NAME-vN`` id format, version required (Minari cannot parse ids without).
+
+    >>> validate_dataset_id("diffusion_world/cartpole-pixels-v0")
+    """
+    match = DATASET_ID_RE.fullmatch(dataset_id) if isinstance(dataset_id, str) else None
+    if match is None or match.group("version") is None:
+        raise UserError(
+            f"invalid dataset id {dataset_id!r}: expected NAMESPACE/NAME-vN, e.g. 'me/cartpole-v0'"
+        )
 
 
 def minari_datasets_root() -> Path:
@@ -191,6 +204,7 @@ class FrameCache:
         dataset_dir = minari_datasets_root() / dataset_id
         data_dir = dataset_dir / "data"
         if not data_dir.is_dir():
+            validate_dataset_id(dataset_id)  # a typo in the format is said as such, not as "not found"
             raise UserError(
                 f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={minari_datasets_root()} "
                 "(nothing is downloaded: collect it with `diffusion-world collect` or copy it there)"
