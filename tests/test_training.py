@@ -352,6 +352,7 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
         train(tiny_cfg(tiny_dataset_id, tmp_path, max_minutes=float("nan")))
     assert main(["train", "--dataset-id", "nobody/nothing-v0", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "nobody/nothing-v0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # a refused run leaves no empty --out behind
     assert main(["train", "--dataset-id", tiny_dataset_id, "--out", str(tmp_path / "cw"), "--preset", "tiny",
                  "--context-window", "0", "--steps", "1", "--quiet"]) == 2  # 0 is refused, not read as "not given"
     assert "context_window" in capsys.readouterr().err

@@ -229,10 +229,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     ckpt_path = out_dir / "checkpoint.pt"
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {str(out_dir)!r} is a file, not a directory")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {str(out_dir)!r}: {e.strerror}") from e
+    try:
+        return _train(cfg, resume, out_dir, ckpt_path)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a refused run leaves no empty --out
+            out_dir.rmdir()
+        raise
+
+
+def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Path:
     for stale in out_dir.glob(f".{ckpt_path.name}.*.tmp"):  # a save that a kill -9 cut short (never a checkpoint)
         stale.unlink(missing_ok=True)
     if not resume and ckpt_path.exists():  # hours of training are not overwritten by a forgotten --resume
