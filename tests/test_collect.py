@@ -234,6 +234,18 @@ def test_an_unwritable_minari_root_is_refused_before_collecting(tmp_path: Path, 
         assert "cannot write the Minari datasets folder" in capsys.readouterr().err
 
 
+def test_atari_settings_that_do_not_do_what_they_seem_warn(minari_root: Path) -> None:
+    """frame_skip on top of ALE's own frameskip (16 emulator frames a step, silently), and obs_type, which does not
+    change the recorded renders (a grayscale request was silently ignored)."""
+    pytest.importorskip("ale_py")
+    with pytest.warns(UserWarning, match="a recorded step spans 8 frames"):
+        collect("ALE/Breakout-v5", "tt/skip-v0", steps=3, size=8, frame_skip=2, env_kwargs={"frameskip": 4},
+                progress=False)
+    with pytest.warns(UserWarning, match="obs_type='grayscale' does not change the recorded frames"):
+        collect("ALE/Breakout-v5", "tt/grey-v0", steps=3, size=8, env_kwargs={"obs_type": "grayscale"},
+                progress=False)
+
+
 def test_non_json_env_kwargs_are_refused(minari_root: Path) -> None:
     with pytest.raises(UserError, match="JSON-serialisable"):
         collect("Pendulum-v1", "tt/x-v0", steps=5, size=8, env_kwargs={"g": np.float32(9.8)}, progress=False)

@@ -411,7 +411,17 @@ def collect(
     algorithm = "random" if policy == "random" else f"sb3:{Path(policy).name}"
     if epsilon and policy != "random":
         algorithm += f"+epsilon={epsilon}"
-    env = make_pixel_env(env_id, size=size, frame_skip=frame_skip, **(env_kwargs or {}))
+    kwargs = dict(env_kwargs or {})
+    own_skip = kwargs.get("frameskip")
+    if frame_skip > 1 and isinstance(own_skip, int) and own_skip > 1:
+        warnings.warn(f"the env repeats each action frameskip={own_skip} times itself, and frame_skip={frame_skip} "
+                      f"repeats each step again: a recorded step spans {own_skip * frame_skip} frames (ALE's "
+                      "frameskip is usually the only one: leave frame_skip at 1)", stacklevel=2)
+    if "obs_type" in kwargs:
+        warnings.warn(f"obs_type={kwargs['obs_type']!r} does not change the recorded frames: collect records the "
+                      "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
+                      "only changes the env state stored with them", stacklevel=2)
+    env = make_pixel_env(env_id, size=size, frame_skip=frame_skip, **kwargs)
     started = time.perf_counter()
     num_episodes = 0
     try:
