@@ -16,6 +16,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 import warnings
@@ -549,9 +551,12 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         storage.update_metadata({"dataset_id": new_dataset_id, "combined_datasets": list(dataset_ids),
                                  "minari_version": minari.__version__,
                                  **({"jpeg_decoded_from": lossy} if lossy else {})})
-        for ds in sources:
-            storage.update_from_storage(ds.storage)
-        _compress_frames(data_dir / "main_data.hdf5")
+        with _InterruptSeen() as interrupt:  # a Ctrl-C inside h5py's object clean-up is otherwise swallowed
+            for ds in sources:
+                storage.update_from_storage(ds.storage)
+                interrupt.check()
+            _compress_frames(data_dir / "main_data.hdf5")
+            interrupt.check()
         storage.update_metadata({"dataset_size": storage.get_size()})
         match = DATASET_ID_RE.fullmatch(new_dataset_id)
         namespace = match.group("namespace") if match else None
@@ -564,6 +569,30 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return minari.load_dataset(new_dataset_id)
+
+
+class _InterruptSeen:
+    """Within it, SIGINT raises KeyboardInterrupt as usual and is also remembered: :meth:`check` raises it again
+    where library code swallowed it (an exception raised in a weakref callback is only printed, "Exception ignored
+    in ..."), so that Ctrl-C always stops."""
+
+    def __enter__(self) -> _InterruptSeen:
+        self.seen, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name_b: str) -> str | None:
