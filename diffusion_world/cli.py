@@ -165,7 +165,8 @@ def _add_fit_termination(sub: argparse._SubParsersAction) -> Handler:
                        description="Trains a small CNN on real frames (training split of the checkpoint's dataset "
                                    "and of each --extra-dataset-id) to tell terminal frames, and stores it in the "
                                    "checkpoint: the env then scores every imagined frame with it instead of the "
-                                   "model's termination head. Validation scores go to termination.json.")
+                                   "model's termination head. Validation scores go to termination.json next to it "
+                                   "(<name>.termination.json for a checkpoint not named checkpoint.pt).")
     p.add_argument("checkpoint", help="a world-model checkpoint (training checkpoint or export)")
     p.add_argument("--out", help="where to write the checkpoint (default: in place)")
     p.add_argument("--extra-dataset-id", action="append", default=[], metavar="DATASET_ID",

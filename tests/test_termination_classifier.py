@@ -3,6 +3,7 @@ use it in place of the model's head, and it survives export."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,7 +18,13 @@ from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
-from diffusion_world.training.termination import TerminationFitConfig, fit_termination, format_report, roc_auc
+from diffusion_world.training.termination import (
+    TerminationFitConfig,
+    fit_termination,
+    format_report,
+    report_path_for,
+    roc_auc,
+)
 
 
 def test_roc_auc_matches_pairwise_counting() -> None:
@@ -75,7 +82,9 @@ def test_fit_learns_held_out_terminal_frames(edge_walk_dataset: str, tmp_path: P
     val = report["val"][edge_walk_dataset]
     assert val["positives"] >= 10, format_report(report)
     assert val["recall"] >= 0.9 and val["precision"] >= 0.9 and val["auc"] > 0.99, format_report(report)
-    assert (tmp_path / "out" / "termination.json").exists()
+    # named after its checkpoint (two checkpoints in one folder shared, and overwrote, one termination.json)
+    assert json.loads((tmp_path / "out" / "wm.termination.json").read_text()) == json.loads(json.dumps(report))
+    assert report_path_for(tmp_path / "run" / "checkpoint.pt") == tmp_path / "run" / "termination.json"
 
     # the checkpoint is the source plus the classifier; WorldModel scores real held-out frames with it
     after = load_checkpoint(tmp_path / "out" / "wm.pt")

@@ -164,7 +164,7 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
                     device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Train a termination classifier on real frames and write ``checkpoint`` (to ``out``, default in place;
     atomically) with it under ``termination_classifier``. Works on training checkpoints and exports alike.
-    Returns the report (also written as ``termination.json`` next to the checkpoint)."""
+    Returns the report (also written next to the checkpoint: :func:`report_path_for`)."""
     cfg = cfg or TerminationFitConfig()
     cfg.validate()
     check_device(device)
@@ -257,8 +257,19 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
                                                      for k, v in model.state_dict().items()},
                                       "report": report}
     save_checkpoint(dst, ckpt)
-    (dst.parent / "termination.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_path = report_path_for(dst)
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(report_path)
     return report
+
+
+def report_path_for(checkpoint: str | os.PathLike) -> Path:
+    """Where :func:`fit_termination` writes its report: ``termination.json`` next to a run's ``checkpoint.pt``,
+    ``<name>.termination.json`` next to any other checkpoint (two of them in one folder kept one report)."""
+    checkpoint = Path(checkpoint)
+    name = "termination.json" if checkpoint.name == "checkpoint.pt" else f"{checkpoint.stem}.termination.json"
+    return checkpoint.parent / name
 
 
 def format_report(report: dict[str, Any]) -> str:
