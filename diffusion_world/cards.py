@@ -25,6 +25,8 @@ ENV_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     "size": ((int,), 64),
     "frame_skip": ((int,), 1),
     "env_kwargs": ((dict,), {}),
+    # [{entry_point = "module:Class", kwargs = {...}}, ...]: wrap the env before it is rendered (collect)
+    "wrappers": ((list,), OPTIONAL),
 }
 COLLECT_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
     # the command's flags give them where the card does not (its dataset id, its budget)

@@ -234,6 +234,25 @@ def test_an_unwritable_minari_root_is_refused_before_collecting(tmp_path: Path, 
         assert "cannot write the Minari datasets folder" in capsys.readouterr().err
 
 
+def test_card_wrappers_wrap_the_env_before_rendering(minari_root: Path, tmp_path: Path, capsys) -> None:
+    """[env] wrappers (e.g. AtariPreprocessing with terminal_on_life_loss, which a card could not express): the
+    env is wrapped before it is rendered, and the dataset records them, so its env comes back wrapped."""
+    card = tmp_path / "card.toml"
+    card.write_text('[env]\nid = "CartPole-v1"\nsize = 8\nwrappers = [{ entry_point = "gymnasium.wrappers:TimeLimit", '
+                    'kwargs = { max_episode_steps = 5 } }]\n[collect]\ndataset_id = "tt/wrapped-v0"\nsteps = 12\n')
+    assert main(["collect", "--card", str(card), "--quiet"]) == 0
+    ds = minari.load_dataset("tt/wrapped-v0")
+    assert [len(e.actions) for e in ds] == [5, 5, 2] and all(e.truncations[-1] for e in ds)
+    env = ds.recover_environment()
+    env.reset(seed=0)
+    assert [env.step(0)[3] for _ in range(5)] == [False] * 4 + [True]  # the time limit came back with it
+    for bad in ('wrappers = ["TimeLimit"]', 'wrappers = [{ entry_point = "TimeLimit" }]',
+                'wrappers = [{ entry_point = "gymnasium.wrappers:TimeLimit", kw = {} }]'):
+        card.write_text(f'[env]\nid = "CartPole-v1"\n{bad}\n[collect]\ndataset_id = "tt/bad-v0"\nsteps = 5\n')
+        assert main(["collect", "--card", str(card), "--quiet"]) == 2
+        assert "a wrapper is {entry_point" in capsys.readouterr().err
+
+
 def test_atari_settings_that_do_not_do_what_they_seem_warn(minari_root: Path) -> None:
     """frame_skip on top of ALE's own frameskip (16 emulator frames a step, silently), and obs_type, which does not
     change the recorded renders (a grayscale request was silently ignored)."""

@@ -65,6 +65,21 @@ def dataset_path(dataset_id: str) -> Path:
     return Path(get_dataset_path(dataset_id)).absolute()
 
 
+def check_wrappers(wrappers: Any) -> None:
+    """A clear :class:`UserError` for a wrapper list that is not ``[{"entry_point": "module:Class", "kwargs":
+    {...}}, ...]`` with JSON kwargs (they are recorded in the dataset's env spec)."""
+    if not isinstance(wrappers, list):
+        raise UserError(f"wrappers must be a list of {{entry_point, kwargs}} tables, got {wrappers!r}")
+    for w in wrappers:
+        if not (isinstance(w, dict) and isinstance(w.get("entry_point"), str) and ":" in w["entry_point"]
+                and set(w) <= {"entry_point", "kwargs"} and isinstance(w.get("kwargs", {}), dict)):
+            raise UserError(f"a wrapper is {{entry_point = \"module:Class\", kwargs = {{...}}}}, got {w!r}")
+        try:
+            json.dumps(w)
+        except TypeError as e:
+            raise UserError(f"wrapper kwargs must be JSON-serialisable: {e}") from e
+
+
 def check_new_dataset_id(dataset_id: str) -> None:
     """A clear :class:`UserError`, before any work, for an id a new dataset cannot take: bad syntax, taken, inside
     another dataset's folder (Minari would not list it), or a Minari root that cannot be written."""
@@ -366,6 +381,7 @@ def collect(
     progress: bool = True,
     env_kwargs: dict[str, Any] | None = None,
     post_terminal_steps: int = 0,
+    wrappers: list[dict[str, Any]] | None = None,
 ) -> minari.MinariDataset:
     """Collect ``steps`` env steps of pixel observations into a new local Minari dataset and return it.
 
@@ -381,6 +397,11 @@ def collect(
     instead of having to invent frames it never saw once an imagined episode misses its end. The env must
     allow ``step`` after a termination (CartPole does; its rewards there are 0). Training, reset contexts and
     the termination benchmark use each episode up to its first terminal frame where they need "the" end.
+
+    ``wrappers`` (``[{"entry_point": "module:Class", "kwargs": {...}}]``) wrap the env before it is rendered, in
+    that order, and are recorded with the dataset (the real env of a model trained on it has them too): e.g.
+    Gymnasium's ``AtariPreprocessing`` with ``terminal_on_life_loss=True`` for episodes that end with each life.
+    Frames are still the env's renders.
 
     Example:
         >>> ds = collect("CartPole-v1", "me/cartpole-pixels-v0", steps=1000, size=64)  # doctest: +SKIP
@@ -404,6 +425,7 @@ def collect(
     except TypeError as e:
         # The env spec goes into the dataset as JSON; recover_environment() needs it back.
         raise UserError(f"env_kwargs must be JSON-serialisable: {e}") from e
+    check_wrappers(wrappers or [])
     check_new_dataset_id(dataset_id)
     if policy != "random" and not (Path(policy).is_file() or Path(f"{policy}.zip").is_file()):
         raise UserError(f"policy file not found: {policy!r} (use 'random' or a path to an SB3 model .zip)")
@@ -423,7 +445,7 @@ def collect(
         warnings.warn(f"obs_type={kwargs['obs_type']!r} does not change the recorded frames: collect records the "
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
                       "only changes the env state stored with them", stacklevel=2)
-    env = make_pixel_env(env_id, size=size, frame_skip=frame_skip, **kwargs)
+    env = make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None, **kwargs)
     started = time.perf_counter()
     num_episodes = 0
     try:
@@ -814,8 +836,10 @@ def collect_from_args(args: argparse.Namespace) -> minari.MinariDataset:
         card = load_card(args.card)
         env_cfg, collect_cfg = dict(card.env), dict(card.collect)
     env_id = args.env_id or env_cfg.get("id")
-    # Card env kwargs belong to the card's env: drop them if --env picks another one.
-    env_kwargs = env_cfg.get("env_kwargs", {}) if env_id == env_cfg.get("id") else {}
+    # Card env kwargs and wrappers belong to the card's env: drop them if --env picks another one.
+    same_env = env_id == env_cfg.get("id")
+    env_kwargs = env_cfg.get("env_kwargs", {}) if same_env else {}
+    wrappers = env_cfg.get("wrappers", []) if same_env else []
 
     def pick(flag: Any, key: str, cfg: dict[str, Any], default: Any) -> Any:
         return flag if flag is not None else cfg.get(key, default)
@@ -840,4 +864,5 @@ def collect_from_args(args: argparse.Namespace) -> minari.MinariDataset:
         progress=not getattr(args, "quiet", False),
         env_kwargs=env_kwargs,
         post_terminal_steps=pick(getattr(args, "post_terminal_steps", None), "post_terminal_steps", collect_cfg, 0),
+        wrappers=wrappers,
     )
