@@ -31,7 +31,7 @@ def tracked_package_files() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "diffusion_world", src / "diffusion_world",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -53,6 +53,10 @@ def test_wheel_holds_every_tracked_package_file(wheel: Path) -> None:
     assert "diffusion-world = diffusion_world.cli:main" in entry_points
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
     assert "Requires-Dist: torch>=2.5" in metadata  # a range, so a CPU wheel installed first satisfies it
+    # the shipped model's real env (CartPole) renders with pygame: a plain install could not evaluate an agent
+    assert "Requires-Dist: gymnasium[classic-control]>=1.0" in metadata
+    assert "Requires-Python: >=3.11" in metadata  # tomllib (cards) is 3.11's
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
 
 
 def test_unpacked_wheel_makes_the_default_env(wheel: Path, tmp_path: Path) -> None:
