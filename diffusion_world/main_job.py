@@ -165,6 +165,10 @@ def run_main_job(out: str | Path = "reports/main", card: str = "envs/cartpole.to
     if train_minutes < 0:
         raise UserError(f"train_minutes must be >= 0 (0: no time cap), got {train_minutes}")
     out = Path(out)
+    if card == "envs/cartpole.toml" and not Path(card).exists():
+        raise UserError("the main job runs from the root of the diffusion_world repository (its env card "
+                        "envs/cartpole.toml and the CartPole expert it names are not part of the installed package): "
+                        "cd there, or give --card with a card of your own")
     card_ = load_card(card)
     env, col = card_.env, card_.collect
     dataset_id = col.get("dataset_id", "diffusion_world/main-v0").rsplit("-v", 1)[0] + "-mainjob-v0"

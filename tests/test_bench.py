@@ -676,6 +676,20 @@ def test_bad_output_and_options_are_refused_before_the_run(tiny_world_model: str
     assert Path("benchmarks/README.md").read_text().startswith("# Benchmark results")
 
 
+def test_missing_comparison_dataset_says_what_to_give(tmp_path: Path) -> None:
+    """The shipped model after a pip install: its training dataset is not on the machine. fidelity and termination
+    say how to give one (it said "not found in MINARI_DATASETS_PATH=..." with the variable unset)."""
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.bench.run import run_benchmark
+
+    bare = make_tiny_checkpoint(tmp_path / "bare.pt", dataset_id="nowhere/absent-v0")
+    for suite in ("fidelity", "termination"):
+        with pytest.raises(UserError, match=f"benchmark {suite} compares the model with real episodes: .*"
+                                            "'nowhere/absent-v0', which is not in the Minari root .*Give --dataset-id"):
+            run_benchmark(suite, str(bare), tmp_path / "out", quick=True)
+
+
 @pytest.mark.parametrize("suite,module,function", [
     ("fidelity", "fidelity", "run_fidelity"), ("termination", "termination", "run_termination"),
     ("control", "control", "run_control"), ("random_play", "random_play", "run_random_play"),

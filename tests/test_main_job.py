@@ -87,3 +87,13 @@ def test_main_job_train_minutes_caps_training(tiny_world_model: str, tmp_path: P
     assert (tmp_path / "report" / "world_model" / "dashboard.png").exists()
     with pytest.raises(UserError, match="train_minutes"):
         run_main_job(tmp_path / "bad", str(card), tiny_world_model, train_minutes=-1, progress=False)
+
+
+def test_main_job_outside_the_repository_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pip install, `python -m diffusion_world.main_job` elsewhere: its card is the repository's."""
+    from diffusion_world.main_job import run_main_job
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="runs from the root of the diffusion_world repository"):
+        run_main_job(tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion_world.errors import UserError
+
 
 def cpu_model() -> str:
     try:
@@ -112,3 +114,21 @@ def heldout_episodes(cache: Any, dataset: dict[str, Any], train_config: dict[str
     seeds = np.asarray(cache.episode_seeds)[episodes]
     seed_range = [int(seeds.min()), int(seeds.max())] if len(seeds) and (seeds >= 0).all() else None
     return episodes, how, seed_range
+
+
+def comparison_dataset(wm: Any, suite: str) -> str:
+    """The dataset whose real episodes a suite compares with by default: the model's training dataset (its
+    held-out episodes), with a clear :class:`UserError` where it is not on this machine (e.g. the shipped model's,
+    after a pip install) saying how to give another."""
+    from diffusion_world.data.dataset import minari_datasets_root
+
+    dataset_id = wm.dataset.get("dataset_id")
+    if not dataset_id:
+        raise UserError("the checkpoint names no dataset: pass --dataset-id")
+    if not (minari_datasets_root() / dataset_id / "data").is_dir():
+        raise UserError(f"benchmark {suite} compares the model with real episodes: by default the held-out ones of "
+                        f"its training dataset {dataset_id!r}, which is not in the Minari root "
+                        f"{minari_datasets_root()}. Give --dataset-id with a pixel dataset of the same env and frame "
+                        "size (all its episodes then count as held out), e.g. one collected with `diffusion-world "
+                        "collect --env CartPole-v1 --dataset-id me/cartpole-v0 --steps 5000` for a CartPole model")
+    return str(dataset_id)

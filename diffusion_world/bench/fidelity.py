@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_world.bench.common import heldout_episodes, sampler_label
+from diffusion_world.bench.common import comparison_dataset, heldout_episodes, sampler_label
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
@@ -275,9 +275,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     model calls in fp32 or bf16 autocast, as the imagined envs' ``precision``."""
     wm = load_world_model(world_model, device=device)
     ckpt = load_checkpoint(wm.path)
-    dataset_id = dataset_id or wm.dataset.get("dataset_id")
-    if not dataset_id:
-        raise UserError("the checkpoint names no dataset: pass --dataset-id")
+    dataset_id = dataset_id or comparison_dataset(wm, "fidelity")
     cache = open_dataset_for(dataset_id, wm, progress=progress)
     tc = ckpt.get("train_config", {})
     val_eps, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)

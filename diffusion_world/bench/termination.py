@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion_world.bench.common import heldout_episodes, sampler_label
+from diffusion_world.bench.common import comparison_dataset, heldout_episodes, sampler_label
 from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
@@ -114,9 +114,7 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
                     history_guidance: float | None = None, seed: int = 0, device: str = "cpu",
                     progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
     wm: WorldModel = load_world_model(world_model, device=device)
-    dataset_id = dataset_id or wm.dataset.get("dataset_id")
-    if not dataset_id:
-        raise UserError("the checkpoint names no dataset: pass --dataset-id")
+    dataset_id = dataset_id or comparison_dataset(wm, "termination")
     cache = open_dataset_for(dataset_id, wm, progress=progress)
     tc = load_checkpoint(wm.path).get("train_config", {})
     episodes, heldout, seed_range = heldout_episodes(cache, wm.dataset, tc)

@@ -205,8 +205,10 @@ class FrameCache:
         data_dir = dataset_dir / "data"
         if not data_dir.is_dir():
             validate_dataset_id(dataset_id)  # a typo in the format is said as such, not as "not found"
+            where = (f"MINARI_DATASETS_PATH={minari_datasets_root()}" if os.environ.get("MINARI_DATASETS_PATH")
+                     else f"the default Minari root {minari_datasets_root()} (MINARI_DATASETS_PATH is unset)")
             raise UserError(
-                f"Minari dataset {dataset_id!r} not found in MINARI_DATASETS_PATH={minari_datasets_root()} "
+                f"Minari dataset {dataset_id!r} not found in {where} "
                 "(nothing is downloaded: collect it with `diffusion-world collect` or copy it there)"
             )
         if frame_size is not None and (isinstance(frame_size, bool) or not isinstance(frame_size, int)
