@@ -676,6 +676,33 @@ def test_bad_output_and_options_are_refused_before_the_run(tiny_world_model: str
     assert Path("benchmarks/README.md").read_text().startswith("# Benchmark results")
 
 
+def test_git_commit_is_none_for_a_copy_inside_another_repository(tmp_path: Path) -> None:
+    """An installed copy in a .venv inside the user's own git project recorded that project's commit as the
+    commit that produced a result."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from diffusion_world.bench.common import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    assert git_commit() == subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[1],
+                                          capture_output=True, text=True).stdout.strip()  # the checkout's
+    project = tmp_path / "project"
+    site = project / ".venv" / "site-packages"
+    shutil.copytree(Path(__file__).parents[1] / "diffusion_world", site / "diffusion_world",
+                    ignore=shutil.ignore_patterns("*.pt", "__pycache__"))
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty",
+                                  "-m", "x"]):
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", "from diffusion_world.bench.common import git_commit; "
+                          "print(git_commit())"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.stdout.strip() == "None", out.stdout + out.stderr
+
+
 def test_missing_comparison_dataset_says_what_to_give(tmp_path: Path) -> None:
     """The shipped model after a pip install: its training dataset is not on the machine. fidelity and termination
     say how to give one (it said "not found in MINARI_DATASETS_PATH=..." with the variable unset)."""

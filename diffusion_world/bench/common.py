@@ -29,9 +29,15 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
+    """The commit of the diffusion_world checkout that runs; None for an installed copy (one inside another
+    project's git repository, e.g. its .venv, would otherwise report that project's commit)."""
+    package = Path(__file__).resolve().parents[1]  # .../diffusion_world
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10,
+                             cwd=package).stdout.strip()
+        if not top or Path(top).resolve() / "diffusion_world" != package:
+            return None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=package)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
