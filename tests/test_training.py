@@ -605,3 +605,21 @@ def test_attention_backend_resolution() -> None:
         resolve_attn_backend("flex", "cpu", 32)  # refused before training, not at the first backward
     with pytest.raises(UserError, match="attention_head_dim is 8"):
         resolve_attn_backend("flex", "cuda", 8)
+
+
+def test_a_frame_size_whose_levels_miss_video_attention_warns() -> None:
+    """tiny on 64x64 frames: levels at 64 and 32, video attention at 8: frames meet only through the causal
+    convolutions, which nothing said."""
+    import gymnasium as gym
+
+    from diffusion_world.model.config import action_space_to_dict, preset_config
+
+    actions = action_space_to_dict(gym.spaces.Discrete(2))
+    with pytest.warns(UserWarning, match=r"no video attention at 64x64 frames: .* at \[64, 32\] .* at \[8\]"):
+        preset_config("tiny", frame_size=(64, 64), action_space=actions)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preset_config("tiny", frame_size=(16, 16), action_space=actions)
+        preset_config("small", frame_size=(64, 64), action_space=actions)

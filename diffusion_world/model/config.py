@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,11 @@ class ModelConfig:
         for name in ("channels", "enc_blocks", "frame_attention", "video_attention"):
             setattr(self, name, tuple(getattr(self, name)))
         self.validate()
+        if self.video_attention and not set(self.video_attention) & set(self.resolutions):
+            warnings.warn(f"no video attention at {self.frame_size[0]}x{self.frame_size[1]} frames: the U-Net's levels "
+                          f"are at {self.resolutions} and video_attention at {list(self.video_attention)}, so frames "
+                          "meet only through the causal convolutions (a memory of a few frames); use frames or a "
+                          "preset whose levels reach it", stacklevel=3)
 
     def validate(self) -> None:
         h, w = self.frame_size
