@@ -390,7 +390,7 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         bar = tqdm(
             episodes, total=len(indices), unit="episode", desc=f"cache {dataset_id}", disable=not progress
         )
-        for start, length, episode in zip(starts, lengths, bar):
+        for episode, start, length in zip(bar, starts, lengths):  # the bar first: it counts the last one too
             observations = np.asarray(episode.observations)
             if observations.shape != (length, *source_space.shape):
                 raise UserError(
