@@ -32,6 +32,13 @@ def test_combine_is_lossless_and_keeps_order(minari_root: Path) -> None:
         for field in ("observations", "actions", "rewards", "terminations", "truncations"):
             assert np.array_equal(getattr(got, field), getattr(want, field)), field
     assert merged.recover_environment().spec.kwargs == a.recover_environment().spec.kwargs
+    # each episode keeps its reset seed (Minari's update_from_storage dropped them all: no episode could be
+    # replayed or rendered again), and Minari can print an episode (its infos are a dict, not None)
+    def seeds(ds: minari.MinariDataset) -> list:
+        return [m.get("seed") for m in ds.storage.get_episode_metadata(ds.episode_indices)]
+
+    assert seeds(merged) == seeds(a) + seeds(b) and seeds(a)[:2] == [1, 2] and seeds(b)[0] == 50
+    assert merged[0].infos == {} and "EpisodeData(id=0" in str(merged[0]) and str(a[0])
     # and Minari's own combine is lossy on the same data (why combine() exists)
     theirs = minari.combine_datasets([a, b], "tt/ab-minari-v0")
     first = _episodes(theirs)[0].observations

@@ -48,6 +48,17 @@ def test_episodes_stay_terminal_after_their_first_termination(absorbing_id: str)
         replay = [env.step(int(a))[0] for a in episodes[0].actions]
     assert np.array_equal(np.stack(replay), episodes[0].observations[1:])
     assert "recorded as terminal" in dataset.storage.metadata["description"]
+    assert dataset.storage.metadata["post_terminal_steps"] == TAIL  # machine-readable, for other readers
+    # combine says which sources had them (it dropped the description: nothing said why episodes end that way)
+    from diffusion_world.data.collect import combine
+
+    collect("CartPole-v1", "tt/plain-v0", steps=20, size=16, seed=90, progress=False)
+    merged = combine([absorbing_id, "tt/plain-v0"], "tt/mixed-tails-v0")
+    assert merged.storage.metadata["post_terminal_steps_of"] == {absorbing_id: TAIL}
+    collect("CartPole-v1", "tt/plain2-v0", steps=20, size=16, seed=95, progress=False)
+    again = combine(["tt/mixed-tails-v0", "tt/plain2-v0"], "tt/mixed-tails-again-v0")
+    assert again.storage.metadata["post_terminal_steps_of"] == {absorbing_id: TAIL}
+    assert "post_terminal_steps" not in minari.load_dataset("tt/plain-v0").storage.metadata
 
 
 def test_live_lengths_end_at_the_first_terminal_frame(absorbing_id: str, tiny_frame_cache: FrameCache) -> None:

@@ -286,6 +286,7 @@ def _episode_buffer(
         rewards=np.asarray(rewards, dtype=np.float64),
         terminations=np.asarray(terms, dtype=bool),
         truncations=np.asarray(truncs, dtype=bool),
+        infos={},  # an empty infos group, as DataCollector writes one: without it Minari reads infos as None
     )
 
 
@@ -313,11 +314,13 @@ class _AtomicDatasetWriter:
     starts with a dot, so ``minari.list_local_datasets`` never lists it.
     """
 
-    def __init__(self, dataset_id: str, env: gym.Env, lossless: bool, **metadata: Any) -> None:
+    def __init__(self, dataset_id: str, env: gym.Env, lossless: bool, extra_metadata: dict[str, Any] | None = None,
+                 **metadata: Any) -> None:
         self.dataset_id = dataset_id
         self.env = env
         self.lossless = lossless
-        self.metadata = metadata
+        self.metadata = metadata  # Minari's own fields (create_dataset_from_buffers)
+        self.extra_metadata = extra_metadata or {}  # diffusion_world's, written at commit
         self.final_path = dataset_path(dataset_id)
         self.tmp_root = dataset_path("") / f".diffusion_world-collect-{uuid.uuid4().hex[:12]}"
         self.dataset: minari.MinariDataset | None = None
@@ -354,6 +357,8 @@ class _AtomicDatasetWriter:
         if self.lossless:
             _compress_frames(tmp_dataset_dir / "data" / "main_data.hdf5")
             self.dataset.storage.update_metadata({"dataset_size": self.dataset.storage.get_size()})
+        if self.extra_metadata:
+            self.dataset.storage.update_metadata(self.extra_metadata)
         match = DATASET_ID_RE.fullmatch(self.dataset_id)
         namespace = match.group("namespace") if match else None
         if namespace is not None and namespace not in list_local_namespaces():
@@ -463,6 +468,8 @@ def collect(
                    "(absorbing) states." if post_terminal_steps else "")
             ),
             requirements=[f"diffusion-world>={__version__}"],
+            # machine-readable: each terminated episode goes on this many steps, all flagged terminated
+            extra_metadata={"post_terminal_steps": post_terminal_steps} if post_terminal_steps else None,
         )
         bar = tqdm(total=steps, unit="step", desc=f"collect {env_id}", disable=not progress, smoothing=0.05)
         with writer, bar:
@@ -570,6 +577,13 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
                                     action_space=sources[0].action_space, data_format="hdf5", jpeg_encoding=False)
         lossy = sorted({name for d, ds in zip(dataset_ids, sources) if lossy_frames(ds)
                         for name in jpeg_decoded_from(ds) or [d]})
+        # which sources record absorbing post-terminal steps (collect --post-terminal-steps), by source
+        post_terminal = {k: v for d, ds in zip(dataset_ids, sources)
+                         for k, v in (ds.storage.metadata.get("post_terminal_steps_of")
+                                      or ({d: ds.storage.metadata["post_terminal_steps"]}
+                                          if ds.storage.metadata.get("post_terminal_steps") else {})).items()}
+        if post_terminal:
+            storage.update_metadata({"post_terminal_steps_of": post_terminal})
         storage.update_metadata({"dataset_id": new_dataset_id, "combined_datasets": list(dataset_ids),
                                  "minari_version": minari.__version__,
                                  **({"jpeg_decoded_from": lossy} if lossy else {})})
@@ -577,6 +591,11 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
             for ds in sources:
                 storage.update_from_storage(ds.storage)
                 interrupt.check()
+            # Minari 0.5 keeps reset seeds (and DataCollector's reward statistics) in episode metadata, which
+            # update_from_storage does not carry over: every merged episode lost its seed
+            metadata = [{k: _h5_attr(v) for k, v in m.items() if k not in ("id", "total_steps") and v is not None}
+                        for ds in sources for m in ds.storage.get_episode_metadata(range(ds.storage.total_episodes))]
+            storage.update_episode_metadata(metadata, range(len(metadata)))
             _compress_frames(data_dir / "main_data.hdf5")
             interrupt.check()
         storage.update_metadata({"dataset_size": storage.get_size()})
@@ -591,6 +610,14 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return minari.load_dataset(new_dataset_id)
+
+
+def _h5_attr(value: Any) -> Any:
+    """An episode metadata value as an HDF5 attribute takes it: a seed beyond int64 (DataCollector's unseeded
+    resets draw uint64 seeds) as uint64."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > np.iinfo(np.int64).max:
+        return np.uint64(value)
+    return value
 
 
 class _InterruptSeen:
