@@ -95,6 +95,32 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     assert seeds is not None and seeds[0] <= seeds[1]
 
 
+def test_fidelity_scores_say_how_many_frames_were_exact() -> None:
+    """An exact frame scores a placeholder 100 dB in the mean PSNR (its own is infinite), which inflated the
+    repeat-last-frame baseline where the real frame did not change (18% of consecutive CartPole frames): scores
+    record that share and the PSNR of the mean squared error, which needs no placeholder, and the report says so."""
+    pytest.importorskip("skimage")
+    from diffusion_world.bench.fidelity import score
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (4, 2, 8, 8, 3), dtype=np.uint8)
+    fake = real.copy()
+    fake[:2, :, 0, 0, 0] ^= 16  # windows 0 and 1 differ in one value (error 16), windows 2 and 3 are exact
+    out = score(real, fake, [1, 2])["1"]
+    assert out["exact"] == 0.5
+    assert out["psnr"]["mean"] == pytest.approx((2 * 100 + 2 * 10 * np.log10(255**2 * 192 / 16**2)) / 4)
+    assert out["psnr_of_mean_mse"] == pytest.approx(10 * np.log10(255**2 / (16**2 / 192 / 2)))
+    assert score(real, real, [1])["1"]["psnr_of_mean_mse"] is None
+    committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/fidelity.json").read_text())
+    assert "counts as 100 dB, which favours repeating the last frame" in render("fidelity", committed)
+    for h in ("1", "2", "4", "8", "16", "32"):  # a result that records them says how many and gives the other PSNR
+        for who in ("model", "repeat_last_frame"):
+            committed[who][h] = {**committed[who][h], "exact": 0.25 if who == "repeat_last_frame" else 0.0,
+                                 "psnr_of_mean_mse": 30.0}
+    text = render("fidelity", committed)
+    assert "(25 % of its frames 1 step ahead)" in text and "1 steps 30.00 dB (repeat-last 30.00 dB)" in text
+
+
 def test_benchmarks_refuse_a_dataset_the_model_does_not_fit(tiny_frame_cache, tmp_path: Path) -> None:
     """A held-out dataset of another action space or frame size is named as such, not an error from deep inside
     the model (one-hot encoding, convolution shapes)."""

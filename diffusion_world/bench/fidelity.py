@@ -165,7 +165,8 @@ def _mean_ci(values: np.ndarray) -> dict[str, float]:
 
 
 def frame_scores(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """real, fake: (N, H, W, 3) uint8 -> per-frame PSNR and SSIM, (N,) each."""
+    """real, fake: (N, H, W, 3) uint8 -> per-frame PSNR and SSIM, (N,) each. A frame equal to the real one (PSNR
+    infinite) scores 100 dB."""
     psnr_fn, ssim_fn = _metrics()
     psnr = np.array([psnr_fn(r, f, data_range=255) if not np.array_equal(r, f) else 100.0
                      for r, f in zip(real, fake)])
@@ -198,8 +199,14 @@ def score(real: np.ndarray, fake: np.ndarray, hs: list[int]) -> dict[str, Any]:
     """real, fake: (N, H, h, w, 3) -> per-horizon PSNR/SSIM mean and 95% interval."""
     out: dict[str, Any] = {}
     for h in hs:
-        psnr, ssim = frame_scores(real[:, h - 1], fake[:, h - 1])
-        out[str(h)] = {"psnr": _mean_ci(psnr), "ssim": _mean_ci(ssim)}
+        r, f = real[:, h - 1], fake[:, h - 1]
+        psnr, ssim = frame_scores(r, f)
+        mse = ((r.astype(np.float64) - f.astype(np.float64)) ** 2).reshape(len(r), -1).mean(axis=1)
+        out[str(h)] = {"psnr": _mean_ci(psnr), "ssim": _mean_ci(ssim),
+                       # frames equal to the real one score a placeholder 100 dB in the mean PSNR (theirs is
+                       # infinite): their share, and the PSNR of the mean squared error, which needs no placeholder
+                       "exact": float(np.mean(mse == 0)),
+                       "psnr_of_mean_mse": float(10 * np.log10(255.0 ** 2 / mse.mean())) if mse.mean() > 0 else None}
     return out
 
 

@@ -56,6 +56,10 @@ def _pct_or_dash(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.0f} %"
 
 
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.2f} dB"
+
+
 def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
     fg = r.get("foreground_retention")  # results from before these metrics existed do not have them
@@ -98,6 +102,16 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         if bg:
             row += f" {_pct_or_dash(bg[str(h)]['share'])}, {_f(bg[str(h)]['mean_abs'])} |"
         lines.append(row)
+    first = r["repeat_last_frame"][str(r["horizons"][0])]
+    exact = first.get("exact")  # recorded since 2026-12-07
+    lines += ["", "PSNR is per frame, averaged over the windows; a frame equal to the real one (infinite PSNR) counts "
+              "as 100 dB, which favours repeating the last frame where the real frame did not change"
+              + (f" ({_pct_or_dash(exact)} of its frames {r['horizons'][0]} step ahead)" if exact is not None else "")
+              + ", so at short horizons the baseline's mean PSNR is inflated."
+              + (" The PSNR of the mean squared error over the windows needs no such placeholder: "
+                 + ", ".join(f"{h} steps {_db(r['model'][str(h)].get('psnr_of_mean_mse'))} "
+                             f"(repeat-last {_db(r['repeat_last_frame'][str(h)].get('psnr_of_mean_mse'))})"
+                             for h in r["horizons"]) + "." if exact is not None else "")]
     if fg:
         lines += ["", "Foreground retention: how strongly the imagined frame draws the real frame's moving objects "
                   "(what differs from the static background, the dataset's per-pixel median) within 2 pixels of "
