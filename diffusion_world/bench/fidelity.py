@@ -376,6 +376,13 @@ def write_comparison_gif(path: Path, real: np.ndarray, fake: np.ndarray, scale: 
     images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0)
 
 
+def _steps_axis(ax: Any, hs: list[int]) -> None:
+    """A log2 axis of steps ahead, ticked at the horizons as plain numbers (not 2^k)."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(hs, [str(h) for h in hs])
+    ax.set_xlabel("steps after the real context")
+
+
 def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
     import matplotlib
 
@@ -392,11 +399,11 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
         for name, res in series:
             m = np.array([res[str(h)][metric]["mean"] for h in hs])
             ci = np.array([res[str(h)][metric]["ci95"] for h in hs])
-            ax.plot(hs, m, "o-", label=name)
+            ax.plot(hs, m, "o-", label=name + " (band: 95% CI over windows)" * (metric == "ssim" and
+                                                                                name == "world model"))
             ax.fill_between(hs, m - ci, m + ci, alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("steps after the real context")
-        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM"}[metric])
+        _steps_axis(ax, hs)
+        ax.set_ylabel({"psnr": "PSNR (dB; an exact frame counts 100)", "ssim": "SSIM"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     if fg:
@@ -407,12 +414,13 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
             for i, (key, values) in enumerate(series_by_model.items()):
                 ax.plot(hs, [np.nan if values[str(h)] is None else values[str(h)] for h in hs], style,
                         color=f"C{i}", label=f"{names[key]}: {metric}")
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("steps after the real context")
+        ax.axhline(1.0, color="gray", lw=0.8, label="1: as the real frame")
+        _steps_axis(ax, hs)
         ax.set_ylabel("foreground retention / recall")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Fidelity on held-out episodes ({result['num_windows']} windows, {sampler_label(result)})")
+    fig.suptitle(f"Fidelity on held-out episodes of {result['dataset_id']} ({result['num_windows']} windows, "
+                 f"world model step {result['checkpoint_step']}, {sampler_label(result)}"
+                 + (f", {result['precision']}" if result.get("precision") else "") + ")")
     fig.savefig(path, dpi=90)
     plt.close(fig)

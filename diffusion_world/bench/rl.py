@@ -103,21 +103,27 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, colour in (("imagination", "PPO in imagination (return in imagination)", "C0"),
-                               ("real_trained", "PPO in the real env (return in the real env)", "C1")):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    steps = result.get("agent_steps_trained", result["agent_steps"])  # older results: the budget
+    for i, (key, label, colour) in enumerate((
+            ("imagination", "PPO in imagination: return in imagination", "C0"),
+            ("real_trained", "PPO in the real env: return in the real env", "C1"))):
         curve = np.array(result[key].get("curve") or [], dtype=np.float64).reshape(-1, 4)
         if len(curve):
             smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid") if len(curve) >= 5 else curve[:, 1]
             ax.plot(curve[len(curve) - len(smooth):, 0], smooth, color=colour, label=label)
-        steps = result.get("agent_steps_trained", result["agent_steps"])  # older results: the budget
-        ax.errorbar([steps], [result[key]["mean"]], yerr=[result[key]["std"]], fmt="o", color=colour,
-                    capsize=3, label=f"{key.replace('_', ' ')}: final real-env evaluation")
+        # the final evaluations side by side (not on top of each other), as squares: returns in the real env
+        ax.errorbar([steps * (1.0 + 0.012 * (2 * i - 1))], [result[key]["mean"]], yerr=[result[key]["std"]],
+                    fmt="s", mfc="white", color=colour, capsize=3,
+                    label=f"{'PPO in imagination' if i == 0 else 'PPO in the real env'}: real-env evaluation "
+                          f"(mean ± std, {result['eval_episodes']} episodes)")
     ax.axhline(result["random"]["mean"], color="grey", ls="--", label="random policy, real env")
     ax.set_xlabel("agent steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(f"PPO learning curves (world model step {result.get('checkpoint_step')})")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("episode return (episodes ended in a rollout,\nmean over 5 rollouts)")
+    settings = ", ".join(f"{k}={v}" for k, v in (result.get("imagination_kwargs") or {}).items())
+    ax.set_title(f"PPO learning curves: world model step {result.get('checkpoint_step')}, seed {result.get('seed', 0)}"
+                 + (f"\nimagined env: {settings}" if settings else ""), fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
