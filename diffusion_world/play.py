@@ -42,9 +42,29 @@ def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
     return frame if scale == 1 else cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
-def side_by_side(real: np.ndarray, imagined: np.ndarray) -> np.ndarray:
-    gap = np.full((real.shape[0], GAP, 3), 255, dtype=np.uint8)
-    return np.concatenate([real, gap, imagined], axis=1)
+def side_by_side(*panels: np.ndarray, gap: int = GAP) -> np.ndarray:
+    """Frames of one height next to each other, divided by grey bars (white vanished against white frames)."""
+    bar = np.full((panels[0].shape[0], gap, 3), 128, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for i, panel in enumerate(panels):
+        parts += [bar, panel] if i else [panel]
+    return np.concatenate(parts, axis=1)
+
+
+def with_header(frame: np.ndarray, labels: list[str], widths: list[int], note: str = "", gap: int = GAP) -> np.ndarray:
+    """``frame`` under a dark strip naming its panels (``labels``, one per panel of ``widths`` pixels, divided by
+    ``gap``) and, at the right, ``note`` (e.g. the step)."""
+    height = 16
+    strip = np.full((height, frame.shape[1], 3), 40, dtype=np.uint8)
+    x = 0
+    for label, width in zip(labels, widths):
+        cv2.putText(strip, label, (x + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        x += width + gap
+    if note:
+        (w, _), _ = cv2.getTextSize(note, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        cv2.putText(strip, note, (frame.shape[1] - w - 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 220, 120), 1,
+                    cv2.LINE_AA)
+    return np.concatenate([strip, frame], axis=0)
 
 
 def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 15) -> Path:
@@ -202,14 +222,20 @@ def _play_compare_real(world_model: str | os.PathLike, steps: int, out: str | os
     core.reset_rows([0], [rng], [context])
     steps = min(steps, length - L)
     scale = _scale_for(core.frame_size[0], scale)
-    frames = [side_by_side(upscale(context.frames[-1], scale), upscale(context.frames[-1], scale))]
+    width = core.frame_size[1] * scale
+
+    def labelled(real: np.ndarray, imagined: np.ndarray, note: str) -> np.ndarray:
+        return with_header(side_by_side(upscale(real, scale), upscale(imagined, scale)), ["real", "imagined"],
+                           [width, width], note)
+
+    frames = [labelled(context.frames[-1], context.frames[-1], "last real context frame")]
     psnrs, predicted_end, real_end = [], None, None
     for t in tqdm(range(steps), desc="replaying", unit="step", disable=not progress):
         i = start + L + t  # the real frame this step should produce, and the action that led to it
         result = core.step(core.check_actions(cache.prev_actions[i:i + 1]))
         real, imagined = cache.frames[i], result.frames[0]
         psnrs.append(psnr(real, imagined))
-        frames.append(side_by_side(upscale(real, scale), upscale(imagined, scale)))
+        frames.append(labelled(real, imagined, f"step {t + 1}"))
         if predicted_end is None and result.terminated[0]:
             predicted_end = t + 1
         if real_end is None and cache.terminations[i]:

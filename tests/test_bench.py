@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffusion_world.bench.fidelity import (
     background_error,
@@ -75,6 +76,8 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
     # a random-weight model is worse than repeating the last real frame
     assert h["psnr_h16"] < h["repeat_last_psnr_h16"]
     assert (tmp_path / "fidelity_rollout.gif").exists() and (tmp_path / "fidelity.png").exists()
+    with Image.open(tmp_path / "fidelity_rollout.gif") as gif:  # real | imagined | error x4, 3x, under a label strip
+        assert gif.size == (3 * 48 + 2 * 6, 16 + 48) and gif.n_frames == 4
     assert "| 4 |" in render("fidelity", {**r, "machine": {}})
     assert "Terminations on all" in render("fidelity", {**r, "machine": {}})
     # the same checkpoint as its own "baseline", same windows and seeds: the same frames, hence the same scores

@@ -535,8 +535,10 @@ def test_play_cli_gif_mp4_and_compare_real(tiny_world_model: str, tmp_path: Path
     side = tmp_path / "compare.gif"
     assert main(["play", "--world-model", tiny_world_model, "--steps", "4", "--out", str(side), "--compare-real",
                  "--quiet"]) == 0
-    with Image.open(side) as im:
-        assert im.size[0] > 2 * im.size[1]  # real | imagined side by side
+    with Image.open(side) as im:  # real | imagined side by side, under a strip that names them
+        assert im.size == (2 * 128 + 4, 16 + 128)  # 16x16 frames upscaled 8x, a 4-pixel grey bar between
+        frame = np.asarray(im.convert("RGB"))
+        assert (frame[16:, 128:132] == 128).all() and (frame[:16] < 255).any()
     assert main(["play", "--world-model", tiny_world_model, "--out", str(tmp_path / "x.avi"), "--quiet"]) == 2
     for flag in ("--fps", "--scale", "--frame-stack"):  # refused before the rollout, not a crash after it
         assert main(["play", "--world-model", tiny_world_model, "--out", str(gif), flag, "0", "--quiet"]) == 2

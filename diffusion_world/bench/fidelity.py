@@ -364,15 +364,24 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
     return result
 
 
+ERROR_GAIN = 4  # the error panel shows |real - imagined| x 4: errors of a few levels are otherwise black
+
+
 def write_comparison_gif(path: Path, real: np.ndarray, fake: np.ndarray, scale: int = 3) -> None:
-    """real | imagined | |error| side by side, one GIF frame per step."""
+    """real | imagined | |error| x ERROR_GAIN (grey: the mean over colour channels) side by side, labelled, one
+    GIF frame per imagined step."""
     from PIL import Image
 
-    err = np.abs(real.astype(np.int16) - fake.astype(np.int16)).astype(np.uint8)
-    sep = np.full((real.shape[1], 2, 3), 128, np.uint8)
-    tiles = [np.concatenate([r, sep, f, sep, e], axis=1) for r, f, e in zip(real, fake, err)]
-    nearest = Image.Resampling.NEAREST
-    images = [Image.fromarray(t).resize((t.shape[1] * scale, t.shape[0] * scale), nearest) for t in tiles]
+    from diffusion_world.play import side_by_side, upscale, with_header
+
+    err = np.abs(real.astype(np.int16) - fake.astype(np.int16)).mean(axis=-1, keepdims=True)
+    err = np.repeat(np.clip(err * ERROR_GAIN, 0, 255).astype(np.uint8), 3, axis=-1)
+    width = real.shape[2] * scale
+    tiles = [with_header(side_by_side(upscale(r, scale), upscale(f, scale), upscale(e, scale), gap=2 * scale),
+                         ["real", "imagined", f"|error| x{ERROR_GAIN}"], [width] * 3, f"step {t + 1}",
+                         gap=2 * scale)
+             for t, (r, f, e) in enumerate(zip(real, fake, err))]
+    images = [Image.fromarray(t) for t in tiles]
     images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0)
 
 
