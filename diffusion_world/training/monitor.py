@@ -106,10 +106,11 @@ class Monitor:
         act, has = torch.from_numpy(batch["actions"][rows]), torch.from_numpy(batch["has_action"][rows])
         gens = [torch.Generator().manual_seed(i) for i in range(fr.shape[0])]
         gen_frames = imagine(model, fr[:, :c], act[:, :c], has[:, :c], act[:, c:], gens, SamplerConfig())["frames"]
-        self.dashboard(step, fr[:, c:].numpy(), gen_frames.numpy(), held_out)
+        self.dashboard(step, fr[:, c:].numpy(), gen_frames.numpy(), held_out, context=c)
         return row
 
-    def dashboard(self, step: int, real: np.ndarray, generated: np.ndarray, held_out: bool = True) -> None:
+    def dashboard(self, step: int, real: np.ndarray, generated: np.ndarray, held_out: bool = True,
+                  context: int = DASHBOARD_CONTEXT) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -122,7 +123,8 @@ class Monitor:
         key = "val_loss" if held_out else "train_eval_loss"
         va = [(r["step"], r[key]) for r in self.history if key in r]
         if tr:
-            ax.plot(*zip(*tr), "o-" if len(tr) < 20 else "-", ms=3, label="train loss", lw=1)
+            ax.plot(*zip(*tr), "o-" if len(tr) < 20 else "-", ms=3, label="train loss (one batch per point)",
+                    lw=1)
         if va:
             ax.plot(*zip(*va), "o-", ms=3, label="validation loss (EMA)" if held_out else
                     "loss of the EMA on training windows (no validation episode is long enough)")
@@ -134,11 +136,13 @@ class Monitor:
         n = min(real.shape[1], 12)
         for row, (name, frames) in enumerate((("real", real[0, :n]), ("imagined", generated[0, :n]))):
             a = fig.add_subplot(grid[row, 1])
-            a.imshow(np.concatenate(list(frames), axis=1))
+            bar = np.full((frames.shape[1], max(1, frames.shape[1] // 32), frames.shape[3]), 128, dtype=frames.dtype)
+            a.imshow(np.concatenate([part for f in frames for part in (f, bar)][:-1], axis=1),
+                     interpolation="nearest")
             a.set_axis_off()
-            a.set_title(f"{name}: {n} frames after {DASHBOARD_CONTEXT} real context frames "
+            a.set_title(f"{name}: {n} frames after {context} real context frames "
                         f"({'validation' if held_out else 'training'} episode)")
-        fig.savefig(self.out_dir / "dashboard.png", dpi=80)
+        fig.savefig(self.out_dir / "dashboard.png", dpi=110)
         plt.close(fig)
 
     def close(self) -> None:
