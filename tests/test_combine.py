@@ -39,6 +39,10 @@ def test_combine_is_lossless_and_keeps_order(minari_root: Path) -> None:
 
     assert seeds(merged) == seeds(a) + seeds(b) and seeds(a)[:2] == [1, 2] and seeds(b)[0] == 50
     assert merged[0].infos == {} and "EpisodeData(id=0" in str(merged[0]) and str(a[0])
+    # and what the sources said about themselves (Minari's update_from_storage keeps only the authors)
+    meta = merged.storage.metadata
+    assert meta["requirements"] == a.storage.metadata["requirements"] and meta["algorithm_name"] == "random"
+    assert meta["description"].startswith("Combined by diffusion_world from tt/a-v0, tt/b-v0. tt/a-v0: 32x32 RGB")
     # and Minari's own combine is lossy on the same data (why combine() exists)
     theirs = minari.combine_datasets([a, b], "tt/ab-minari-v0")
     first = _episodes(theirs)[0].observations

@@ -598,6 +598,19 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
             storage.update_episode_metadata(metadata, range(len(metadata)))
             _compress_frames(data_dir / "main_data.hdf5")
             interrupt.check()
+
+        # what the sources say about themselves (update_from_storage keeps only authors)
+        def union(key: str) -> list[str]:
+            return list(dict.fromkeys(str(v) for ds in sources for v in (
+                ds.storage.metadata.get(key) if isinstance(ds.storage.metadata.get(key), list)
+                else [ds.storage.metadata.get(key)]) if v))
+
+        described = [f"{d}: {ds.storage.metadata['description']}" for d, ds in zip(dataset_ids, sources)
+                     if ds.storage.metadata.get("description")]
+        storage.update_metadata({k: v for k, v in {
+            "algorithm_name": "; ".join(union("algorithm_name")), "requirements": union("requirements"),
+            "description": (f"Combined by diffusion_world from {', '.join(dataset_ids)}. " + " ".join(described)),
+        }.items() if v})
         storage.update_metadata({"dataset_size": storage.get_size()})
         match = DATASET_ID_RE.fullmatch(new_dataset_id)
         namespace = match.group("namespace") if match else None
