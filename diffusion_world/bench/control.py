@@ -260,12 +260,19 @@ def plot_control(path: Path, r: dict[str, Any]) -> None:
     hs = np.arange(1, r["horizon"] + 1)
     val = lambda key: np.array([np.nan if v is None else v for v in s[key]], dtype=float)  # noqa: E731
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    axes[0].plot(hs, val("accuracy"), "o-", label="world model")
+    axes[0].plot(hs, val("accuracy"), "o-", label="world model (n: start states counted, where fewer)")
+    counted = [n or 0 for n in s.get("identifiable") or []]
+    full = max(counted, default=0)
+    for h, acc, n in zip(hs, val("accuracy"), counted):  # held actions end episodes: later steps count fewer
+        if np.isfinite(acc) and n < full:
+            axes[0].annotate(f"n={n}", (h, acc), textcoords="offset points", xytext=(0, -14), ha="center",
+                             fontsize=8)
     axes[0].axhline(r["chance"], color="gray", ls="--", label="chance")
     axes[0].set_ylim(0, 1.05)
     axes[0].set_ylabel("action identification accuracy")
     axes[1].plot(hs, val("gain"), "o-", label="action effect gain (imagined on real)")
-    axes[1].plot(hs, val("sample_spread"), "s--", label="sample spread (same action, two samples)")
+    axes[1].plot(hs, val("sample_spread"), "s--", label="sample spread (same action, two samples;\nlarge where "
+                                                        "the real effect is still tiny)")
     axes[1].axhline(1.0, color="gray", lw=0.8)
     axes[1].set_ylabel("relative to the real effect of the actions")
     for ax in axes:
