@@ -9,9 +9,10 @@ __version__ = "0.1.0"
 from typing import Any  # noqa: E402
 
 from diffusion_world.errors import DiffusionWorldError, UserError  # noqa: E402
-from diffusion_world.registration import register_envs  # noqa: E402
+from diffusion_world.registration import one_thread_after_fork, register_envs  # noqa: E402
 
 register_envs()
+one_thread_after_fork()
 
 __all__ = ["__version__", "DiffusionWorldError", "UserError", "make_sb3_vec_env", "register_envs"]
 

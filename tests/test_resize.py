@@ -90,6 +90,9 @@ def test_atari_sized_dataset_trains_resized_and_its_env_resizes_alike(minari_roo
     for _ in range(3):
         obs = real.step(2)[0]
         assert np.array_equal(obs, resize_frame(raw.step(2)[0], 16))
+    remade = gym.make(real.spec)  # ResizeFrames records its size: the spec remakes the env
+    np.testing.assert_array_equal(remade.reset(seed=3)[0], real.reset(seed=3)[0])
+    remade.close()
     real.close()
     raw.close()
 

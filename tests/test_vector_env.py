@@ -74,6 +74,26 @@ def test_async_vector_env_forks_without_hanging(tiny_world_model: str) -> None:
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
+FORK_SCRIPT = """
+import os, torch
+torch.set_num_threads(2)
+import diffusion_world  # no env made: SB3's SubprocVecEnv(start_method="fork") after training an agent
+r, w = os.pipe()
+if os.fork() == 0:
+    os.write(w, str(torch.get_num_threads()).encode())
+    os._exit(0)
+os.wait()
+print(os.read(r, 8).decode())
+"""
+
+
+def test_processes_forked_after_import_run_torch_on_one_thread() -> None:
+    """The fork hook is registered at import, not when the first imagined env is made: a parent that trained an
+    agent on several threads, then forked SubprocVecEnv workers making imagined envs, hung them forever."""
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "1", (out.stdout, out.stderr[-2000:])
+
+
 def test_sub_env_i_equals_single_env_seeded_s_plus_i(tiny_world_model: str) -> None:
     N, T, seed = 3, 12, 10
     actions = np.random.default_rng(0).integers(0, 2, (T, N))

@@ -464,6 +464,21 @@ def test_make_real_env_stacks_like_imagination(tiny_world_model: str) -> None:
     np.testing.assert_array_equal(new[..., :3], obs[..., 3:])
 
 
+def test_make_real_env_passes_check_env_and_remakes_from_its_spec(tiny_world_model: str) -> None:
+    """Gymnasium's check_env remakes the env from its spec (ChannelFrameStack could not be: it did not record its
+    constructor's arguments), as does a user's gym.make(env.spec)."""
+    from gymnasium.utils.env_checker import check_env
+
+    real = make_real_env(tiny_world_model, frame_stack=2)
+    check_env(real, skip_render_check=False)
+    remade = gym.make(real.spec)
+    assert remade.observation_space == real.observation_space
+    np.testing.assert_array_equal(remade.reset(seed=4)[0], real.reset(seed=4)[0])
+    np.testing.assert_array_equal(remade.step(1)[0], real.step(1)[0])
+    remade.close()
+    real.close()
+
+
 def test_make_real_env_max_episode_steps(tiny_world_model: str) -> None:
     """A time limit for real envs without one (ALE's games: an agent that never serves plays 27,000 steps)."""
     real = make_real_env(tiny_world_model, frame_stack=2, max_episode_steps=3)

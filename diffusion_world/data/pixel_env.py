@@ -269,13 +269,14 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         super().close()
 
 
-class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
+class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs):
     """An env with uint8 image observations (grey, RGB or RGBA) seen as ``(size, size, 3)`` frames resized by
     :func:`resize_frame`: the real env of a world model trained on a dataset's frames resized the same way
     (``train --frame-size``)."""
 
     def __init__(self, env: gym.Env, size: int) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size)  # env.spec can remake it
+        gym.ObservationWrapper.__init__(self, env)
         self.size = int(size)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
 

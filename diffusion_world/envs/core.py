@@ -224,21 +224,6 @@ class StepResult:
     termination_probability: np.ndarray
 
 
-_fork_hook_registered = False
-
-
-def one_thread_after_fork() -> None:
-    """Make processes forked from this one run torch on one thread. A parent that ran torch on several OpenMP
-    threads leaves a forked child's OpenMP pool dead: its first parallel op waits forever. That is what
-    ``gym.make_vec(..., vectorization_mode="async")`` does (it builds an env in the parent to read the spaces,
-    then forks the workers), and any fork of a process with an imagined env; one thread per worker process is
-    also what PyTorch's DataLoader workers use. Registered once per process, when the first env is made."""
-    global _fork_hook_registered
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
-        _fork_hook_registered = True
-
-
 class ImaginationCore:
     """N imagined envs of one world model, stepped in one denoiser batch and reset row by row.
 
@@ -301,7 +286,6 @@ class ImaginationCore:
         self.device = check_device(device)
         self.precision = precision
         warn_if_emulated(precision, self.device)
-        one_thread_after_fork()
         self.world_model = (world_model if isinstance(world_model, WorldModel)
                             else load_world_model(world_model, device=self.device))
         self.model = self.world_model.model.to(self.device)

@@ -99,7 +99,7 @@ class DiffusionWorldEnv(RecordedSpec, gym.Env[np.ndarray, Any]):
         return self.core.last_frames()[0]
 
 
-class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
+class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs):
     """Stack the last k frames of a pixel env on the channel axis, oldest first: ``(H, W, 3k)``, the observation
     layout of the imagined envs. At reset the first frame is repeated.
 
@@ -110,7 +110,8 @@ class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray]):
     """
 
     def __init__(self, env: gym.Env[np.ndarray, Any], frame_stack: int) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, frame_stack=frame_stack)  # env.spec can remake it
+        gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
         if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.shape[2] == 3):
             raise UserError(f"ChannelFrameStack needs (H, W, 3) frames, got {space}")
