@@ -3,6 +3,7 @@ JPEG), episodes in order, refuses bad input; a JPEG-encoded dataset warns whenev
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import minari
@@ -146,6 +147,24 @@ def test_jpeg_warning_for_datasets_recorded_elsewhere(minari_root: Path, tmp_pat
     assert _jpeg_encoded(arrow(True, (32, 32, 3)))
     assert not _jpeg_encoded(arrow(False, (32, 32, 3)))
     assert not _jpeg_encoded(arrow(True, (16, 16, 3)))  # Minari stores images under 32x32 raw
+
+
+def test_jpeg_warning_when_minari_stores_the_jpeg_bytes_as_a_fixed_width_array(minari_root: Path) -> None:
+    """Minari stores an episode's JPEG bytes as a plain uint8 (steps, nbytes) array when all have one length
+    (static scenes, short episodes): such a dataset was taken for raw frames and trained on without a warning."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    frames = np.zeros((4, 32, 32, 3), np.uint8)  # one JPEG byte length for every frame
+    buffer = EpisodeBuffer(seed=0, observations=frames, actions=np.zeros(3, np.int64), rewards=np.zeros(3),
+                           terminations=np.array([False, False, True]), truncations=np.zeros(3, bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # minari: no author / code permalink given
+        minari.create_dataset_from_buffers("tt/static-jpeg-v0", [buffer], action_space=gym.spaces.Discrete(2),
+                                           observation_space=gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+                                           jpeg_encoding=True)
+    with pytest.warns(UserWarning, match="JPEG-encoded"):
+        FrameCache.open("tt/static-jpeg-v0", progress=False)
 
 
 def test_ctrl_c_stops_combine_even_where_a_library_swallows_it(minari_root: Path,

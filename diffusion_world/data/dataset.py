@@ -310,7 +310,8 @@ def lossy_frames(dataset: Any) -> bool:
 
 def _jpeg_encoded(dataset: Any) -> bool:
     """Whether the first episode's frames are stored as JPEG bytes (Minari writes image spaces of at least
-    32x32 that way when its storage says ``jpeg_encoding``; smaller ones stay raw)."""
+    32x32 that way when its storage says ``jpeg_encoding``; smaller ones stay raw): variable-length bytes, or a
+    uint8 ``(steps, nbytes)`` array where every frame's bytes have one length (static scenes, short episodes)."""
     import h5py
 
     path = Path(dataset.storage.data_path) / "main_data.hdf5"
@@ -320,9 +321,10 @@ def _jpeg_encoded(dataset: Any) -> bool:
                 and len(space.shape) in (2, 3) and min(space.shape[:2]) >= 32 and _full_uint8_range(space))
     try:
         with h5py.File(path, "r") as f:
-            first = next(iter(f.values()))
-            return first["observations"].dtype.kind == "O"
-    except (OSError, KeyError, StopIteration, TypeError):
+            observations = next(iter(f.values()))["observations"]
+            return observations.dtype.kind == "O" or \
+                tuple(observations.shape[1:]) != tuple(dataset.observation_space.shape or ())
+    except (OSError, KeyError, StopIteration, TypeError, AttributeError):
         return False
 
 
