@@ -331,6 +331,26 @@ def test_card_rl_section_sets_ppo(tiny_world_model: str, tmp_path: Path, monkeyp
             run_benchmark("rl", tiny_world_model, tmp_path, card=str(card))
 
 
+def test_rl_refuses_a_real_env_it_cannot_make_before_training(tiny_world_model: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real env is made only for the final evaluation: a user env whose module is not importable failed there,
+    after both agents had trained (hours at the default budget)."""
+    from diffusion_world.bench import rl
+    from diffusion_world.checkpoint import load_world_model
+
+    wm = load_world_model(tiny_world_model)
+    wm.dataset["env_spec"] = {**wm.dataset["env_spec"], "env_id": "no_such_module_here:Dot-v0"}
+    monkeypatch.setattr(rl, "load_world_model", lambda path: wm)
+
+    def trained(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an agent was trained first")
+
+    monkeypatch.setattr("diffusion_world.make_sb3_vec_env", trained)
+    monkeypatch.setattr(rl, "_train_real", trained)
+    with pytest.raises(UserError, match="no_such_module_here"):
+        rl.run_rl(tiny_world_model, agent_steps=64, num_envs=2, frame_stack=2, progress=False)
+
+
 @pytest.mark.slow
 def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent trains in short imagined episodes from anywhere in the data (``reset_mode="anywhere"``, a

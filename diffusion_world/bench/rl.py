@@ -246,7 +246,10 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
 
     from diffusion_world import make_sb3_vec_env
 
+    from diffusion_world.envs import make_real_env
+
     wm = load_world_model(world_model)
+    make_real_env(wm, frame_stack=frame_stack).close()  # the real env is needed at the end: fail now, not after hours
     ppo_kwargs = _ppo_kwargs(agent_steps, num_envs, min(wm.config.frame_size) < 36, seed, ppo)
     rollout = ppo_kwargs["n_steps"] * num_envs
     if agent_steps <= rollout:  # the learning rate decays linearly to 0 over the budget, reaching 0 at the last update
@@ -314,7 +317,6 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     if reused is None:
         say(f"PPO in the real env: {agent_real.num_timesteps} steps in {t_real:.0f}s")
 
-    from diffusion_world.envs import make_real_env
     from diffusion_world.envs.core import default_horizon
 
     # real episodes are cut where imagined ones end by default: ALE's games have no time limit of their own, and a
