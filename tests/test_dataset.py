@@ -274,10 +274,35 @@ def test_terminal_windows_are_oversampled_on_request(tiny_frame_cache: FrameCach
     for sampler, expected in ((plain, base), (over, 0.5 + 0.5 * base)):
         batch = sampler.sample(8000, np.random.default_rng(0))
         assert abs(batch["terminations"].any(axis=1).mean() - expected) < 0.02
-        empirical = batch["terminations"].sum() / batch["valid"].sum()
+        w = batch["termination_weights"]  # the termination loss's weights: it sees the uniform windows' rate
+        empirical = (batch["terminations"] * w).sum() / w.sum()
         assert abs(empirical - sampler.termination_rate()) < 0.1 * sampler.termination_rate()
+    assert plain.termination_rate() == over.termination_rate()
     with pytest.raises(UserError, match="terminal_fraction"):
         WindowSampler(tiny_frame_cache, seq_len=4, terminal_fraction=1.0)
+
+
+def test_termination_weights_undo_the_oversampling_frame_by_frame(tiny_frame_cache: FrameCache) -> None:
+    """Oversampling windows that contain a termination oversamples the terminal instances of a state, not its
+    other instances: a termination head trained on such batches learnt the sampler's probability of termination
+    (0.44 where the data's is 0.09). Weighted by ``termination_weights``, every frame counts as often as under
+    uniform windows, so the weighted loss has the uniform one's expectation, and the head learns the data's."""
+    n, draws = len(tiny_frame_cache.frames), 40_000
+    counts = {}
+    for fraction in (0.0, 0.5):
+        sampler = WindowSampler(tiny_frame_cache, seq_len=4, pad_ends=True, terminal_fraction=fraction)
+        batch = sampler.sample(draws, np.random.default_rng(1))
+        index = batch["window_starts"][:, None] + np.arange(4)
+        valid = batch["valid"]
+        counts[fraction] = (np.bincount(index[valid], minlength=n) / draws,
+                            np.bincount(index[valid], weights=batch["termination_weights"][valid], minlength=n) / draws)
+    uniform, _ = counts[0.0]
+    raw, weighted = counts[0.5]
+    terminal = np.flatnonzero(tiny_frame_cache.terminations)
+    assert terminal.size and (raw[terminal] > 3 * uniform[terminal]).all()  # oversampled
+    np.testing.assert_allclose(weighted, uniform, atol=0.02, rtol=0.1)  # and weighted back, frame by frame
+    assert (WindowSampler(tiny_frame_cache, seq_len=4).sample(5, np.random.default_rng(0))["termination_weights"]
+            == 1).all()
 
 
 def test_bad_sampler_arguments(tiny_frame_cache: FrameCache) -> None:

@@ -245,7 +245,6 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
     from stable_baselines3 import PPO
 
     from diffusion_world import make_sb3_vec_env
-
     from diffusion_world.envs import make_real_env
 
     wm = load_world_model(world_model)

@@ -465,12 +465,17 @@ class WindowSampler:
     termination (drawn uniformly among those; with ``pad_ends`` the termination is equally often at every
     position). Terminations are one frame per terminated episode, so uniform windows rarely show one. (With
     frames recorded after a termination, ``collect(post_terminal_steps=...)``, these are the windows that
-    contain an episode's first terminal frame.)
+    contain an episode's first terminal frame.) Each frame then comes with the importance weight that undoes
+    the oversampling, ``termination_weights``: its frequency under uniform windows over its frequency as
+    sampled. The termination loss weighs frames by it, so that the termination head learns the data's
+    probability of termination, not the sampler's: oversampling windows that contain a termination also
+    oversamples the terminal instances of a look-alike state (a pole at its limit), not the others.
 
     Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
     (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``
     (B, T) float32, ``terminations`` (B, T) bool, ``valid`` (B, T) bool (the frame belongs to the episode),
-    ``window_starts`` (B,) int64 (each window's first frame in ``cache.frames``).
+    ``termination_weights`` (B, T) float32 (1 without oversampling, 0 where not valid), ``window_starts`` (B,)
+    int64 (each window's first frame in ``cache.frames``).
 
     Example:
         >>> sampler = WindowSampler(cache, seq_len=16, episodes=train_episodes)  # doctest: +SKIP
@@ -523,6 +528,22 @@ class WindowSampler:
         if self.terminal_fraction and not self.terminal_windows.size:
             warnings.warn(f"terminal_fraction={self.terminal_fraction}, but the episodes of "
                           f"{cache.dataset_id!r} have no termination: windows are sampled uniformly", stacklevel=2)
+        self._frame_weights: np.ndarray | None = None  # per frame of the cache, where windows are oversampled
+        if self.terminal_fraction and self.terminal_windows.size:
+            uniform = self._coverage(np.arange(self.num_windows)) / self.num_windows
+            terminal = self._coverage(self.terminal_windows) / self.terminal_windows.size
+            sampled = (1 - self.terminal_fraction) * uniform + self.terminal_fraction * terminal
+            self._frame_weights = np.divide(uniform, sampled, out=np.zeros_like(uniform),
+                                            where=sampled > 0).astype(np.float32)
+
+    def _coverage(self, windows: np.ndarray) -> np.ndarray:
+        """How many of ``windows`` hold each frame of the cache as a valid frame."""
+        starts = self.window_starts[windows]
+        ends = np.minimum(self.window_ends[windows], starts + self.seq_len)
+        diff = np.zeros(len(self.cache.frames) + 1, dtype=np.int64)
+        np.add.at(diff, starts, 1)
+        np.add.at(diff, ends, -1)
+        return np.cumsum(diff[:-1]).astype(np.float64)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``batch_size`` windows drawn with replacement: uniformly, or with ``terminal_fraction`` of them
@@ -534,15 +555,13 @@ class WindowSampler:
         return self.get(indices)
 
     def termination_rate(self) -> float:
-        """The share of terminations among the valid frames that :meth:`sample` yields, in expectation."""
+        """The share of terminations among the valid frames that :meth:`sample` yields, in expectation, as the
+        termination loss weighs them (``termination_weights``): that of uniformly sampled windows."""
         valid = np.minimum(self.window_ends - self.window_starts, self.seq_len)
         counted = np.concatenate([[0], np.cumsum(np.asarray(self.cache.terminations, dtype=np.int64))])
         positives = (counted[self.window_starts + valid] - counted[self.window_starts]).astype(np.float64)
         valid = valid.astype(np.float64)
-        f = self.terminal_fraction if self.terminal_windows.size else 0.0
-        pos = (1 - f) * positives.mean() + (f * positives[self.terminal_windows].mean() if f else 0.0)
-        frames = (1 - f) * valid.mean() + (f * valid[self.terminal_windows].mean() if f else 0.0)
-        return float(pos / frames)
+        return float(positives.mean() / valid.mean())
 
     def get(self, window_indices: np.ndarray) -> dict[str, np.ndarray]:
         """The windows with the given indices in ``[0, num_windows)``, in that order."""
@@ -556,6 +575,8 @@ class WindowSampler:
         actions = cache.prev_actions[frame_indices]
         if not valid.all():
             actions[~valid] = 0
+        weights = (valid.astype(np.float32) if self._frame_weights is None
+                   else np.where(valid, self._frame_weights[frame_indices], np.float32(0)))
         return {
             "frames": cache.frames[frame_indices],
             "actions": actions,
@@ -563,6 +584,7 @@ class WindowSampler:
             "rewards": np.where(valid, cache.rewards[frame_indices], np.float32(0)),
             "terminations": cache.terminations[frame_indices] & valid,
             "valid": valid,
+            "termination_weights": weights,
             "window_starts": starts,
         }
 

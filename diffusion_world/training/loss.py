@@ -74,14 +74,16 @@ def draw_noise(batch_size: int, seq_len: int, frame_shape: tuple[int, ...], cfg:
 def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
               rewards: torch.Tensor, terminations: torch.Tensor, draw: NoiseDraw, cfg: LossConfig,
               sigma_data: float, attn_backend: AttnBackend = "sdpa", window: int | None = None,
-              valid: torch.Tensor | None = None) -> LossOutput:
+              valid: torch.Tensor | None = None, termination_weights: torch.Tensor | None = None) -> LossOutput:
     """x0: (B, T, C, H, W) clean frames in [-1, 1]; actions / has_action / rewards / terminations: (B, T).
     ``model`` is a :class:`DartWorldModel` (or its DDP / compiled wrapper). Every term is a mean over
     samples, so the loss of a batch split in equal parts is the mean of the parts' losses (DDP-exact).
     ``window``: the model's context window, so that training sees no more frames than inference will.
     ``valid`` (B, T) bool: False for the padding after an episode's end (see ``WindowSampler(pad_ends=True)``);
     those frames count as zero in every term, so each real frame weighs 1 / (B * T) whatever the padding,
-    and a window with k real frames contributes k / T of what the same k frames alone would."""
+    and a window with k real frames contributes k / T of what the same k frames alone would.
+    ``termination_weights`` (B, T): each frame's weight in the termination term (the sampler's importance weights
+    where it oversamples windows that contain a termination)."""
     B, T = x0.shape[:2]
     dev = x0.device
     idx = noisy_index(T, cfg.supervision).to(dev)
@@ -103,8 +105,9 @@ def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, h
     has_reward = has_action.float() * real  # an episode's first frame has no previous transition and no reward
     reward_loss = ((out.reward.float() - symlog(rewards.float())).square() * has_reward).mean()
     pos_weight = torch.tensor(cfg.termination_pos_weight or 1.0, device=dev)
+    term_real = real if termination_weights is None else real * termination_weights.to(dev).float()
     term_loss = (F.binary_cross_entropy_with_logits(out.termination_logit.float(), terminations.float(),
-                                                    pos_weight=pos_weight, reduction="none") * real).mean()
+                                                    pos_weight=pos_weight, reduction="none") * term_real).mean()
     total = diffusion + cfg.reward_weight * reward_loss + cfg.termination_weight * term_loss
     num_supervised = int(real_noisy.sum().item())
     mean_error = (per_frame * real_noisy).sum() / max(num_supervised, 1)

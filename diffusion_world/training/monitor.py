@@ -91,10 +91,10 @@ class Monitor:
         gen = torch.Generator().manual_seed(12345)
         draw = draw_noise(x0.shape[0], x0.shape[1], tuple(x0.shape[2:]), cfg.loss, gen)
         t = {k: torch.from_numpy(batch[k]).to(device)
-             for k in ("actions", "has_action", "rewards", "terminations", "valid")}
+             for k in ("actions", "has_action", "rewards", "terminations", "valid", "termination_weights")}
         out = dart_loss(model, x0, t["actions"], t["has_action"], t["rewards"], t["terminations"], draw, cfg.loss,
                         model.cfg.sigma_data, attn_backend, window=model.cfg.context_window,  # type: ignore[arg-type]
-                        valid=t["valid"])
+                        valid=t["valid"], termination_weights=t["termination_weights"])
         p = "val" if held_out else "train_eval"
         row = {"step": step, f"{p}_loss": out.total.item(), f"{p}_diffusion": out.diffusion.item(),
                f"{p}_reward": out.reward.item(), f"{p}_termination": out.termination.item()}

@@ -182,6 +182,7 @@ def _batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dic
         "rewards": torch.from_numpy(batch["rewards"]).to(device),
         "terminations": torch.from_numpy(batch["terminations"]).to(device),
         "valid": torch.from_numpy(batch["valid"]).to(device),
+        "termination_weights": torch.from_numpy(batch["termination_weights"]).to(device),
     }
 
 
@@ -398,7 +399,8 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
                     out = dart_loss(net, batch["x0"][rows], batch["actions"][rows], batch["has_action"][rows],
                                     batch["rewards"][rows], batch["terminations"][rows], draw[rows], cfg.loss,
                                     model_cfg.sigma_data, attn_backend, window=model_cfg.context_window,
-                                    valid=batch["valid"][rows])
+                                    valid=batch["valid"][rows],
+                                    termination_weights=batch["termination_weights"][rows])
                     (out.total / cfg.grad_accum).backward()
                 totals["loss"] += out.total.item() / cfg.grad_accum
                 totals["diffusion"] += out.diffusion.item() / cfg.grad_accum
