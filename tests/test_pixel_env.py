@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -134,3 +136,25 @@ def test_unknown_env_id_suggests_only_close_ids(env_id: str, suggestion: str | N
 def test_env_without_rgb_rendering_is_refused(no_render_env_id: str) -> None:
     with pytest.raises(UserError, match="cannot render 'rgb_array'"):
         make_pixel_env(no_render_env_id)
+
+
+SIGTERM_SCRIPT = """
+import os, signal, time
+from diffusion_world.data.pixel_env import make_pixel_env
+env = make_pixel_env("CartPole-v1", size=16)
+env.reset(seed=0)
+env.step(0)  # pygame/SDL is initialised by the first render
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+print("survived SIGTERM")
+"""
+
+
+def test_a_rendering_env_still_dies_on_sigterm() -> None:
+    """SDL's own SIGTERM handler only queued a quit event: collect and render ran on after `scancel`."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SDL_NO_SIGNAL_HANDLERS"}
+    out = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == -15 and "survived" not in out.stdout, (out.returncode, out.stdout, out.stderr[-2000:])

@@ -85,6 +85,9 @@ def recorded_time_limit(env_spec: dict[str, Any] | None) -> int | None:
 def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
     """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors."""
     register_ale_if_needed(env_id)
+    # SDL (pygame's renderer: classic control, Box2D) otherwise takes over SIGINT and SIGTERM at the first render,
+    # turning them into quit events that nothing reads: `scancel` or a job's time limit no longer stopped collect
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # Headless: pygame renderers (classic control, Box2D) would print an SDL display error on stderr, and
         # MuJoCo's default (GLFW) needs a display: without one its first render() fails with "an OpenGL platform
