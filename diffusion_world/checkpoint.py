@@ -12,12 +12,14 @@ state dict and fit report of a :class:`~diffusion_world.model.termination.Termin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -266,3 +268,39 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: 
     slim["provenance"] = dict(notes or {})
     save_checkpoint(dst, slim)
     return Path(dst)
+
+
+RUN_LOCK = ".train.lock"  # held by the `train` process writing a run directory
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike, holder: str) -> Iterator[None]:
+    """Hold ``directory``'s run lock while writing its checkpoint (``holder`` names the writer, for the message):
+    a second `train` into the same ``--out``, or `fit-termination` in place on a checkpoint that a `train` is
+    still writing, is refused instead of each silently overwriting the other's checkpoint. An OS lock (flock):
+    a killed holder releases it. Where the OS has none (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(directory) / RUN_LOCK
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "another process"
+            raise UserError(f"{directory} is being written by {other}: wait for it to finish or stop it "
+                            "(two writers would overwrite each other's checkpoint)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{holder} (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # before the unlock: a waiting writer then makes a fresh file
+    finally:
+        handle.close()

@@ -380,6 +380,18 @@ def test_bad_training_input(tiny_dataset_id: str, tmp_path: Path, capsys) -> Non
     with pytest.raises(UserError, match=r"holds a run \(step 1\): continue it with --resume"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=1))
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 1
+    # two writers of one run are refused: they overwrote each other's checkpoint and metrics (a second train into
+    # the same --out; fit-termination in place on a checkpoint that a train is still writing)
+    from diffusion_world.checkpoint import RUN_LOCK, run_lock
+    from diffusion_world.training.termination import fit_termination
+
+    with run_lock(tmp_path / "r", "`diffusion-world train`"):
+        with pytest.raises(UserError, match=r"is being written by `diffusion-world train` \(pid \d+\)"):
+            train(tiny_cfg(tiny_dataset_id, tmp_path / "r", steps=2), resume=True)
+        with pytest.raises(UserError, match="is being written by"):
+            fit_termination(tmp_path / "r" / "checkpoint.pt")
+    assert not (tmp_path / "r" / RUN_LOCK).exists()
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 1
     (tmp_path / "afile").write_text("")
     with pytest.raises(UserError, match="is a file, not a directory"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "afile", steps=1))

@@ -20,6 +20,7 @@ scored separately.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,7 +34,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffusion_world.bench.fidelity import termination_scores
-from diffusion_world.checkpoint import check_device, load_checkpoint, resolve_world_model, save_checkpoint
+from diffusion_world.checkpoint import (
+    check_device,
+    load_checkpoint,
+    resolve_world_model,
+    run_lock,
+    save_checkpoint,
+)
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError, writable_dir
@@ -164,7 +171,15 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
                     device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Train a termination classifier on real frames and write ``checkpoint`` (to ``out``, default in place;
     atomically) with it under ``termination_classifier``. Works on training checkpoints and exports alike.
-    Returns the report (also written next to the checkpoint: :func:`report_path_for`)."""
+    Returns the report (also written next to the checkpoint: :func:`report_path_for`). Refused while a `train`
+    writes the folder it writes into (the run lock, held until done: :func:`~diffusion_world.checkpoint.run_lock`)."""
+    with contextlib.ExitStack() as lock:
+        return _fit_termination(lock, checkpoint, out, extra_datasets, cfg, device, progress)
+
+
+def _fit_termination(lock: contextlib.ExitStack, checkpoint: str | os.PathLike, out: str | os.PathLike | None,
+                     extra_datasets: tuple[str, ...] | list[str], cfg: TerminationFitConfig | None, device: str,
+                     progress: bool) -> dict[str, Any]:
     cfg = cfg or TerminationFitConfig()
     cfg.validate()
     check_device(device)
@@ -176,6 +191,7 @@ def fit_termination(checkpoint: str | os.PathLike, out: str | os.PathLike | None
     if dst.is_dir():
         raise UserError(f"--out {str(dst)!r} is a directory: give the checkpoint file to write, e.g. {dst / 'wm.pt'}")
     writable_dir(dst.parent, "the folder of the checkpoint to write")  # before the training, not after it
+    lock.enter_context(run_lock(dst.parent, "`diffusion-world fit-termination`"))  # not while a `train` writes it
     dataset = ckpt.get("dataset", {})
     if not dataset.get("dataset_id"):
         raise UserError(f"{checkpoint} names no dataset")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from diffusion_world.checkpoint import check_device, load_checkpoint, save_checkpoint
+from diffusion_world.checkpoint import check_device, load_checkpoint, run_lock, save_checkpoint
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
@@ -236,7 +236,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     except OSError as e:
         raise UserError(f"cannot create --out {str(out_dir)!r}: {e.strerror}") from e
     try:
-        return _train(cfg, resume, out_dir, ckpt_path)
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock for the run
+            return _train(cfg, resume, out_dir, ckpt_path)
+        with run_lock(out_dir, "`diffusion-world train`"):
+            return _train(cfg, resume, out_dir, ckpt_path)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a refused run leaves no empty --out
             out_dir.rmdir()
