@@ -275,3 +275,63 @@ def test_non_json_env_kwargs_are_refused(minari_root: Path) -> None:
 def test_cli_missing_required_flag(capsys) -> None:
     assert main(["collect", "--env", "CartPole-v1", "--steps", "5"]) == 2
     assert "--dataset-id is required" in capsys.readouterr().err
+
+
+DOT_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Dot(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Discrete(8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = 0
+        return self.x, {}
+
+    def step(self, action):
+        self.x = (self.x + int(action)) % 8
+        return self.x, 0.0, False, False, {}
+
+    def render(self):
+        frame = np.zeros((16, 16, 3), np.uint8)
+        frame[:, 2 * self.x: 2 * self.x + 2] = 255
+        return frame
+
+
+gym.register("DotTest-v0", entry_point=Dot, max_episode_steps=7)
+'''
+
+
+def test_the_dataset_records_time_limits_the_registry_cannot_tell_later(minari_root: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An env of the user's own module ("module:Env-vN") is registered only while that module is imported, and a
+    TimeLimit among the wrappers is in no registry: imagined episodes lasted the default 1000 steps, or the
+    registered 500, instead of the real env's limit. The dataset's env spec now records it."""
+    import sys
+
+    from diffusion_world.data.dataset import FrameCache
+    from diffusion_world.data.pixel_env import recorded_time_limit
+
+    (tmp_path / "dot_module_for_test.py").write_text(DOT_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    collect("dot_module_for_test:DotTest-v0", "tt/dot-v0", steps=20, size=16, frame_skip=2, progress=False)
+    from diffusion_world.data.pixel_env import recorded_render_fps
+
+    spec = {"id": PIXEL_ENV_ID, "env_id": "dot_module_for_test:DotTest-v0", "frame_skip": 1}
+    assert (recorded_time_limit(spec), recorded_render_fps(spec)) == (7, 10)  # the module's registration
+    monkeypatch.delitem(sys.modules, "dot_module_for_test")
+    monkeypatch.delitem(gym.registry, "DotTest-v0")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    cache = FrameCache.open("tt/dot-v0", progress=False)
+    assert recorded_time_limit(cache.env_spec) == 4  # 7 env steps at frame_skip 2
+    assert set(cache.episode_lengths) == {5}  # as the data shows: 4 steps, 5 frames
+    limited = [{"entry_point": "gymnasium.wrappers:TimeLimit", "kwargs": {"max_episode_steps": 9}}]
+    collect("CartPole-v1", "tt/limited-v0", steps=30, size=16, wrappers=limited, policy="random", progress=False)
+    assert recorded_time_limit(FrameCache.open("tt/limited-v0", progress=False).env_spec) == 9

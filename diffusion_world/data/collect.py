@@ -46,7 +46,13 @@ from diffusion_world.data.dataset import (
     minari_datasets_root,
     validate_dataset_id,
 )
-from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, PixelEnv, make_pixel_env, recorded_wrappers
+from diffusion_world.data.pixel_env import (
+    MIN_FRAME_SIZE,
+    PixelEnv,
+    make_pixel_env,
+    record_time_limit,
+    recorded_wrappers,
+)
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.registration import PIXEL_ENV_ID
 
@@ -450,7 +456,9 @@ def collect(
         warnings.warn(f"obs_type={kwargs['obs_type']!r} does not change the recorded frames: collect records the "
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
                       "only changes the env state stored with them", stacklevel=2)
-    env = make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None, **kwargs)
+    # the dataset records the env's time limit (the registry may not know it later: a "module:Env-vN" env)
+    env = record_time_limit(make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None,
+                                           **kwargs))
     started = time.perf_counter()
     num_episodes = 0
     try:
@@ -816,7 +824,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
 
     from diffusion_world import __version__
 
-    env = make_pixel_env(spec.id, size=size, wrappers=wrappers, **env_kwargs)
+    env = record_time_limit(make_pixel_env(spec.id, size=size, wrappers=wrappers, **env_kwargs))
     started = time.perf_counter()
     try:
         writer = _AtomicDatasetWriter(

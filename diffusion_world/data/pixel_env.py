@@ -7,7 +7,9 @@ kwargs only, so a Minari dataset collected with it can rebuild it with ``dataset
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -34,6 +36,16 @@ def register_ale_if_needed(env_id: str) -> None:
     gym.register_envs(ale_py)
 
 
+def registered_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """``gym.spec(env_id)``, also for ``"module:Env-vN"`` ids (which ``gym.make`` takes, and ``gym.spec`` does not):
+    the module is imported, as ``gym.make`` would, to register its envs."""
+    register_ale_if_needed(env_id)
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
+    return gym.spec(env_id)
+
+
 def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> int:
     """The frame rate of the env a dataset's env spec names, without making it: its class's
     ``metadata["render_fps"]``, divided by the pixel env's frame skip (as :class:`PixelEnv` does); ``default`` where
@@ -44,8 +56,7 @@ def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> i
     if env_id == PIXEL_ENV_ID:
         env_id, frame_skip = env_spec.get("env_id"), env_spec.get("frame_skip", 1)
     try:
-        register_ale_if_needed(env_id)
-        entry_point = gym.spec(env_id).entry_point
+        entry_point = registered_spec(env_id).entry_point
         creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):  # UserError is a ValueError
         return default
@@ -65,8 +76,7 @@ def recorded_time_limit(env_spec: dict[str, Any] | None) -> int | None:
     def limit(env_id: Any, given: Any) -> int | None:
         if given is None:
             try:
-                register_ale_if_needed(env_id)
-                given = gym.spec(env_id).max_episode_steps
+                given = registered_spec(env_id).max_episode_steps
             except (gym.error.Error, ImportError, TypeError, ValueError):  # UserError is a ValueError
                 return None
         return int(given) if isinstance(given, int | np.integer) and not isinstance(given, bool) and given > 0 \
@@ -80,6 +90,20 @@ def recorded_time_limit(env_spec: dict[str, Any] | None) -> int | None:
     frame_skip = int(frame_skip) if isinstance(frame_skip, int | np.integer) and frame_skip > 0 else 1
     limits = [n for n in (outer, None if inner is None else -(-inner // frame_skip)) if n is not None]
     return min(limits) if limits else None
+
+
+def record_time_limit(env: gym.Env) -> gym.Env:
+    """Give the spec of a pixel env from :func:`make_pixel_env` (before anything reads it) the steps after which
+    its inner env truncates, in pixel-env steps (each repeating the action ``frame_skip`` times): a dataset
+    recorded with it then states its time limit where the registry cannot tell it later (an env of the user's
+    own module, ``"module:Env-vN"``, registered only once that module is imported; a ``TimeLimit`` among the
+    ``wrappers``), and imagined episodes last as long as real ones (:func:`recorded_time_limit`)."""
+    pixel = env.unwrapped
+    assert isinstance(pixel, PixelEnv), "record_time_limit needs a PixelEnv (make_pixel_env)"
+    limit = pixel.inner.spec.max_episode_steps if pixel.inner.spec is not None else None
+    if limit and pixel.spec is not None and pixel.spec.max_episode_steps is None:
+        pixel.spec = dataclasses.replace(pixel.spec, max_episode_steps=-(-int(limit) // pixel.frame_skip))
+    return env
 
 
 def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
