@@ -13,6 +13,7 @@ from PIL import Image
 
 from diffusion_world.bench.fidelity import (
     background_error,
+    foreground_precision,
     foreground_recall,
     foreground_retention,
     frame_scores,
@@ -56,7 +57,7 @@ def test_fidelity_on_tiny_model(tiny_world_model: str, tmp_path: Path, one_torch
                      short_memory=tiny_world_model, progress=False)
     h = r["headline"]
     assert set(h) == {"psnr_h1", "psnr_h16", "ssim_h16", "foreground_retention_h16", "foreground_recall_h16",
-                      "motion_h16", "repeat_last_psnr_h16",
+                      "foreground_precision_h16", "motion_h16", "repeat_last_psnr_h16",
                       "short_memory_psnr_h16", "termination_f1", "reward_mae"}
     assert r["horizons"] == [1, 2, 4] and r["num_windows"] == 4
     assert 1 <= r["window_episodes"] <= min(4, r["heldout_episodes"])
@@ -184,6 +185,13 @@ def test_foreground_retention() -> None:
     half[:, :, 3, 3, :] = 255  # one of the object's two pixels gone: half recalled at radius 0, all at radius 1
     assert foreground_recall(real, half, background, [1], radius=0)["1"] == 0.5
     assert foreground_recall(real, half, background, [1], radius=1)["1"] == 1.0
+    # precision: what the imagined frame draws that the real one does not (recall alone rewards drawing everywhere)
+    r = foreground_precision(real, moved, background, [1, 2, 3])
+    assert (r["1"], r["2"], r["3"]) == (1.0, 0.0, pytest.approx(2 / 10))  # a line of 8 pixels and the 2 real ones
+    everywhere = np.zeros_like(real)
+    assert foreground_recall(real, everywhere, background, [1])["1"] == 1.0
+    assert foreground_precision(real, everywhere, background, [1])["1"] == pytest.approx(12 / 64)  # 2 px, dilated
+    assert foreground_precision(real, real * 0 + 255, background, [1])["1"] is None  # nothing drawn
     assert foreground_retention(real * 0 + 255, real, background, [1])["1"] is None  # no real foreground
 
 

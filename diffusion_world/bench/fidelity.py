@@ -5,8 +5,9 @@ From each held-out window the model gets the first ``context`` real frames, then
 interval over windows; reward MAE; termination precision / recall / F1 and first-termination step error; and the
 termination scoring alone (the model's classifier if it has one, else its head) on every real frame of the held-out
 episodes (teacher-forced, no rollout drift);
-foreground retention (how much of the moving objects an imagined frame still draws: thin objects that fade over a
-rollout cost little PSNR on a mostly static screen, so PSNR alone hides them); motion (how much of the real change
+foreground retention and recall (how much of the moving objects an imagined frame still draws: thin objects that
+fade over a rollout cost little PSNR on a mostly static screen, so PSNR alone hides them) and precision (how much of
+what it draws is there in the real frame: recall alone rewards noise); motion (how much of the real change
 since the last context frame the imagined frames reproduce: damped dynamics). In the
 same run: "repeat the last real frame", optionally a short-memory model (DIAMOND's design: a context of at most
 4 frames) trained with the same budget, and the model's own sampler-steps sweep.
@@ -113,13 +114,28 @@ def foreground_recall(real: np.ndarray, fake: np.ndarray, background: np.ndarray
     """real, fake: (N, H, h, w, 3). Per horizon: the share of the real frames' foreground pixels (moving objects)
     that the imagined frame also draws, within ``radius`` pixels. Unlike :func:`foreground_retention` every
     pixel counts the same whatever its contrast, so a thin low-contrast object (CartPole's pole) weighs as much
-    as its size, and values stay within [0, 1]. None where the real frames have no foreground."""
+    as its size, and values stay within [0, 1]. None where the real frames have no foreground. A frame drawn
+    everywhere (noise) scores 1: read it with :func:`foreground_precision`."""
+    return _foreground_share(real, fake, background, hs, threshold, radius)
+
+
+def foreground_precision(real: np.ndarray, fake: np.ndarray, background: np.ndarray, hs: list[int],
+                         threshold: int = 30, radius: int = 1) -> dict[str, float | None]:
+    """real, fake: (N, H, h, w, 3). Per horizon: the share of the imagined frames' foreground pixels that the real
+    frame also draws, within ``radius`` pixels: recall's counterpart, low for objects drawn where there are none
+    (noise, a second pole, a smear). None where the imagined frames have no foreground."""
+    return _foreground_share(fake, real, background, hs, threshold, radius)
+
+
+def _foreground_share(a: np.ndarray, b: np.ndarray, background: np.ndarray, hs: list[int], threshold: int,
+                      radius: int) -> dict[str, float | None]:
+    """Per horizon: the share of ``a``'s foreground pixels within ``radius`` pixels of ``b``'s foreground."""
     out: dict[str, float | None] = {}
     for h in hs:
-        real_fg = _foreground(real[:, h - 1], background, threshold) > 0
-        fake_fg = _dilate(_foreground(fake[:, h - 1], background, threshold) > 0, radius)
-        n = real_fg.sum()
-        out[str(h)] = float((real_fg & fake_fg).sum() / n) if n > 0 else None
+        a_fg = _foreground(a[:, h - 1], background, threshold) > 0
+        b_fg = _dilate(_foreground(b[:, h - 1], background, threshold) > 0, radius)
+        n = a_fg.sum()
+        out[str(h)] = float((a_fg & b_fg).sum() / n) if n > 0 else None
     return out
 
 
@@ -323,6 +339,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                                  "repeat_last_frame": foreground_retention(real, repeat_last, background, hs)},
         "foreground_recall": {"model": foreground_recall(real, main["frames"], background, hs),
                               "repeat_last_frame": foreground_recall(real, repeat_last, background, hs)},
+        "foreground_precision": {"model": foreground_precision(real, main["frames"], background, hs),
+                                 "repeat_last_frame": foreground_precision(real, repeat_last, background, hs)},
         "motion": {"model": motion(real, main["frames"], last, hs)},
         "background_error": {str(k): background_error(real, by_k[k]["frames"], background,
                                                       hs if k == default_k else [1, hs[-1]]) for k in ks},
@@ -343,6 +361,8 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
                                   **score(real, sm_out["frames"], hs)}
         result["foreground_retention"]["short_memory"] = foreground_retention(real, sm_out["frames"], background, hs)
         result["foreground_recall"]["short_memory"] = foreground_recall(real, sm_out["frames"], background, hs)
+        result["foreground_precision"]["short_memory"] = foreground_precision(real, sm_out["frames"], background,
+                                                                              hs)
         result["motion"]["short_memory"] = motion(real, sm_out["frames"], last, hs)
     h16 = str(16) if "16" in result["model"] else str(hs[-1])
     result["headline"] = {
@@ -351,6 +371,7 @@ def run_fidelity(world_model: str, out_dir: str | Path, dataset_id: str | None =
         "ssim_h16": result["model"][h16]["ssim"]["mean"],
         "foreground_retention_h16": result["foreground_retention"]["model"][h16],
         "foreground_recall_h16": result["foreground_recall"]["model"][h16],
+        "foreground_precision_h16": result["foreground_precision"]["model"][h16],
         "motion_h16": result["motion"]["model"][h16],
         "repeat_last_psnr_h16": result["repeat_last_frame"][h16]["psnr"]["mean"],
         "short_memory_psnr_h16": result["short_memory"][h16]["psnr"]["mean"] if short_memory else None,
@@ -419,13 +440,14 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
         ax = axes[2]
         names = {"model": "world model", "repeat_last_frame": "repeat last frame", "short_memory": "short memory"}
         for (metric, style), series_by_model in ((("retention", "o-"), fg),
-                                                  (("recall", "s--"), result.get("foreground_recall", {}))):
+                                                  (("recall", "s--"), result.get("foreground_recall", {})),
+                                                  (("precision", "^:"), result.get("foreground_precision", {}))):
             for i, (key, values) in enumerate(series_by_model.items()):
                 ax.plot(hs, [np.nan if values[str(h)] is None else values[str(h)] for h in hs], style,
                         color=f"C{i}", label=f"{names[key]}: {metric}")
         ax.axhline(1.0, color="gray", lw=0.8, label="1: as the real frame")
         _steps_axis(ax, hs)
-        ax.set_ylabel("foreground retention / recall")
+        ax.set_ylabel("foreground retention / recall / precision")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Fidelity on held-out episodes of {result['dataset_id']} ({result['num_windows']} windows, "
