@@ -381,11 +381,14 @@ def test_box_actions(tiny_box_world_model: str) -> None:
     assert env.action_space == gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     env.reset(seed=0)
     a = env.step(np.array([0.5, -1.0], dtype=np.float64))[0]  # float64 within the bounds is fine
-    for bad in (np.array([1.5, 0.0]), np.array([0.0]), np.array([np.nan, 0.0]), 0.5, np.array(["a", "b"])):
+    for bad in (np.array([0.0]), np.array([np.nan, 0.0]), 0.5, np.array(["a", "b"])):
         with pytest.raises(InvalidActionError):
             env.step(bad)
     env.reset(seed=0)
     np.testing.assert_array_equal(env.step([0.5, -1.0])[0], a)
+    # out of bounds: clipped, as Pendulum and LunarLander clip (a planner's Gaussian samples were refused)
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.step(np.array([0.5, -7.0]))[0], a)
 
 
 def test_contexts_from_a_dataset_of_another_action_space(minari_root: Path, tmp_path: Path) -> None:
