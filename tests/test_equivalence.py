@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -366,3 +367,16 @@ def test_fp32_inference_fast_path_equals_recomputed_weights() -> None:
 
     for a, b in zip(generate(no_grad=True), generate(no_grad=False)):
         assert torch.equal(a, b)
+
+
+def test_box_action_bounds_that_would_erase_or_break_the_action() -> None:
+    """Bounds of float32's max (some envs' "unbounded") scaled actions to ~1e-39: the model could not see them;
+    a fixed dimension (low == high) gave NaN features and a NaN denoiser output."""
+    big = float(np.finfo(np.float32).max)
+    cfg = preset_config("tiny", action_space={"type": "box", "shape": [3], "low": [-big, 0.5, -2.0],
+                                              "high": [big, 0.5, 2.0]})
+    model = DartWorldModel(cfg)
+    has = torch.ones(1, 2, dtype=torch.bool)
+    features = model.encode_actions(torch.tensor([[[1.0, 0.5, 2.0], [-1.0, 0.5, -1.0]]]), has)
+    assert torch.isfinite(features).all()
+    np.testing.assert_allclose(features[0, :, :3].numpy(), [[1.0, 0.0, 1.0], [-1.0, 0.0, -0.5]])

@@ -635,3 +635,19 @@ def test_a_frame_size_whose_levels_miss_video_attention_warns() -> None:
         warnings.simplefilter("error")
         preset_config("tiny", frame_size=(16, 16), action_space=actions)
         preset_config("small", frame_size=(64, 64), action_space=actions)
+
+
+def test_box_actions_without_usable_bounds_warn() -> None:
+    import warnings
+
+    import numpy as np
+
+    from diffusion_world.training.train import _warn_unscaled_box_actions
+
+    big = float(np.finfo(np.float32).max)
+    with pytest.warns(UserWarning, match=r"no usable bounds in dimension\(s\) \[0, 2\]"):
+        _warn_unscaled_box_actions({"type": "box", "shape": [4], "low": [None, -1.0, -big, 0.5],
+                                    "high": [None, 1.0, big, 0.5]}, "me/x-v0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_unscaled_box_actions({"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}, "me/x-v0")

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -391,6 +390,26 @@ class ModelOutput:
     logvar: torch.Tensor | None = None  # (B, N) EDM2 loss uncertainty u(sigma) of the noisy frames (train)
 
 
+MAX_ACTION_HALF_RANGE = 1e6  # wider Box bounds mean "unbounded" (e.g. float32's max): not scaled by
+
+
+def box_action_scaling(action_space: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Per dimension of a Box action space (as ``action_space_to_dict`` describes it): the centre and half range
+    that map its bounds to [-1, 1]. A dimension without bounds, or with bounds so wide that scaling would erase
+    the action (float32's max, which some envs use for "unbounded"), is taken as it is (0, 1); a fixed one
+    (low == high) becomes 0 (it was 0 / 0 = NaN)."""
+    mid, half = [], []
+    for lo, hi in zip(action_space["low"], action_space["high"]):
+        h = None if lo is None or hi is None else (hi - lo) / 2
+        if h is None or not 0 < h <= MAX_ACTION_HALF_RANGE:
+            mid.append(float(lo) if h == 0 else 0.0)
+            half.append(1.0)
+        else:
+            mid.append((lo + hi) / 2)
+            half.append(h)
+    return mid, half
+
+
 class DartWorldModel(nn.Module):
     action_mid: torch.Tensor  # Box actions: (low + high) / 2 and (high - low) / 2 where finite
     action_half: torch.Tensor
@@ -412,10 +431,9 @@ class DartWorldModel(nn.Module):
         self.emb_noise = MPConv(E, E)
         self.emb_action = MPConv(cfg.action_features, E)
         if cfg.action_space["type"] == "box":
-            low = torch.tensor([np.nan if v is None else v for v in cfg.action_space["low"]])
-            high = torch.tensor([np.nan if v is None else v for v in cfg.action_space["high"]])
-            self.register_buffer("action_mid", torch.nan_to_num((low + high) / 2, nan=0.0), persistent=False)
-            self.register_buffer("action_half", torch.nan_to_num((high - low) / 2, nan=1.0), persistent=False)
+            mid, half = box_action_scaling(cfg.action_space)
+            self.register_buffer("action_mid", torch.tensor(mid), persistent=False)
+            self.register_buffer("action_half", torch.tensor(half), persistent=False)
         self.logvar_fourier = MPFourier(E)  # EDM2 learned loss uncertainty u(sigma), used by the loss only
         self.logvar_linear = MPConv(E, 1)
 

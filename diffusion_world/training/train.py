@@ -34,7 +34,13 @@ from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.config import action_space_to_dict, check_field_types, preset_config
-from diffusion_world.model.dart import AttnBackend, DartWorldModel, count_parameters, grow_input_temporal_kernel
+from diffusion_world.model.dart import (
+    MAX_ACTION_HALF_RANGE,
+    AttnBackend,
+    DartWorldModel,
+    count_parameters,
+    grow_input_temporal_kernel,
+)
 from diffusion_world.model.mp import normalize_weights_
 from diffusion_world.precision import use_bf16, warn_if_emulated
 from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
@@ -287,6 +293,7 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
         cfg.loss.termination_pos_weight = float(np.clip((1 - rate) / rate, 1.0, 100.0)) if rate > 0 else 1.0
 
     # ---- model, EMA, optimiser
+    _warn_unscaled_box_actions(action_space_to_dict(cache.action_space), cache.dataset_id)
     try:
         model_cfg = preset_config(cfg.preset, frame_size=tuple(cache.frame_size),
                                   action_space=action_space_to_dict(cache.action_space), **cfg.model)
@@ -624,6 +631,20 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
            f"its weights and EMA, a fresh optimiser (input_temporal_kernel {old_k} -> {new_k})" if fresh_optimizer
            else "its weights, EMA and optimiser")
     return ckpt["step"], ckpt["num_frames_seen"], ckpt.get("elapsed_s", 0.0), extra, how
+
+
+def _warn_unscaled_box_actions(space: dict[str, Any], dataset_id: str) -> None:
+    """Box action dimensions without usable bounds enter the model as they are (see :func:`box_action_scaling`):
+    the magnitude-preserving embedding expects values of about unit size."""
+    if space["type"] != "box":
+        return
+    unscaled = [i for i, (lo, hi) in enumerate(zip(space["low"], space["high"]))
+                if lo is None or hi is None or (hi - lo) / 2 > MAX_ACTION_HALF_RANGE]
+    if unscaled:
+        warnings.warn(f"the Box actions of {dataset_id!r} have no usable bounds in dimension(s) {unscaled} "
+                      f"(infinite, or wider than ±{MAX_ACTION_HALF_RANGE:g}): they enter the model unscaled, and "
+                      "values far from [-1, 1] swamp its conditioning; collect through a wrapper that bounds them "
+                      "(e.g. gymnasium.wrappers.RescaleAction) if they can be large", stacklevel=3)
 
 
 class _nullcontext:
