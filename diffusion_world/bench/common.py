@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from diffusion_world.errors import UserError
+from diffusion_world.files import atomic_write_text
 
 
 def cpu_model() -> str:
@@ -68,10 +69,7 @@ def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_info(), **result}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=2, sort_keys=False) + "\n")
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:

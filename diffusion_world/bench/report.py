@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusion_world.bench.common import TRAINING_END_ROLLOUTS, sampler_label
+from diffusion_world.files import atomic_write_text
 
 
 def _first_termination(t: dict[str, Any]) -> str:
@@ -878,7 +879,7 @@ def make_readme(results_dir: str | Path, out: str | Path) -> str:
     for stem, r in results.items():
         parts.append(render(stem, r))
     text = "\n".join(parts)
-    Path(out).write_text(text)
+    atomic_write_text(out, text)
     return text
 
 
@@ -928,7 +929,7 @@ def update_readme_section(readme: str | Path, results_dir: str | Path) -> bool:
                      + ", ".join(archived) + ".\n")
     block = "\n".join([START, "", *parts, END])
     before, rest = text.split(START, 1)
-    readme.write_text(before + block + rest.split(END, 1)[1])
+    atomic_write_text(readme, before + block + rest.split(END, 1)[1])
     return True
 
 

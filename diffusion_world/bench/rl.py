@@ -16,6 +16,7 @@ import numpy as np
 
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.errors import UserError
+from diffusion_world.files import atomic_write_text
 
 
 def evaluate(env: Any, act: Any, episodes: int, seed: int) -> np.ndarray:
@@ -214,9 +215,7 @@ def _store_reference(cache: Path, key: dict[str, Any], agent: Any, curve: list[l
     agent.save(tmp)
     tmp.replace(zip_path)
     meta = {"key": key, "curve": curve, "train_s": seconds, "machine": machine_info()}
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    tmp_meta.replace(meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
 
 
 def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10, num_envs: int = 8,

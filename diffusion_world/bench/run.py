@@ -14,6 +14,7 @@ from diffusion_world.bench.common import machine_info, training_end_return, writ
 from diffusion_world.bench.report import README_TITLE, make_readme, render, update_readme_section
 from diffusion_world.checkpoint import check_device
 from diffusion_world.errors import UserError, writable_dir
+from diffusion_world.files import atomic_write_text
 from diffusion_world.precision import check_precision
 from diffusion_world.registration import PIXEL_ENV_ID
 
@@ -283,7 +284,7 @@ def record_result(out: str | Path, stem: str, result: dict[str, Any]) -> Path:
     regenerate ``benchmarks/README.md`` and the README's benchmark block from all result files."""
     out = Path(out)
     path = write_result(out / f"{stem}.json", result)
-    (out / f"{stem}.md").write_text(render(stem, json.loads(path.read_text())))
+    atomic_write_text(out / f"{stem}.md", render(stem, json.loads(path.read_text())))
     if out.resolve().name == "results" and out.resolve().parent.name == "benchmarks":
         readme = out.parent / "README.md"
         if readme.exists() and not readme.read_text().startswith(README_TITLE):

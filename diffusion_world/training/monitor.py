@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ from tqdm.auto import tqdm
 
 from diffusion_world.data.dataset import WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
+from diffusion_world.files import atomic_write_text
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
 from diffusion_world.training.loss import dart_loss, draw_noise
@@ -43,9 +43,8 @@ class Monitor:
                     if line.strip():
                         warnings.warn(f"{path}: line {number} is not a JSON row (cut short?): dropped", stacklevel=2)
             self.history = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= start_step]
-            tmp = path.with_name(path.name + ".tmp")  # a kill while rewriting must not cut the file
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-            os.replace(tmp, path)
+            # a kill while rewriting must not cut the file
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
         elif path.exists():
             path.unlink()
         self.file = path.open("a")

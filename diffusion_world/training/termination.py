@@ -44,6 +44,7 @@ from diffusion_world.checkpoint import (
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError, writable_dir
+from diffusion_world.files import atomic_write_text
 from diffusion_world.model.config import action_space_to_dict
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
 
@@ -274,9 +275,7 @@ def _fit_termination(lock: contextlib.ExitStack, checkpoint: str | os.PathLike, 
                                       "report": report}
     save_checkpoint(dst, ckpt)
     report_path = report_path_for(dst)
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(report_path)
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     return report
 
 

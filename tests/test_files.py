@@ -1,0 +1,42 @@
+"""Atomic text writes: results, reports, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from diffusion_world.bench.common import write_result
+
+
+def test_concurrent_writers_of_one_result_never_fail_or_publish_half_a_file(tmp_path: Path) -> None:
+    """Two writers of one result shared the temporary name ``r.json.tmp``: one's rename failed
+    (FileNotFoundError), or a reader saw the other's half-written JSON under the final name."""
+    path = tmp_path / "r.json"
+    errors: list[BaseException] = []
+    seen: list[str] = []
+
+    def write(who: int) -> None:
+        try:
+            for i in range(150):
+                write_result(path, {"who": who, "i": i, "pad": "x" * 20_000})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def read() -> None:
+        for _ in range(300):
+            if path.exists():
+                text = path.read_text()
+                try:
+                    json.loads(text)
+                except ValueError:
+                    seen.append(text[-40:])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)] + [threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not seen, (errors[:2], seen[:2])
+    assert json.loads(path.read_text())["i"] == 149
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
