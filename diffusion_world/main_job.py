@@ -26,6 +26,7 @@ from typing import Any
 
 from diffusion_world.bench.common import machine_info
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 HELDOUT_SEED = 1_000_000  # episode seeds from here on: never used by the shipped model's collection (seeds 0, 1, ...)
 
@@ -58,7 +59,7 @@ def plot_loss(path: Path, steps: list[int], values: list[float], title: str) -> 
     ax.set_ylabel("denoising error (EDM-weighted)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 

@@ -40,3 +40,21 @@ def test_concurrent_writers_of_one_result_never_fail_or_publish_half_a_file(tmp_
     assert not errors and not seen, (errors[:2], seen[:2])
     assert json.loads(path.read_text())["i"] == 149
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusion_world.files import save_figure
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_result(tmp_path / "r.json", {})
+    fig = plt.figure()
+    save_figure(fig, tmp_path / "f.png", dpi=20)
+    plt.close(fig)
+    mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")

@@ -34,6 +34,7 @@ from diffusion_world.bench.termination import score_first_steps
 from diffusion_world.checkpoint import WorldModel, load_world_model
 from diffusion_world.diffusion.sampler import frames_to_x, imagine
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 MAX_ACTIONS = 8
 
@@ -281,7 +282,7 @@ def plot_control(path: Path, r: dict[str, Any]) -> None:
         ax.legend()
     fig.suptitle(f"Action response, {r['num_starts']} start states x {len(r['actions'])} held actions, "
                  f"{sampler_label(r)}, checkpoint step {r['checkpoint_step']}")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -313,7 +314,7 @@ def plot_rollouts(path: Path, real: np.ndarray, lengths: np.ndarray, imagined: n
                   [f"{'real' if k == 0 else 'imagined'}, a={np.asarray(actions[a]).tolist()}"
                    for a in range(A) for k in range(2)])
     ax.set_xlabel("steps of the held action (ctx: the last real context frame)")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -30,6 +30,7 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
 from diffusion_world.envs.core import open_dataset_for
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 
 def _metrics() -> tuple[Any, Any]:
@@ -453,5 +454,5 @@ def plot_fidelity(path: Path, result: dict[str, Any]) -> None:
     fig.suptitle(f"Fidelity on held-out episodes of {result['dataset_id']} ({result['num_windows']} windows, "
                  f"world model step {result['checkpoint_step']}, {sampler_label(result)}"
                  + (f", {result['precision']}" if result.get("precision") else "") + ")")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

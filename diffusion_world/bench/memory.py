@@ -45,6 +45,7 @@ from diffusion_world.data.cue_memory_env import (
 )
 from diffusion_world.diffusion.sampler import SamplerConfig, imagine
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 # The tiny preset with a third U-Net level, its video attention at 4x4 (16 tokens per frame, not 64): a 26-frame
 # window trains about twice as fast on CPU. Both models share it; only the context window differs.
@@ -313,5 +314,5 @@ def plot_memory(path: Path, result: dict[str, Any], examples: dict[str, Any], nu
                     a.set_title(f"t={t}", fontsize=8)
     fig.suptitle(f"Memory: recall of a colour cue after n={h['n']} distractor steps: ours {h['accuracy']:.0%}, "
                  f"short memory {h['short_memory_accuracy']:.0%}, chance {h['chance']:.0%}")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from diffusion_world.bench.common import sampler_label
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 
 def survival(p: np.ndarray) -> np.ndarray:
@@ -168,7 +169,7 @@ def plot_random_play(path: Path, r: dict[str, Any]) -> None:
                  f"{sampler_label(r)})", fontsize=10)
     ax.legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from diffusion_world.checkpoint import load_world_model
 from diffusion_world.errors import UserError
-from diffusion_world.files import atomic_write_text
+from diffusion_world.files import atomic_write_text, save_figure
 
 
 def evaluate(env: Any, act: Any, episodes: int, seed: int) -> np.ndarray:
@@ -126,7 +126,7 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
                  + (f"\nimagined env: {settings}" if settings else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

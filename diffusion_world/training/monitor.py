@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from diffusion_world.data.dataset import WindowSampler
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
-from diffusion_world.files import atomic_write_text
+from diffusion_world.files import atomic_write_text, save_figure
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
 from diffusion_world.training.loss import dart_loss, draw_noise
@@ -141,7 +141,7 @@ class Monitor:
             a.set_axis_off()
             a.set_title(f"{name}: {n} frames after {context} real context frames "
                         f"({'validation' if held_out else 'training'} episode)")
-        fig.savefig(self.out_dir / "dashboard.png", dpi=110)
+        save_figure(fig, self.out_dir / "dashboard.png", dpi=110)
         plt.close(fig)
 
     def close(self) -> None:

@@ -442,11 +442,11 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
             if rank == 0:
                 monitor.log(step, totals, lr=lr, grad_norm=float(grad_norm), dt=dt,
                             supervised=supervised, num_frames_seen=num_frames_seen)
-            stop.release()  # a signal that came meanwhile interrupts here
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == cfg.steps:  # held too: a resumed run would skip it
                 if rank == 0:
                     monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
                                      held_out=val_windows is not None)
+            stop.release()  # a signal that came meanwhile interrupts here
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
             if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
