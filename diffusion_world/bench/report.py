@@ -65,6 +65,7 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
     sm = r.get("short_memory")
     fg = r.get("foreground_retention")  # results from before these metrics existed do not have them
     rc = r.get("foreground_recall")
+    pr = r.get("foreground_precision")  # recorded since 2026-12-08
     mo = r.get("motion")  # results from before it do not have it
     be = r.get("background_error", {})  # per K; results from before it do not have it
     bg = be.get(str(r["sampler_steps"]))
@@ -85,9 +86,10 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
              "| steps ahead | PSNR (dB) | SSIM | repeat-last PSNR | repeat-last SSIM |"
              + (" short-memory PSNR |" if "short_memory" in r else "")
              + (" foreground retention |" if fg else "") + (" foreground recall |" if rc else "")
-             + (" motion |" if mo else "") + (" quiet background: error share, mean abs error |" if bg else ""),
+             + (" foreground precision |" if pr else "") + (" motion |" if mo else "")
+             + (" quiet background: error share, mean abs error |" if bg else ""),
              "|---|---|---|---|---|" + ("---|" if "short_memory" in r else "") + ("---|" if fg else "")
-             + ("---|" if rc else "") + ("---|" if mo else "") + ("---|" if bg else "")]
+             + ("---|" if rc else "") + ("---|" if pr else "") + ("---|" if mo else "") + ("---|" if bg else "")]
     for h in r["horizons"]:
         m, b = r["model"][str(h)], r["repeat_last_frame"][str(h)]
         row = (f"| {h} | {m['psnr']['mean']:.2f} ± {m['psnr']['ci95']:.2f} | {m['ssim']['mean']:.3f} "
@@ -98,6 +100,8 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
             row += f" {_f(fg['model'][str(h)])} |"
         if rc:
             row += f" {_f(rc['model'][str(h)])} (repeat-last {_f(rc['repeat_last_frame'][str(h)])}) |"
+        if pr:
+            row += f" {_f(pr['model'][str(h)])} (repeat-last {_f(pr['repeat_last_frame'][str(h)])}) |"
         if mo:
             row += f" {_f(mo['model'][str(h)])} |"
         if bg:
@@ -123,6 +127,10 @@ def fidelity_markdown(r: dict[str, Any]) -> str:
         lines += ["", "Foreground recall: the share of the real frame's object pixels that the imagined frame also "
                   "draws (within 1 pixel), every pixel counting the same: a thin, faint object that fades away "
                   "shows here even when a bold one dominates the retention."]
+    if pr:
+        lines += ["", "Foreground precision: the share of the imagined frame's object pixels that the real frame also "
+                  "draws (within 1 pixel): objects drawn where there are none (a ghost, a smear, noise) lower it. "
+                  "Recall alone would give a frame drawn everywhere 1."]
     if mo:
         lines += ["", "Motion: the share of the real change since the last context frame that the imagined frames "
                   "reproduce, sum <imagined - last, real - last> / sum |real - last|^2 over the windows; 1 = the "
