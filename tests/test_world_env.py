@@ -267,7 +267,9 @@ def test_default_horizon_is_the_real_envs_time_limit(tiny_world_model: str, tmp_
     save_checkpoint(tmp_path / "no_horizon.pt", ckpt)
     env = gym.make("DiffusionWorld-v0", world_model=str(tmp_path / "no_horizon.pt"))
     assert env.unwrapped.core.horizon == env.spec.max_episode_steps == 500
-    ckpt["dataset"]["env_spec"] = {**ckpt["dataset"]["env_spec"], "env_id": "Absent-v0"}
+    assert ckpt["dataset"]["env_spec"]["max_episode_steps"] == 500  # recorded by collect
+    ckpt["dataset"]["env_spec"] = {**{k: v for k, v in ckpt["dataset"]["env_spec"].items()
+                                      if k != "max_episode_steps"}, "env_id": "Absent-v0"}
     save_checkpoint(tmp_path / "unknown_env.pt", ckpt)
     assert gym.make("DiffusionWorld-v0", world_model=str(tmp_path / "unknown_env.pt")).unwrapped.core.horizon == 1000
 
