@@ -42,7 +42,17 @@ from einops import rearrange
 from torch import nn
 
 from diffusion_world.model.config import ModelConfig
-from diffusion_world.model.mp import MPConv, MPFourier, compute_dtype, conv2d, mp_cat, mp_silu, mp_sum, normalize
+from diffusion_world.model.mp import (
+    MPConv,
+    MPFourier,
+    channels_last_strides,
+    compute_dtype,
+    conv2d,
+    mp_cat,
+    mp_silu,
+    mp_sum,
+    normalize,
+)
 
 AttnBackend = Literal["sdpa", "flex"]
 
@@ -346,7 +356,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, p: _Pass) -> torch.Tensor:
         B, Fr = x.shape[:2]
         frames = lambda t: t.unflatten(0, (B, Fr))  # noqa: E731
-        x = x.flatten(0, 1)
+        x = channels_last_strides(x.flatten(0, 1))
         if self.resample == "down":
             x = F.avg_pool2d(x, 2)
         elif self.resample == "up":

@@ -78,12 +78,25 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
 
+def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) in channels-last layout with the strides PyTorch expects of it. A batch of one made by
+    ``flatten(0, 1)`` of a (1, 1, C, H, W) NHWC tensor keeps stride C on its size-1 batch dim: its bytes are NHWC,
+    but pooling, upsampling and elementwise ops then give NCHW results, each copied back to NHWC before the next
+    convolution (8% of a single imagined env's step on CPU). Same values, no copy."""
+    if x.dim() == 4 and x.shape[0] == 1 and x.device.type == "cpu" and \
+            x.is_contiguous(memory_format=torch.channels_last):
+        C, H, W = x.shape[1:]
+        if x.stride() != (C * H * W, 1, W * C, C):
+            return x.as_strided(x.shape, (C * H * W, 1, W * C, C))
+    return x
+
+
 def conv2d(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Same-padded 2-D convolution. On CPU in channels-last layout: oneDNN's convolutions run several times
     faster on NHWC than on NCHW there (``benchmarks/results/speed.json``), and elementwise ops keep the layout,
     so after the first conversion activations stay NHWC. Values are those of NCHW up to float rounding."""
     if x.device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last_strides(x.contiguous(memory_format=torch.channels_last))
         w = w.contiguous(memory_format=torch.channels_last)
     return F.conv2d(x, w, padding=w.shape[-1] // 2)
 
