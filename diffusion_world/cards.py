@@ -147,6 +147,10 @@ def load_card(path: str | os.PathLike) -> Card:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"card {str(path)!r} is not valid TOML: {e}") from e
     allowed = {"env", "collect", *PASS_THROUGH_SECTIONS}
+    loose = sorted(k for k, v in data.items() if not isinstance(v, dict))
+    if loose:  # TOML puts keys written before the first [section] at the top level
+        raise UserError(f"card {str(path)!r}: key(s) {', '.join(loose)} outside any section: put them under one of "
+                        f"[{'], ['.join(sorted(allowed))}]")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UserError(

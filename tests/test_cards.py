@@ -77,6 +77,7 @@ def test_defaults_and_pass_through(tmp_path: Path) -> None:
         ('[env]\nid = "CartPole-v1"\n[trian]\nsteps = 5\n', r"unknown section\(s\) trian"),
         ('[env]\nid = "CartPole-v1"\nmodel = 3\n', r"unknown key\(s\) model"),
         ("[env\n", "not valid TOML"),
+        ('horizon = 40\n[env]\nid = "CartPole-v1"\n', r"key\(s\) horizon outside any section: put them under"),
         ('[env]\nid = "CartPole-v1"\n[imagination]\nsampler_step = 5\n',
          r"\[imagination\]: unknown key\(s\) sampler_step"),
         ('[env]\nid = "CartPole-v1"\n[imagination]\nhorizon = 5.5\n', "horizon must be an integer >= 1"),

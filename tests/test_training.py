@@ -414,9 +414,16 @@ def test_card_values_of_the_wrong_type_are_named(tmp_path: Path) -> None:
                               ("batch_size = 2.5", "batch_size must be an integer, got 2.5"),
                               ('p_mean = "low"', "p_mean must be a number"),
                               ('betas = ["a", 1]', "betas must be a list of numbers"),
-                              ("batchsize = 2", r"unknown train config key\(s\) batchsize \(allowed: .*batch_size")]:
+                              ("batchsize = 2", r"card '.*card.toml' \[train\]: unknown key\(s\) batchsize "
+                                                r"\(allowed: .*batch_size"),
+                              # TrainConfig's own fields that a card's [train] must not set (it replaced [model])
+                              ("out_dir = 'y'", r"\[train\]: out_dir \(give train --out\) do not belong here"),
+                              ('model = {channels = [8]}', r"model \(give \[model\]\) do not belong here"),
+                              ('preset = "small"', r"preset \(give \[model\] preset\)")]:
         with pytest.raises(UserError, match=match):
             config_from_card(card(train=train_line), out_dir="x").validate()
+    with pytest.raises(UserError, match=r"card '.*card.toml' \[model\]: unknown key\(s\) chanels"):
+        config_from_card(card(model="chanels = [8]"), out_dir="x")
     cfg = config_from_card(card(model="channels = 8"), out_dir="x")
     with pytest.raises(UserError, match="model config channels must be a list of integers, got 8"):
         from diffusion_world.model.config import preset_config

@@ -33,7 +33,7 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
-from diffusion_world.model.config import action_space_to_dict, check_field_types, preset_config
+from diffusion_world.model.config import ModelConfig, action_space_to_dict, check_field_types, preset_config
 from diffusion_world.model.dart import (
     MAX_ACTION_HALF_RANGE,
     AttnBackend,
@@ -695,8 +695,24 @@ def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[
         if "preset" in model:
             d["preset"] = model.pop("preset")
         d["model"] = {**d.get("model", {}), **model}
+        model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+        if set(model) - model_keys:
+            raise UserError(f"card {str(card_path)!r} [model]: unknown key(s) "
+                            f"{', '.join(sorted(set(model) - model_keys))} (allowed: preset, "
+                            f"{', '.join(sorted(model_keys))})")
         train_section = dict(card.train)
+        elsewhere = {"dataset_id": "[collect] dataset_id", "preset": "[model] preset", "model": "[model]",
+                     "imagination": "[imagination]", "loss": "the loss keys directly in [train]",
+                     "out_dir": "train --out", "progress": "train --quiet"}
+        misplaced = [f"{k} (give {elsewhere[k]})" for k in train_section if k in elsewhere]
+        if misplaced:
+            raise UserError(f"card {str(card_path)!r} [train]: {', '.join(misplaced)} do not belong here")
         loss_keys = {f.name for f in dataclasses.fields(LossConfig)}
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)} | loss_keys
+        if set(train_section) - train_keys:
+            raise UserError(f"card {str(card_path)!r} [train]: unknown key(s) "
+                            f"{', '.join(sorted(set(train_section) - train_keys))} "
+                            f"(allowed: {', '.join(sorted(train_keys - set(elsewhere)))})")
         loss = {k: train_section.pop(k) for k in list(train_section) if k in loss_keys}
         d.update(train_section)
         if loss:
