@@ -44,6 +44,7 @@ def test_cache_matches_the_minari_episodes(tiny_dataset_id: str, tiny_frame_cach
         "env_id": "CartPole-v1",
         "size": 16,
         "frame_skip": 1,
+        "max_episode_steps": 500,  # CartPole-v1's time limit, recorded by collect
     }
     env = gym.make(cache.env_spec["id"], **{k: v for k, v in cache.env_spec.items() if k != "id"})
     assert np.array_equal(

@@ -164,3 +164,78 @@ def test_dict_observations_with_jpeg_frames(minari_root: Path, monkeypatch: pyte
     record("tt/jpeg-frames-v0", frames_only, seeds=[2])
     with pytest.warns(UserWarning, match="JPEG .* images only: the replay cannot be checked"):
         render_dataset("tt/jpeg-frames-v0", "tt/jpeg-frames-rendered-v0", size=16, progress=False)
+
+
+USER_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Dot(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Discrete(8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = int(self.np_random.integers(0, 8))
+        return self.x, {}
+
+    def step(self, action):
+        self.x = (self.x + int(action)) % 8
+        return self.x, 1.0, False, False, {}
+
+    def render(self):
+        frame = np.zeros((16, 16, 3), np.uint8)
+        frame[:, 2 * self.x: 2 * self.x + 2] = 255
+        return frame
+'''
+
+
+def test_datasets_of_a_users_env_make_it_again_where_it_is_not_registered(
+        minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Minari records the env's entry point; the package kept only its id, so a dataset recorded where the user's
+    module had registered the env could not be rendered, nor its real env made (`benchmark rl`, `make_real_env`),
+    in a process that had not imported that module ("unknown Gymnasium env id")."""
+    import sys
+
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.data.pixel_env import recorded_time_limit
+    from diffusion_world.envs import make_real_env
+
+    (tmp_path / "user_dot_module.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def register() -> None:
+        gym.register("UserDot-v0", entry_point="user_dot_module:Dot", max_episode_steps=7)
+
+    def unregister() -> None:
+        gym.registry.pop("UserDot-v0", None)
+
+    register()
+    record_states("tt/dot-states-v0", "UserDot-v0", seeds=[1, 2])
+    frames_env = gym.wrappers.AddRenderObservation(gym.make("UserDot-v0", render_mode="rgb_array"))
+    record("tt/dot-frames-v0", frames_env, seeds=[3, 4])
+    unregister()
+    try:
+        render_dataset("tt/dot-states-v0", "tt/dot-pixels-v0", size=16, progress=False)
+        unregister()
+        pixels = minari.load_dataset("tt/dot-pixels-v0")
+        env = pixels.recover_environment()  # the pixel env makes the user's env from the recorded entry point
+        assert env.reset(seed=0)[0].shape == (16, 16, 3)
+        env.close()
+        unregister()
+        assert recorded_time_limit(FrameCache.open("tt/dot-pixels-v0", progress=False).env_spec) == 7
+        cache = FrameCache.open("tt/dot-frames-v0", progress=False)  # recorded through AddRenderObservation
+        assert cache.env_spec["entry_point"] == "user_dot_module:Dot"
+        real = make_real_env(make_tiny_checkpoint(tmp_path / "dot.pt", cache=cache))
+        obs, _ = real.reset(seed=3)
+        assert obs.shape == (16, 16, 3) and np.array_equal(obs, cache.frames[0])
+        real.close()
+    finally:
+        unregister()
+        sys.modules.pop("user_dot_module", None)

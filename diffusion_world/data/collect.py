@@ -741,10 +741,10 @@ def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, 
 _worker_env: gym.Env | None = None  # one pixel env per render worker process
 
 
-def _start_render_worker(env_id: str, size: int, env_kwargs: dict[str, Any], wrappers: list[dict[str, Any]]
-                         ) -> None:
+def _start_render_worker(env_id: str, size: int, env_kwargs: dict[str, Any], wrappers: list[dict[str, Any]],
+                         entry_point: str | None = None) -> None:
     global _worker_env
-    _worker_env = make_pixel_env(env_id, size=size, wrappers=wrappers, **env_kwargs)
+    _worker_env = make_pixel_env(env_id, size=size, wrappers=wrappers, entry_point=entry_point, **env_kwargs)
 
 
 def _replay_in_worker(job: tuple[Any, ...]) -> np.ndarray:
@@ -824,7 +824,11 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
 
     from diffusion_world import __version__
 
-    env = record_time_limit(make_pixel_env(spec.id, size=size, wrappers=wrappers, **env_kwargs))
+    # an env that nothing registers here (a user's module, recorded where it had registered it): its entry point,
+    # recorded in the new dataset too, so that its real env can be made again wherever the module imports
+    entry_point = spec.entry_point if isinstance(spec.entry_point, str) and spec.id not in gym.registry else None
+    env = record_time_limit(make_pixel_env(spec.id, size=size, wrappers=wrappers, entry_point=entry_point,
+                                           **env_kwargs))
     started = time.perf_counter()
     try:
         writer = _AtomicDatasetWriter(
@@ -846,7 +850,7 @@ def render_dataset(source_id: str, dataset_id: str, size: int = 64, lossless: bo
             if workers > 1:  # each worker process keeps one env (spawned: no forked threads or GL state)
                 pool = stack.enter_context(ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_render_worker,
-                    initargs=(spec.id, size, env_kwargs, wrappers)))
+                    initargs=(spec.id, size, env_kwargs, wrappers, entry_point)))
             buffers: list[EpisodeBuffer] = []
             buffered_steps = 0
             while batch := list(itertools.islice(episodes, 4 * workers)):  # each episode read once

@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, recorded_wrappers, resize_frame
 from diffusion_world.errors import UserError
+from diffusion_world.registration import PIXEL_ENV_ID
 
 CACHE_DIR_NAME = "diffusion_world_cache"
 # Bump when the cache layout or its alignment conventions change: old caches are then rebuilt.
-CACHE_FORMAT_VERSION = 3  # 2: env_spec records additional_wrappers; 3: lossy_frames (warned at every open)
+# 2: env_spec records additional_wrappers; 3: lossy_frames (warned at every open); 4: env_spec records entry_point
+CACHE_FORMAT_VERSION = 4
 _ARRAYS = (
     "prev_actions",
     "has_prev_action",
@@ -116,11 +118,14 @@ def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[in
 
 
 def _env_spec_dict(env_spec: Any) -> dict[str, Any] | None:
-    """``{"id": ..., **kwargs}`` (plus ``max_episode_steps`` if set, and ``additional_wrappers``, the wrappers the
-    recording env had beyond ``gym.make``'s, if any), or None when not JSON-serialisable."""
+    """``{"id": ..., **kwargs}`` (plus ``max_episode_steps`` if set, ``additional_wrappers``, the wrappers the
+    recording env had beyond ``gym.make``'s, if any, and the env's ``entry_point``, which makes it again where its
+    id is not registered: an env of the user's own module), or None when not JSON-serialisable."""
     if env_spec is None:
         return None
     spec = {"id": env_spec.id, **dict(env_spec.kwargs)}
+    if isinstance(env_spec.entry_point, str) and env_spec.id != PIXEL_ENV_ID:
+        spec["entry_point"] = env_spec.entry_point
     if env_spec.max_episode_steps is not None:
         spec["max_episode_steps"] = env_spec.max_episode_steps
     if recorded_wrappers(env_spec):
@@ -354,7 +359,8 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     lossy = None
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
         lossy = (f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn the "
-                 "compression artefacts. If you made it: collect without --jpeg, and merge datasets with "
+                 "compression artefacts. If you made it: collect without --jpeg (minari.DataCollector: "
+                 "jpeg_encoding=False), and merge datasets with "
                  "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).")
     elif jpeg_decoded_from(dataset):
         lossy = (f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "

@@ -56,7 +56,8 @@ def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> i
     if env_id == PIXEL_ENV_ID:
         env_id, frame_skip = env_spec.get("env_id"), env_spec.get("frame_skip", 1)
     try:
-        entry_point = registered_spec(env_id).entry_point
+        entry_point = (registered_spec(env_id).entry_point if ":" in env_id or env_id in gym.registry
+                       or not env_spec.get("entry_point") else env_spec["entry_point"])
         creator = gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
     except (gym.error.Error, ImportError, AttributeError, TypeError, ValueError):  # UserError is a ValueError
         return default
@@ -106,9 +107,13 @@ def record_time_limit(env: gym.Env) -> gym.Env:
     return env
 
 
-def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
-    """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors."""
+def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
+    """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors. ``entry_point`` (as a
+    dataset's env spec records it, ``"module:Class"``) registers ``env_id`` first where nothing registered it: an
+    env of the user's own module, whose dataset was recorded where that module had registered it."""
     register_ale_if_needed(env_id)
+    if entry_point is not None and ":" not in env_id and env_id not in gym.registry:
+        gym.register(env_id, entry_point=entry_point)
     # SDL (pygame's renderer: classic control, Box2D) otherwise takes over SIGINT and SIGTERM at the first render,
     # turning them into quit events that nothing reads: `scancel` or a job's time limit no longer stopped collect
     os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
@@ -146,11 +151,11 @@ def make_env(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
         raise UserError(f"cannot make env {env_id!r} with kwargs {kwargs}: {str(e).splitlines()[0]}") from e
 
 
-def _make_inner_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+def _make_inner_env(env_id: str, env_kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
     if "render_mode" in env_kwargs:
         raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")
-    env = make_env(env_id, {"render_mode": "rgb_array", **env_kwargs})
+    env = make_env(env_id, {"render_mode": "rgb_array", **env_kwargs}, entry_point)
     render_modes = env.unwrapped.metadata.get("render_modes") or []
     if "rgb_array" not in render_modes or env.unwrapped.render_mode != "rgb_array":
         env.close()
@@ -215,7 +220,9 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
     pixel collection). ``wrappers`` (``[{"entry_point": "module:Class", "kwargs": {...}}]``, as a Minari dataset
     records ``env_spec.additional_wrappers``) wrap the inner env in that order, e.g. an action rescaling. With
     ``frame_skip=K`` each action is repeated K times, rewards are summed and repetition stops at termination or
-    truncation. Episode length limits are the inner env's.
+    truncation. Episode length limits are the inner env's. ``entry_point`` (``"module:Class"``) registers
+    ``env_id`` where nothing registered it (:func:`make_env`), so that the spec of a dataset rendered from a user's
+    env makes that env again wherever its module can be imported.
 
     Example:
         >>> env = gym.make("diffusion_world/Pixels-v0", env_id="CartPole-v1", size=64)
@@ -234,6 +241,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         env_kwargs: dict[str, Any] | None = None,
         render_mode: str | None = "rgb_array",
         wrappers: list[dict[str, Any]] | None = None,
+        entry_point: str | None = None,
     ) -> None:
         if not isinstance(env_id, str) or not env_id:
             raise UserError(f"env_id must be a Gymnasium env id string, got {env_id!r}")
@@ -251,7 +259,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         self.env_kwargs = dict(env_kwargs or {})
         self.render_mode = render_mode
         self.wrappers = [dict(w) for w in wrappers or []]
-        self.inner = wrap(_make_inner_env(env_id, self.env_kwargs), self.wrappers)
+        self.inner = wrap(_make_inner_env(env_id, self.env_kwargs, entry_point), self.wrappers)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
         self.action_space = self.inner.action_space
         fps = self.inner.unwrapped.metadata.get("render_fps") or 30
@@ -312,9 +320,10 @@ class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.util
 
 
 def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, wrappers: list[dict[str, Any]] | None = None,
-                   **env_kwargs: Any) -> gym.Env:
+                   entry_point: str | None = None, **env_kwargs: Any) -> gym.Env:
     """``gym.make`` the registered pixel env (the way every diffusion_world component should build one);
-    ``wrappers`` as :class:`PixelEnv` takes them.
+    ``wrappers`` and ``entry_point`` (registers ``env_id`` where nothing did, see :func:`make_env`) as
+    :class:`PixelEnv` takes them.
 
     Example:
         >>> env = make_pixel_env("LunarLander-v3", size=64, frame_skip=2, continuous=True)
@@ -326,4 +335,6 @@ def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, wrappers: l
         kwargs["env_kwargs"] = env_kwargs
     if wrappers:
         kwargs["wrappers"] = wrappers
+    if entry_point:
+        kwargs["entry_point"] = entry_point
     return gym.make(PIXEL_ENV_ID, **kwargs)

@@ -155,9 +155,10 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     spec = dict(spec)
     env_id = spec.pop("id")
     wrappers = spec.pop("additional_wrappers", [])
+    entry_point = spec.pop("entry_point", None)  # recorded since 2026-12-08: a user env's, where unregistered
     # a Minari Atari dataset records the ALE env itself; wrappers: those the recording env had (e.g. a dataset
     # recorded through AddRenderObservation, GrayscaleObservation, a frame skip)
-    env = wrap(make_env(env_id, spec), wrappers)
+    env = wrap(make_env(env_id, spec, entry_point), wrappers)
     space = env.observation_space
     if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and (
             len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[2] in (1, 3, 4)))):
