@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +30,7 @@ import torch
 from diffusion_world.cards import IMAGINATION_KEYS
 from diffusion_world.diffusion.sampler import SamplerConfig
 from diffusion_world.errors import UserError
+from diffusion_world.files import atomic_file
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
@@ -46,19 +47,26 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **ckpt}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, sync=True) as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as e:  # a full disk: torch's zip writer says "unexpected pos"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        full = shutil.disk_usage(path.parent).free < 2 * sum(t.numel() * t.element_size() for t in _tensors(ckpt))
+        raise UserError(f"cannot write the checkpoint {path}: {'no space left on the device; ' if full else ''}"
+                        f"{reason} ({'the previous one is intact' if path.exists() else 'nothing was written'})"
+                        ) from e
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def resolve_world_model(name_or_path: str | os.PathLike) -> Path:

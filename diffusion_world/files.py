@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -22,20 +24,31 @@ def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Pat
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file of its own in the same folder, renamed into place: a
-    kill mid-write leaves the old file (or none), and two writers of one path never share a temporary name (a
-    fixed ``path.tmp`` made one writer's rename fail, or publish the other's half-written file)."""
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, sync: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path``'s new content into: a temporary file of its own in the same folder, renamed
+    into place when the block ends (``sync``: flushed to disk first). A kill or an error mid-write leaves the old
+    file (or none) and no temporary file, and two writers of one path never share a temporary name (a fixed
+    ``path.tmp`` made one writer's rename fail, or publish the other's half-written file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (mkstemp's is 0600)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (mkstemp's is 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _umask() -> int:

@@ -658,3 +658,46 @@ def test_box_actions_without_usable_bounds_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_unscaled_box_actions({"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}, "me/x-v0")
+
+
+def test_a_full_disk_while_saving_is_named_and_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A full disk ended in a raw traceback from torch's zip writer ("unexpected pos ..."). It now says so, and
+    that the previous checkpoint is intact (it always was: the save is atomic)."""
+    import shutil
+    from collections import namedtuple
+
+    from diffusion_world import checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.zeros(1000)})
+
+    def full(payload: object, f: object) -> None:
+        f.write(b"PK\x03\x04 partial")  # type: ignore[attr-defined]
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 12")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 100))
+    with pytest.raises(UserError, match=r"cannot write the checkpoint .*checkpoint.pt: no space left on the device; "
+                                        r".*unexpected pos .*\(the previous one is intact\)"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(1000)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_an_unwritable_out_is_refused_before_the_data(tiny_dataset_id: str, tmp_path: Path, monkeypatch) -> None:
+    """A read-only --out failed with a raw OSError at the first metrics line, after the data and the model."""
+    import errno
+
+    from diffusion_world import errors
+    from diffusion_world.training import train as train_module
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(errors.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(train_module.FrameCache, "open", lambda *a, **k: pytest.fail("read the data"))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(UserError, match=r"cannot write --out '.*ro': Read-only file system"):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / "ro", steps=1))

@@ -32,7 +32,7 @@ from diffusion_world.checkpoint import check_device, load_checkpoint, run_lock, 
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
-from diffusion_world.errors import UserError
+from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.model.config import ModelConfig, action_space_to_dict, check_field_types, preset_config
 from diffusion_world.model.dart import (
     MAX_ACTION_HALF_RANGE,
@@ -242,6 +242,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     except OSError as e:
         raise UserError(f"cannot create --out {str(out_dir)!r}: {e.strerror}") from e
     try:
+        writable_dir(out_dir, "--out")  # before the data and the model (a read-only --out failed at its first log)
         if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock for the run
             return _train(cfg, resume, out_dir, ckpt_path)
         with run_lock(out_dir, "`diffusion-world train`"):
