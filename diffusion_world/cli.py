@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -353,9 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return report_user_errors(f"diffusion-world {args.command}", lambda: handlers[args.command](args))
-    except KeyboardInterrupt:
-        print(f"diffusion-world {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # 128 + the signal, as its default action gives: 143 for SIGTERM
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"diffusion-world {args.command}: {'terminated' if signum == signal.SIGTERM else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ class DiffusionWorldError(Exception):
     """Base class of every exception raised on purpose by diffusion_world."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT, or SIGTERM from a scheduler) that stops a run as Ctrl-C does; ``signum`` says which, so
+    that the command exits 128 + signum as the signal's default action would (130, or 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 class UserError(DiffusionWorldError, ValueError):
     """Bad input (unknown env id, invalid dataset id, out-of-range setting, ...)."""
 

@@ -274,10 +274,19 @@ def test_sigterm_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkeypa
 
     monkeypatch.setattr(monitor.Monitor, "log", log)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         train(tiny_cfg(tiny_dataset_id, tmp_path, steps=10))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
     assert signal.getsignal(signal.SIGTERM) == before
+    # the command exits as the signal's default action would: 143 (it said 130, SIGINT's, to job scripts)
+    assert getattr(info.value, "signum", None) == signal.SIGTERM
+    from diffusion_world import cli
+
+    def stopped(*args: object) -> None:
+        raise info.value
+
+    monkeypatch.setattr(cli, "report_user_errors", stopped)
+    assert main(["info"]) == 143
 
 
 def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from diffusion_world.checkpoint import check_device, load_checkpoint, run_lock, 
 from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
-from diffusion_world.errors import UserError, writable_dir
+from diffusion_world.errors import Interrupted, UserError, writable_dir
 from diffusion_world.model.config import ModelConfig, action_space_to_dict, check_field_types, preset_config
 from diffusion_world.model.dart import (
     MAX_ACTION_HALF_RANGE,
@@ -552,7 +552,7 @@ class _Interrupts:
         if self.holding:
             self.pending = signum
         else:
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
 
     def hold(self) -> None:
         self.holding = True
@@ -561,7 +561,7 @@ class _Interrupts:
         self.holding = False
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
 
 
 def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world: int) -> bool:
