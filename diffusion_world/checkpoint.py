@@ -152,6 +152,9 @@ class WorldModel:
     step: int = 0
     termination_pos_weight: float = 1.0  # the loss's weight on positive (terminal) frames during training
     termination_classifier: TerminationClassifier | None = None  # scores frames; replaces the head when present
+    # the clean stream's context noise in training (LossConfig sigma_ctx_min / max): the noise levels at which
+    # inference may put frames into the caches; None where the checkpoint does not record it
+    context_noise_range: tuple[float, float] | None = None
 
     def termination_probability(self, logits: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """p(termination) of generated frames. With a :attr:`termination_classifier`, the classifier's on
@@ -254,7 +257,13 @@ def load_world_model(name_or_path: str | os.PathLike, device: str | torch.device
                       path=str(path), step=int(ckpt.get("step", 0)),
                       termination_pos_weight=float(ckpt.get("train_config", {}).get("loss", {})
                                                    .get("termination_pos_weight") or 1.0),
-                      termination_classifier=classifier)
+                      termination_classifier=classifier,
+                      context_noise_range=_context_noise_range(ckpt.get("train_config", {}).get("loss", {})))
+
+
+def _context_noise_range(loss: dict[str, Any]) -> tuple[float, float] | None:
+    lo, hi = loss.get("sigma_ctx_min"), loss.get("sigma_ctx_max")
+    return (float(lo), float(hi)) if isinstance(lo, int | float) and isinstance(hi, int | float) else None
 
 
 def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike, notes: dict[str, Any] | None = None,

@@ -293,6 +293,7 @@ def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -
     path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
     wm = load_world_model(path)
     assert wm.dataset["dataset_id"] == tiny_dataset_id
+    assert wm.context_noise_range == (0.002, 0.1)  # the clean stream's training noise, for inference's checks
     assert wm.contexts["frames"].dtype == torch.uint8 and wm.contexts["frames"].shape[2:] == (16, 16, 3)
     assert not wm.model.training
     ckpt = load_checkpoint(path)

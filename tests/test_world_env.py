@@ -626,3 +626,21 @@ def test_play_cli_passes_precision_to_the_env(monkeypatch: pytest.MonkeyPatch) -
     seen.clear()
     assert main(["play", "--quiet"]) == 0
     assert "precision" not in seen  # the env's default
+
+
+def test_noise_levels_outside_the_trained_context_noise_warn(tiny_world_model: str) -> None:
+    """The caches take frames at the sampler's sigma_min, at sigma_ctx and (guided) at history_sigma: levels the
+    clean stream never saw in training were used without a word."""
+    import warnings
+
+    from diffusion_world.checkpoint import load_world_model
+
+    wm = load_world_model(tiny_world_model)
+    wm.context_noise_range = (0.002, 0.1)  # LossConfig's defaults (a trained checkpoint records its own)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DiffusionWorldEnv(wm, history_guidance=2.0)
+    wm.context_noise_range = (0.05, 0.2)
+    with pytest.warns(UserWarning, match=r"sampler sigma_min 0.002, sigma_ctx 0.002 outside the context noise the "
+                                         r"model was trained on \(0.05 to 0.2"):
+        DiffusionWorldEnv(wm)

@@ -32,6 +32,7 @@ from gymnasium.utils import seeding
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
 from diffusion_world.data.pixel_env import recorded_render_fps, recorded_time_limit
 from diffusion_world.diffusion.sampler import (
+    SamplerConfig,
     edm_sigmas,
     frames_to_x,
     sample_next_frame,
@@ -223,6 +224,22 @@ class StepResult:
     termination_probability: np.ndarray
 
 
+def warn_outside_context_noise(wm: WorldModel, sampler: SamplerConfig, sigma_ctx: float) -> None:
+    """The caches hold frames at the noise level they entered with: the sampler's last one (sigma_min) for
+    generated frames, ``sigma_ctx`` for real context frames, ``history_sigma`` for history guidance's second set.
+    The clean stream learnt to read frames only at the context noise levels of its training: warn about others."""
+    if wm.context_noise_range is None:
+        return
+    lo, hi = wm.context_noise_range
+    levels = {"sampler sigma_min": sampler.sigma_min, "sigma_ctx": sigma_ctx,
+              **({"history_sigma": sampler.history_sigma} if sampler.guided else {})}
+    outside = [f"{name} {value:g}" for name, value in levels.items() if not lo * (1 - 1e-6) <= value <= hi * (1 + 1e-6)]
+    if outside:
+        warnings.warn(f"{', '.join(outside)} outside the context noise the model was trained on ({lo:g} to {hi:g}, "
+                      "LossConfig sigma_ctx_min / max): frames enter the caches at noise levels it never learnt to "
+                      "read", stacklevel=3)
+
+
 class ImaginationCore:
     """N imagined envs of one world model, stepped in one denoiser batch and reset row by row.
 
@@ -303,6 +320,7 @@ class ImaginationCore:
         # Context frames enter the caches at the noise level of the sampler's last call, the one whose
         # activations become the cache entries of generated frames.
         self.sigma_ctx = float(defaults.get("sigma_ctx", self.sampler.sigma_min))
+        warn_outside_context_noise(self.world_model, self.sampler, self.sigma_ctx)
 
         cfg = self.world_model.config
         self.frame_size: tuple[int, int] = (int(cfg.frame_size[0]), int(cfg.frame_size[1]))
