@@ -711,3 +711,16 @@ def test_an_unwritable_out_is_refused_before_the_data(tiny_dataset_id: str, tmp_
     (tmp_path / "ro").mkdir()
     with pytest.raises(UserError, match=r"cannot write --out '.*ro': Read-only file system"):
         train(tiny_cfg(tiny_dataset_id, tmp_path / "ro", steps=1))
+
+
+def test_logged_diffusion_error_is_the_whole_batchs_with_grad_accum(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """The logged mean diffusion error was the mean of the parts' means: where padding gives the parts different
+    numbers of supervised frames, not what one pass over the batch logs (the loss itself was exact)."""
+    logged = {}
+    for accum in (1, 4):
+        train(tiny_cfg(tiny_dataset_id, tmp_path / str(accum), steps=1, batch_size=4, grad_accum=accum,
+                       seq_len=16, pad_episode_ends=True, seed=3))
+        logged[accum] = [r for r in metrics(tmp_path / str(accum)) if "loss" in r][0]
+    assert logged[4]["num_frames_seen"] == logged[1]["num_frames_seen"]
+    assert logged[4]["loss"] == pytest.approx(logged[1]["loss"], rel=1e-5)
+    assert logged[4]["diffusion"] == pytest.approx(logged[1]["diffusion"], rel=1e-5)

@@ -414,15 +414,18 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
                                     termination_weights=batch["termination_weights"][rows])
                     (out.total / cfg.grad_accum).backward()
                 totals["loss"] += out.total.item() / cfg.grad_accum
-                totals["diffusion"] += out.diffusion.item() / cfg.grad_accum
+                totals["diffusion"] += out.diffusion.item() * out.num_supervised  # a sum: normalised below
                 totals["reward"] += out.reward.item() / cfg.grad_accum
                 totals["termination"] += out.termination.item() / cfg.grad_accum
                 supervised += out.num_supervised
             if world > 1:  # the logged losses and counts are the whole batch's, as one process computes them
                 summed = torch.tensor([*totals.values(), supervised], dtype=torch.float64, device=device)
                 dist.all_reduce(summed)
-                totals = dict(zip(totals, (summed[:-1] / world).tolist()))
+                totals = {k: v if k == "diffusion" else v / world for k, v in zip(totals, summed[:-1].tolist())}
                 supervised = round(float(summed[-1]))
+            # the mean error per supervised frame of the whole batch (a mean of the parts' means was not, where
+            # padding gives the parts different numbers of supervised frames)
+            totals["diffusion"] /= max(supervised, 1)
             for p in model.parameters():  # NaN-safe, as EDM2
                 if p.grad is not None:
                     torch.nan_to_num(p.grad, nan=0, posinf=0, neginf=0, out=p.grad)
