@@ -291,6 +291,11 @@ def test_rl_records_the_ppo_settings_it_trains_with(tiny_world_model: str, one_t
     assert f"for {committed['agent_steps']:,} steps" in render("rl", committed)  # older results: the budget
     text = render("rl", {**committed, "agent_steps": 64, "agent_steps_trained": 128})
     assert "for 128 steps (budget 64: PPO trains whole rollouts)" in text
+    # a learning curve of cut imagined episodes is not set beside whole-episode evaluations without a word
+    cut = render("rl", {**committed, "train_horizon": 16, "real_eval_horizon": 200})
+    assert "trained on imagined episodes cut at 16 steps" in cut and "up to 200 real steps" in cut
+    assert "trained on imagined episodes cut" not in render("rl", {**committed, "train_horizon": 200,
+                                                                    "real_eval_horizon": 200})
     seeds = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/rl_50k_sampled_seeds.json")
                        .read_text())
     assert "PPO for 50,000 steps per agent, " in render("rl_50k_sampled_seeds", seeds)
@@ -387,6 +392,7 @@ def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: py
     assert len(r["random"]["returns"]) == 2 and all(x >= 1 for x in r["random"]["returns"])  # CartPole: >= 1
     # real evaluation episodes end where imagined ones do by default (the env's horizon, 20), not after hours
     assert r["real_eval_horizon"] == 20
+    assert r["train_horizon"] == 6 and "trained on imagined episodes cut at 6 steps" in render("rl", r)
     assert all(x <= 20 for key in ("imagination", "real_trained", "random") for x in r[key]["returns"])
     assert r["checkpoint_step"] == load_world_model(tiny_world_model).step
     im = r["in_imagination"]

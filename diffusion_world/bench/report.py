@@ -299,6 +299,12 @@ def rl_markdown(r: dict[str, Any]) -> str:
             0 < trained <= ppo_rollout:
         lines += ["", f"**One PPO rollout ({ppo_rollout} steps): its only update ran at learning rate 0 (the rate "
                   "decays linearly to 0 over the budget), so both PPO agents are untrained.**"]
+    cut = r.get("train_horizon")  # recorded since 2026-12-08
+    if cut and r.get("real_eval_horizon") and cut < r["real_eval_horizon"]:
+        lines += ["", f"The agent in imagination trained on imagined episodes cut at {cut:,} steps: its learning "
+                  "curve's returns are of those, while the evaluations above play whole episodes (up to "
+                  f"{r['real_eval_horizon']:,} real steps, {imag.get('horizon', '–')} imagined); in an env whose "
+                  "return grows with the episode's length they do not compare."]
     lines += ["", (f"Imagination / real return ratio: {_f(ratio)}." if ratio is not None else
                    "No imagination / real return ratio (it needs positive returns).")
               + (" Real-env returns use the greedy action (SB3's default); \"real, sampled actions\" samples the "

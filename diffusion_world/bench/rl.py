@@ -106,13 +106,17 @@ def plot_curves(result: dict[str, Any], path: Any) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     steps = result.get("agent_steps_trained", result["agent_steps"])  # older results: the budget
+    cut = result.get("train_horizon")  # recorded since 2026-12-08
+    cut = cut if cut and result.get("real_eval_horizon") and cut < result["real_eval_horizon"] else None
     for i, (key, label, colour) in enumerate((
-            ("imagination", "PPO in imagination: return in imagination", "C0"),
+            ("imagination", "PPO in imagination: return in imagination"
+             + (f" (episodes cut at {cut} steps: not comparable with whole episodes)" if cut else ""), "C0"),
             ("real_trained", "PPO in the real env: return in the real env", "C1"))):
         curve = np.array(result[key].get("curve") or [], dtype=np.float64).reshape(-1, 4)
         if len(curve):
             smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid") if len(curve) >= 5 else curve[:, 1]
-            ax.plot(curve[len(curve) - len(smooth):, 0], smooth, color=colour, label=label)
+            ax.plot(curve[len(curve) - len(smooth):, 0], smooth, color=colour, label=label,
+                    marker="o" if len(smooth) < 3 else None)  # a curve of one point is otherwise invisible
         # the final evaluations side by side (not on top of each other), as squares: returns in the real env
         ax.errorbar([steps * (1.0 + 0.012 * (2 * i - 1))], [result[key]["mean"]], yerr=[result[key]["std"]],
                     fmt="s", mfc="white", color=colour, capsize=3,
@@ -357,6 +361,8 @@ def run_rl(world_model: str, agent_steps: int = 20_000, eval_episodes: int = 10,
         "random": _summary(rand),
         "in_imagination": {"horizon": h_imag, **in_imagination},
         "real_eval_horizon": real_eval_horizon,
+        # the imagined episodes the agent trained on, whose returns its learning curve shows
+        "train_horizon": int(env_kwargs.get("horizon") or default_horizon(wm)),
     }
     result["headline"] = {
         "agent_steps": agent_steps,
