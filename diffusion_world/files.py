@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -55,3 +57,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A new hidden folder ``parent/<prefix><random>`` to build a result in (then renamed into place), removed when
+    the block ends. While in use it is held by an OS lock on its sibling ``<folder>.lock``; the next scratch folder
+    of the same prefix in ``parent`` removes those whose lock nobody holds: left behind by a process that was
+    killed (SIGKILL, a job's time limit, a full disk), which otherwise piled up, each as large as the result."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no sweeping
+        fcntl = None  # type: ignore[assignment]
+    if fcntl is not None:
+        for stale_lock in parent.glob(f"{prefix}*.lock"):
+            with open(stale_lock, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # in use
+                shutil.rmtree(stale_lock.with_suffix(""), ignore_errors=True)
+                stale_lock.unlink(missing_ok=True)
+    path = parent / f"{prefix}{uuid.uuid4().hex[:12]}"
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            path.mkdir()
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)

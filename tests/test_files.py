@@ -58,3 +58,36 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> N
     mode = (tmp_path / "plain.txt").stat().st_mode & 0o777
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == mode
     assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_scratch_folders_of_killed_processes_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    """collect, combine and the frame cache build in hidden scratch folders; a killed process (SIGKILL, a job's
+    time limit) left its folder behind, as large as the dataset, and nothing removed it."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from diffusion_world.files import scratch_dir
+
+    script = ("import sys, os, signal; from diffusion_world.files import scratch_dir\n"
+              "with scratch_dir(sys.argv[1], '.diffusion_world-collect-') as d:\n"
+              "    (d / 'big').write_bytes(b'x' * 1000)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, timeout=120)
+    assert out.returncode == -9
+    left = [p for p in tmp_path.iterdir()]
+    assert len(left) == 2 and any(p.name.endswith(".lock") for p in left)  # the folder and its lock
+    busy = tmp_path / ".diffusion_world-collect-busy"
+    busy.mkdir()
+    with open(tmp_path / ".diffusion_world-collect-busy.lock", "a") as held:  # a live writer's
+        fcntl.flock(held, fcntl.LOCK_EX)
+        other = tmp_path / ".diffusion_world-combine-x"  # another kind of scratch folder: not this sweep's
+        other.mkdir()
+        (tmp_path / ".diffusion_world-combine-x.lock").touch()
+        with scratch_dir(tmp_path, ".diffusion_world-collect-") as mine:
+            assert mine.is_dir()
+            names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted([busy.name, busy.name + ".lock", other.name, other.name + ".lock", mine.name,
+                                mine.name + ".lock"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, busy.name + ".lock", other.name,
+                                                                  other.name + ".lock"])

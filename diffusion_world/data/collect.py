@@ -15,11 +15,9 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 import time
-import uuid
 import warnings
 import zipfile
 from collections import deque
@@ -54,6 +52,7 @@ from diffusion_world.data.pixel_env import (
     recorded_wrappers,
 )
 from diffusion_world.errors import UserError, writable_dir
+from diffusion_world.files import scratch_dir
 from diffusion_world.registration import PIXEL_ENV_ID
 
 # (frame, info) -> action. ``info["state"]`` is the inner env's own observation.
@@ -328,14 +327,16 @@ class _AtomicDatasetWriter:
         self.metadata = metadata  # Minari's own fields (create_dataset_from_buffers)
         self.extra_metadata = extra_metadata or {}  # diffusion_world's, written at commit
         self.final_path = dataset_path(dataset_id)
-        self.tmp_root = dataset_path("") / f".diffusion_world-collect-{uuid.uuid4().hex[:12]}"
         self.dataset: minari.MinariDataset | None = None
+        self._scratch = contextlib.ExitStack()
 
     def __enter__(self) -> _AtomicDatasetWriter:
+        # a folder of its own, removed at the end (or by the next writer, if this process is killed)
+        self.tmp_root = self._scratch.enter_context(scratch_dir(dataset_path(""), ".diffusion_world-collect-"))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.tmp_root, ignore_errors=True)
+        self._scratch.close()
 
     def add(self, buffers: list[EpisodeBuffer]) -> None:
         if not buffers:
@@ -577,8 +578,8 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         env_spec = validate_datasets_to_combine(sources)
     except ValueError as e:
         raise UserError(f"cannot combine {dataset_ids}: {e}") from e
-    tmp_root = dataset_path("") / f".diffusion_world-combine-{uuid.uuid4().hex[:12]}"
-    try:
+    with contextlib.ExitStack() as scratch:
+        tmp_root = scratch.enter_context(scratch_dir(dataset_path(""), ".diffusion_world-combine-"))
         data_dir = tmp_root / new_dataset_id / "data"
         data_dir.mkdir(parents=True)
         storage = MinariStorage.new(data_dir, env_spec=env_spec, observation_space=sources[0].observation_space,
@@ -628,8 +629,6 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
             os.rename(tmp_root / new_dataset_id, dataset_path(new_dataset_id))
         except OSError as e:
             raise UserError(f"dataset {new_dataset_id!r} appeared at {dataset_path(new_dataset_id)} meanwhile") from e
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
     return minari.load_dataset(new_dataset_id)
 
 

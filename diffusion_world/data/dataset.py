@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE, recorded_wrappers, resize_frame
 from diffusion_world.errors import UserError
+from diffusion_world.files import scratch_dir
 from diffusion_world.registration import PIXEL_ENV_ID
 
 CACHE_DIR_NAME = "diffusion_world_cache"
@@ -380,9 +381,8 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     num_frames = int(lengths.sum())
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
+    # a folder of its own, renamed into place when complete (removed by the next build if this one is killed)
+    with scratch_dir(directory.parent, f".{directory.name}.tmp-") as tmp:
         frames = np.lib.format.open_memmap(
             tmp / "frames.npy", mode="w+", dtype=np.uint8, shape=(num_frames, *obs_space.shape)
         )
@@ -437,8 +437,6 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _install(tmp, directory, fingerprint)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _install(tmp: Path, directory: Path, fingerprint: str) -> None:
