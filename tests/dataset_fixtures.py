@@ -39,3 +39,33 @@ def record(dataset_id: str, env: gym.Env, seeds: list[int], recorded_seeds: list
         warnings.simplefilter("ignore")  # minari: no author / code permalink given
         minari.create_dataset_from_buffers(dataset_id, buffers, env=env, data_format=data_format, **storage)
     env.close()
+
+
+# The source of a user's own env module (an 8-cell dot world with Discrete actions): tests write it next to them.
+DOT_ENV_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Dot(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Discrete(8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = int(self.np_random.integers(0, 8))
+        return self.x, {}
+
+    def step(self, action):
+        self.x = (self.x + int(action)) % 8
+        return self.x, 1.0, False, False, {}
+
+    def render(self):
+        frame = np.zeros((16, 16, 3), np.uint8)
+        frame[:, 2 * self.x: 2 * self.x + 2] = 255
+        return frame
+'''

@@ -277,38 +277,6 @@ def test_cli_missing_required_flag(capsys) -> None:
     assert "--dataset-id is required" in capsys.readouterr().err
 
 
-DOT_MODULE = '''
-import gymnasium as gym
-import numpy as np
-
-
-class Dot(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
-
-    def __init__(self, render_mode=None):
-        self.render_mode = render_mode
-        self.observation_space = gym.spaces.Discrete(8)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = 0
-        return self.x, {}
-
-    def step(self, action):
-        self.x = (self.x + int(action)) % 8
-        return self.x, 0.0, False, False, {}
-
-    def render(self):
-        frame = np.zeros((16, 16, 3), np.uint8)
-        frame[:, 2 * self.x: 2 * self.x + 2] = 255
-        return frame
-
-
-gym.register("DotTest-v0", entry_point=Dot, max_episode_steps=7)
-'''
-
-
 def test_the_dataset_records_time_limits_the_registry_cannot_tell_later(minari_root: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An env of the user's own module ("module:Env-vN") is registered only while that module is imported, and a
@@ -316,10 +284,13 @@ def test_the_dataset_records_time_limits_the_registry_cannot_tell_later(minari_r
     registered 500, instead of the real env's limit. The dataset's env spec now records it."""
     import sys
 
+    from dataset_fixtures import DOT_ENV_MODULE
+
     from diffusion_world.data.dataset import FrameCache
     from diffusion_world.data.pixel_env import recorded_time_limit
 
-    (tmp_path / "dot_module_for_test.py").write_text(DOT_MODULE)
+    (tmp_path / "dot_module_for_test.py").write_text(
+        DOT_ENV_MODULE + '\ngym.register("DotTest-v0", entry_point=Dot, max_episode_steps=7)\n')
     monkeypatch.syspath_prepend(str(tmp_path))
     collect("dot_module_for_test:DotTest-v0", "tt/dot-v0", steps=20, size=16, frame_skip=2, progress=False)
     from diffusion_world.data.pixel_env import recorded_render_fps

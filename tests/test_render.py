@@ -8,7 +8,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from dataset_fixtures import record
+from dataset_fixtures import DOT_ENV_MODULE, record
 
 from diffusion_world.cli import main
 from diffusion_world.data.collect import collect, dataset_path, render_dataset
@@ -166,35 +166,6 @@ def test_dict_observations_with_jpeg_frames(minari_root: Path, monkeypatch: pyte
         render_dataset("tt/jpeg-frames-v0", "tt/jpeg-frames-rendered-v0", size=16, progress=False)
 
 
-USER_MODULE = '''
-import gymnasium as gym
-import numpy as np
-
-
-class Dot(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
-
-    def __init__(self, render_mode=None):
-        self.render_mode = render_mode
-        self.observation_space = gym.spaces.Discrete(8)
-        self.action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x = int(self.np_random.integers(0, 8))
-        return self.x, {}
-
-    def step(self, action):
-        self.x = (self.x + int(action)) % 8
-        return self.x, 1.0, False, False, {}
-
-    def render(self):
-        frame = np.zeros((16, 16, 3), np.uint8)
-        frame[:, 2 * self.x: 2 * self.x + 2] = 255
-        return frame
-'''
-
-
 def test_datasets_of_a_users_env_make_it_again_where_it_is_not_registered(
         minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Minari records the env's entry point; the package kept only its id, so a dataset recorded where the user's
@@ -207,7 +178,7 @@ def test_datasets_of_a_users_env_make_it_again_where_it_is_not_registered(
     from diffusion_world.data.pixel_env import recorded_time_limit
     from diffusion_world.envs import make_real_env
 
-    (tmp_path / "user_dot_module.py").write_text(USER_MODULE)
+    (tmp_path / "user_dot_module.py").write_text(DOT_ENV_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def register() -> None:
