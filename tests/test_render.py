@@ -200,7 +200,12 @@ def test_datasets_of_a_users_env_make_it_again_where_it_is_not_registered(
         assert env.reset(seed=0)[0].shape == (16, 16, 3)
         env.close()
         unregister()
-        assert recorded_time_limit(FrameCache.open("tt/dot-pixels-v0", progress=False).env_spec) == 7
+        pixel_cache = FrameCache.open("tt/dot-pixels-v0", progress=False)
+        assert recorded_time_limit(pixel_cache.env_spec) == 7
+        real = make_real_env(make_tiny_checkpoint(tmp_path / "dot-pixels.pt", cache=pixel_cache))  # benchmark rl's
+        np.testing.assert_array_equal(real.reset(seed=1)[0], pixel_cache.frames[0])
+        real.close()
+        unregister()
         cache = FrameCache.open("tt/dot-frames-v0", progress=False)  # recorded through AddRenderObservation
         assert cache.env_spec["entry_point"] == "user_dot_module:Dot"
         real = make_real_env(make_tiny_checkpoint(tmp_path / "dot.pt", cache=cache))

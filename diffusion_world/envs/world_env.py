@@ -19,6 +19,7 @@ from diffusion_world.checkpoint import WorldModel
 from diffusion_world.data.pixel_env import ResizeFrames, make_env, wrap
 from diffusion_world.envs.core import ImaginationCore, RecordedSpec, ResetNeededError, positive_int, stack_frames
 from diffusion_world.errors import UserError
+from diffusion_world.registration import PIXEL_ENV_ID
 
 
 class DiffusionWorldEnv(RecordedSpec, gym.Env[np.ndarray, Any]):
@@ -155,7 +156,8 @@ def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int 
     spec = dict(spec)
     env_id = spec.pop("id")
     wrappers = spec.pop("additional_wrappers", [])
-    entry_point = spec.pop("entry_point", None)  # recorded since 2026-12-08: a user env's, where unregistered
+    # recorded since 2026-12-08: a user env's, where unregistered (a pixel env's is its PixelEnv argument)
+    entry_point = spec.pop("entry_point", None) if env_id != PIXEL_ENV_ID else None
     # a Minari Atari dataset records the ALE env itself; wrappers: those the recording env had (e.g. a dataset
     # recorded through AddRenderObservation, GrayscaleObservation, a frame skip)
     env = wrap(make_env(env_id, spec, entry_point), wrappers)
