@@ -283,25 +283,40 @@ def test_terminal_windows_are_oversampled_on_request(tiny_frame_cache: FrameCach
         WindowSampler(tiny_frame_cache, seq_len=4, terminal_fraction=1.0)
 
 
-def test_termination_weights_undo_the_oversampling_frame_by_frame(tiny_frame_cache: FrameCache) -> None:
+def test_termination_weights_undo_the_oversampling(tiny_frame_cache: FrameCache) -> None:
     """Oversampling windows that contain a termination oversamples the terminal instances of a state, not its
     other instances: a termination head trained on such batches learnt the sampler's probability of termination
     (0.44 where the data's is 0.09). Weighted by ``termination_weights``, every frame counts as often as under
-    uniform windows, so the weighted loss has the uniform one's expectation, and the head learns the data's."""
-    n, draws = len(tiny_frame_cache.frames), 40_000
+    uniform windows, so the weighted loss has the uniform one's expectation, and the head learns the data's.
+    Position by position too: the causal model's output at a frame depends on the context before it (weights per
+    frame were exact by frame but gave the frame before a termination 0.61x its weight at the last position)."""
+    n, T, draws = len(tiny_frame_cache.frames), 4, 40_000
     counts = {}
     for fraction in (0.0, 0.5):
-        sampler = WindowSampler(tiny_frame_cache, seq_len=4, pad_ends=True, terminal_fraction=fraction)
+        sampler = WindowSampler(tiny_frame_cache, seq_len=T, pad_ends=True, terminal_fraction=fraction)
         batch = sampler.sample(draws, np.random.default_rng(1))
-        index = batch["window_starts"][:, None] + np.arange(4)
+        pairs = (batch["window_starts"][:, None] + np.arange(T)) * T + np.arange(T)  # (frame, position)
         valid = batch["valid"]
-        counts[fraction] = (np.bincount(index[valid], minlength=n) / draws,
-                            np.bincount(index[valid], weights=batch["termination_weights"][valid], minlength=n) / draws)
+        counts[fraction] = (np.bincount(pairs[valid], minlength=n * T) / draws,
+                            np.bincount(pairs[valid], weights=batch["termination_weights"][valid],
+                                        minlength=n * T) / draws)
     uniform, _ = counts[0.0]
     raw, weighted = counts[0.5]
     terminal = np.flatnonzero(tiny_frame_cache.terminations)
-    assert terminal.size and (raw[terminal] > 3 * uniform[terminal]).all()  # oversampled
-    np.testing.assert_allclose(weighted, uniform, atol=0.02, rtol=0.1)  # and weighted back, frame by frame
+    by_frame = lambda c: c.reshape(n, T).sum(1)  # noqa: E731
+    assert terminal.size and (by_frame(raw)[terminal] > 3 * by_frame(uniform)[terminal]).all()  # oversampled
+    np.testing.assert_allclose(by_frame(weighted), by_frame(uniform), atol=0.02, rtol=0.1)  # weighted back
+    # at every position, exactly: the expectation over how sample() draws windows, window by window
+    f = 0.5
+    sampler = WindowSampler(tiny_frame_cache, seq_len=T, pad_ends=True, terminal_fraction=f)
+    N, everything = sampler.num_windows, sampler.get(np.arange(sampler.num_windows))
+    drawn = np.full(N, (1 - f) / N)
+    drawn[sampler.terminal_windows] += f / sampler.terminal_windows.size
+    pairs = (everything["window_starts"][:, None] + np.arange(T)) * T + np.arange(T)
+    valid = everything["valid"]
+    expected = np.bincount(pairs[valid], weights=(drawn[:, None] * everything["termination_weights"])[valid],
+                           minlength=n * T)
+    np.testing.assert_allclose(expected, np.bincount(pairs[valid], minlength=n * T) / N, rtol=1e-6, atol=1e-9)
     assert (WindowSampler(tiny_frame_cache, seq_len=4).sample(5, np.random.default_rng(0))["termination_weights"]
             == 1).all()
 

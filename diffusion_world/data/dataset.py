@@ -469,11 +469,13 @@ class WindowSampler:
     termination (drawn uniformly among those; with ``pad_ends`` the termination is equally often at every
     position). Terminations are one frame per terminated episode, so uniform windows rarely show one. (With
     frames recorded after a termination, ``collect(post_terminal_steps=...)``, these are the windows that
-    contain an episode's first terminal frame.) Each frame then comes with the importance weight that undoes
-    the oversampling, ``termination_weights``: its frequency under uniform windows over its frequency as
-    sampled. The termination loss weighs frames by it, so that the termination head learns the data's
-    probability of termination, not the sampler's: oversampling windows that contain a termination also
-    oversamples the terminal instances of a look-alike state (a pole at its limit), not the others.
+    contain an episode's first terminal frame.) Each window then comes with the importance weight that undoes
+    the oversampling, ``termination_weights``: its probability under uniform windows over its probability as
+    sampled, for all its frames. The termination loss weighs frames by it, so that its expectation is that of
+    uniform windows, frame by frame and position by position (the causal model's output at a frame depends on
+    the context before it), and the termination head learns the data's probability of termination, not the
+    sampler's: oversampling windows that contain a termination also oversamples the terminal instances of a
+    look-alike state (a pole at its limit), not the others.
 
     Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
     (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``
@@ -532,22 +534,13 @@ class WindowSampler:
         if self.terminal_fraction and not self.terminal_windows.size:
             warnings.warn(f"terminal_fraction={self.terminal_fraction}, but the episodes of "
                           f"{cache.dataset_id!r} have no termination: windows are sampled uniformly", stacklevel=2)
-        self._frame_weights: np.ndarray | None = None  # per frame of the cache, where windows are oversampled
+        # Per window: its probability under uniform windows over its probability as sampled, (1/N) / ((1 - f) / N
+        # + f / |terminal| if terminal), given to all its frames; None without oversampling
+        self._window_weights: np.ndarray | None = None
         if self.terminal_fraction and self.terminal_windows.size:
-            uniform = self._coverage(np.arange(self.num_windows)) / self.num_windows
-            terminal = self._coverage(self.terminal_windows) / self.terminal_windows.size
-            sampled = (1 - self.terminal_fraction) * uniform + self.terminal_fraction * terminal
-            self._frame_weights = np.divide(uniform, sampled, out=np.zeros_like(uniform),
-                                            where=sampled > 0).astype(np.float32)
-
-    def _coverage(self, windows: np.ndarray) -> np.ndarray:
-        """How many of ``windows`` hold each frame of the cache as a valid frame."""
-        starts = self.window_starts[windows]
-        ends = np.minimum(self.window_ends[windows], starts + self.seq_len)
-        diff = np.zeros(len(self.cache.frames) + 1, dtype=np.int64)
-        np.add.at(diff, starts, 1)
-        np.add.at(diff, ends, -1)
-        return np.cumsum(diff[:-1]).astype(np.float64)
+            f, share = self.terminal_fraction, self.terminal_windows.size / self.num_windows
+            self._window_weights = np.full(self.num_windows, 1 / (1 - f), dtype=np.float32)
+            self._window_weights[self.terminal_windows] = 1 / (1 - f + f / share)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``batch_size`` windows drawn with replacement: uniformly, or with ``terminal_fraction`` of them
@@ -579,8 +572,9 @@ class WindowSampler:
         actions = cache.prev_actions[frame_indices]
         if not valid.all():
             actions[~valid] = 0
-        weights = (valid.astype(np.float32) if self._frame_weights is None
-                   else np.where(valid, self._frame_weights[frame_indices], np.float32(0)))
+        weights = valid.astype(np.float32)
+        if self._window_weights is not None:
+            weights *= self._window_weights[window_indices][:, None]
         return {
             "frames": cache.frames[frame_indices],
             "actions": actions,
