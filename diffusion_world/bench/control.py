@@ -41,10 +41,11 @@ MAX_ACTIONS = 8
 
 def action_set(space: gym.Space, rng: np.random.Generator) -> list[Any]:
     """The actions to hold: all of a small Discrete space (8 drawn without replacement from a larger one); for a
-    Box (bounds must be finite), its centre and, for each dimension, the action at that dimension's low and high
-    bound with the others at the centre (one dimension: low, centre, high), so that a model which ignores or
-    confuses part of the action vector shows (the corners moved every dimension together); at most 3 dimensions,
-    drawn where there are more."""
+    Box (bounds must be finite) of one dimension, low, centre and high; of more, for each dimension the action at
+    its low and high bound with the others at the centre, so that a model which ignores or confuses part of the
+    action vector shows (the corners moved every dimension together); at most 4 dimensions, drawn where there are
+    more. Not the centre itself: in an env with a dead zone (LunarLander's main engine is off for any value <= 0)
+    it acts as one of the others, and start states where two held actions look the same are not scored."""
     if isinstance(space, gym.spaces.Discrete):
         n = int(space.n)
         picks = np.arange(n) if n <= MAX_ACTIONS else np.sort(rng.choice(n, MAX_ACTIONS, replace=False))
@@ -54,16 +55,16 @@ def action_set(space: gym.Space, rng: np.random.Generator) -> list[Any]:
             raise UserError("benchmark control needs a Box action space with finite bounds")
         low, high = space.low.astype(np.float32).ravel(), space.high.astype(np.float32).ravel()
         centre = (low + high) / 2
-        dims = np.arange(low.size) if low.size <= (MAX_ACTIONS - 1) // 2 else \
-            np.sort(rng.choice(low.size, (MAX_ACTIONS - 1) // 2, replace=False))
-        actions = [centre]
+        if low.size == 1:
+            return [a.reshape(space.shape) for a in (low, centre, high)]
+        dims = np.arange(low.size) if low.size <= MAX_ACTIONS // 2 else \
+            np.sort(rng.choice(low.size, MAX_ACTIONS // 2, replace=False))
+        actions = []
         for d in dims:
             for bound in (low, high):
                 a = centre.copy()
                 a[d] = bound[d]
                 actions.append(a)
-        if low.size == 1:
-            actions = [actions[1], actions[0], actions[2]]
         return [a.reshape(space.shape) for a in actions]
     raise UserError(f"benchmark control supports Discrete and Box action spaces, not {space}")
 
