@@ -30,7 +30,7 @@ import torch
 from diffusion_world.cards import IMAGINATION_KEYS
 from diffusion_world.diffusion.sampler import SamplerConfig
 from diffusion_world.errors import UserError
-from diffusion_world.files import atomic_file
+from diffusion_world.files import atomic_file, held_lock_file
 from diffusion_world.model.config import ModelConfig
 from diffusion_world.model.dart import DartWorldModel
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
@@ -295,22 +295,14 @@ def run_lock(directory: str | os.PathLike, holder: str) -> Iterator[None]:
     """Hold ``directory``'s run lock while writing its checkpoint (``holder`` names the writer, for the message):
     a second `train` into the same ``--out``, or `fit-termination` in place on a checkpoint that a `train` is
     still writing, is refused instead of each silently overwriting the other's checkpoint. An OS lock (flock):
-    a killed holder releases it. Where the OS has none (Windows), nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+    a killed holder releases it. Where the OS or the filesystem has none, nothing is locked."""
     path = Path(directory) / RUN_LOCK
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    handle = held_lock_file(path)
+    if handle is None:
+        other = path.read_text().strip() if path.exists() else ""
+        raise UserError(f"{directory} is being written by {other or 'another process'}: wait for it to finish or "
+                        "stop it (two writers would overwrite each other's checkpoint)")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            other = handle.read().strip() or "another process"
-            raise UserError(f"{directory} is being written by {other}: wait for it to finish or stop it "
-                            "(two writers would overwrite each other's checkpoint)") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{holder} (pid {os.getpid()})")
@@ -318,6 +310,7 @@ def run_lock(directory: str | os.PathLike, holder: str) -> Iterator[None]:
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)  # before the unlock: a waiting writer then makes a fresh file
+            with contextlib.suppress(OSError):  # before the unlock: a waiting writer then makes a fresh file
+                path.unlink(missing_ok=True)
     finally:
         handle.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -59,6 +60,45 @@ def _umask() -> int:
     return mask
 
 
+def try_lock(f: IO[Any]) -> bool | None:
+    """Take an exclusive OS lock (flock) on the open file ``f`` without waiting: True when taken, False when
+    another process holds it, None where the OS or the filesystem has no such locks (Windows; Lustre mounted
+    without flock, some NFS): then nothing is locked, and callers go on without."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:  # ENOSYS, EOPNOTSUPP, ENOLCK: no flock here
+        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def held_lock_file(path: Path) -> IO[str] | None:
+    """Open ``path`` and take its lock, as :func:`try_lock`; the open file (the lock is held while it is open), or
+    None when another process holds it. Where locks do not exist, the file is returned unlocked. A lock file
+    removed by its holder between our open and our lock (it unlinks it before unlocking) is opened anew, so that
+    two processes never both hold the lock of one path."""
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        taken = try_lock(f)
+        if taken is False:
+            f.close()
+            return None
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same or taken is None:
+            return f
+        f.close()
+
+
 @contextlib.contextmanager
 def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     """A new hidden folder ``parent/<prefix><random>`` to build a result in (then renamed into place), removed when
@@ -67,27 +107,24 @@ def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     killed (SIGKILL, a job's time limit, a full disk), which otherwise piled up, each as large as the result."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no sweeping
-        fcntl = None  # type: ignore[assignment]
-    if fcntl is not None:
-        for stale_lock in parent.glob(f"{prefix}*.lock"):
-            with open(stale_lock, "a") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # in use
+    for stale_lock in parent.glob(f"{prefix}*.lock"):
+        try:
+            with open(stale_lock) as f:  # read-only: another user's lock file can be read, not written
+                if try_lock(f) is not True:
+                    continue  # in use, or no locks here to tell
                 shutil.rmtree(stale_lock.with_suffix(""), ignore_errors=True)
                 stale_lock.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or not ours to read or remove
+            continue
     path = parent / f"{prefix}{uuid.uuid4().hex[:12]}"
     lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            path.mkdir()
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    lock = held_lock_file(lock_path)
+    assert lock is not None  # a fresh name: nobody else holds it
+    try:
+        path.mkdir()
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # Windows cannot remove an open file: left, unlocked, for a sweep
             lock_path.unlink(missing_ok=True)
+        lock.close()

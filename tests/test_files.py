@@ -91,3 +91,21 @@ def test_scratch_folders_of_killed_processes_are_removed_by_the_next_one(tmp_pat
                                 mine.name + ".lock"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, busy.name + ".lock", other.name,
                                                                   other.name + ".lock"])
+
+
+def test_filesystems_without_locks_still_work(tmp_path: Path, monkeypatch) -> None:
+    """Lustre mounted without flock (and some NFS) answer flock with ENOSYS: collect and train died with a raw
+    OSError there; they go on unlocked."""
+    import errno
+    import fcntl
+
+    from diffusion_world.checkpoint import run_lock
+    from diffusion_world.files import scratch_dir
+
+    def no_locks(*args: object) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with run_lock(tmp_path, "test"), scratch_dir(tmp_path, ".x-") as d:
+        assert d.is_dir()
+    assert list(tmp_path.iterdir()) == []
