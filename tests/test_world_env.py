@@ -641,6 +641,9 @@ def test_noise_levels_outside_the_trained_context_noise_warn(tiny_world_model: s
         warnings.simplefilter("error")
         DiffusionWorldEnv(wm, history_guidance=2.0)
     wm.context_noise_range = (0.05, 0.2)
-    with pytest.warns(UserWarning, match=r"sampler sigma_min 0.002, sigma_ctx 0.002 outside the context noise the "
-                                         r"model was trained on \(0.05 to 0.2"):
+    with pytest.warns(UserWarning, match=r"the sampler's last noise level 0.002, sigma_ctx 0.002 outside the "
+                                         r"context noise the model was trained on \(0.05 to 0.2"):
         DiffusionWorldEnv(wm)
+    wm.context_noise_range = (0.002, 0.1)
+    with pytest.warns(UserWarning, match=r"the sampler's last noise level 5 outside"):  # one step: at sigma_max
+        DiffusionWorldEnv(wm, sampler_steps=1)

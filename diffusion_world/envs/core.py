@@ -225,13 +225,15 @@ class StepResult:
 
 
 def warn_outside_context_noise(wm: WorldModel, sampler: SamplerConfig, sigma_ctx: float) -> None:
-    """The caches hold frames at the noise level they entered with: the sampler's last one (sigma_min) for
-    generated frames, ``sigma_ctx`` for real context frames, ``history_sigma`` for history guidance's second set.
-    The clean stream learnt to read frames only at the context noise levels of its training: warn about others."""
+    """The caches hold frames at the noise level they entered with: the sampler's last one for generated frames
+    (sigma_min; sigma_max with one step), ``sigma_ctx`` for real context frames, ``history_sigma`` for history
+    guidance's second set. The clean stream learnt to read frames only at the context noise levels of its
+    training: warn about others."""
     if wm.context_noise_range is None:
         return
     lo, hi = wm.context_noise_range
-    levels = {"sampler sigma_min": sampler.sigma_min, "sigma_ctx": sigma_ctx,
+    last = float(edm_sigmas(sampler)[-2])  # the last denoiser call's, whose activations the caches keep
+    levels = {"the sampler's last noise level": last, "sigma_ctx": sigma_ctx,
               **({"history_sigma": sampler.history_sigma} if sampler.guided else {})}
     outside = [f"{name} {value:g}" for name, value in levels.items() if not lo * (1 - 1e-6) <= value <= hi * (1 + 1e-6)]
     if outside:
