@@ -699,7 +699,11 @@ def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[
         if "preset" in model:
             d["preset"] = model.pop("preset")
         d["model"] = {**d.get("model", {}), **model}
-        model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+        model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"frame_size", "action_space"}
+        from_data = sorted({"frame_size", "action_space"} & set(model))
+        if from_data:  # passed twice to the model config (a raw TypeError)
+            raise UserError(f"card {str(card_path)!r} [model]: {', '.join(from_data)} come(s) from the dataset "
+                            "(resize its frames with [train] frame_size)")
         if set(model) - model_keys:
             raise UserError(f"card {str(card_path)!r} [model]: unknown key(s) "
                             f"{', '.join(sorted(set(model) - model_keys))} (allowed: preset, "
