@@ -446,11 +446,13 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
             if rank == 0:
                 monitor.log(step, totals, lr=lr, grad_norm=float(grad_norm), dt=dt,
                             supervised=supervised, num_frames_seen=num_frames_seen)
-            if step % cfg.eval_every == 0 or step == cfg.steps:  # held too: a resumed run would skip it
+            stop.release()  # a signal that came meanwhile interrupts here
+            # not held: a SIGTERM during a long validation saves at once (a scheduler kills ~30 s later), at the
+            # price of that step's validation row, which a resumed run does not repeat
+            if step % cfg.eval_every == 0 or step == cfg.steps:
                 if rank == 0:
                     monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
                                      held_out=val_windows is not None)
-            stop.release()  # a signal that came meanwhile interrupts here
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
             if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
