@@ -178,7 +178,14 @@ def test_resumed_and_init_from_training_keep_the_classifier(tiny_dataset_id: str
     clf = load_checkpoint(path)["termination_classifier"]
     train(cfg(2), resume=True)
     started = train(cfg(3, "started", init_from=str(path)))  # a new run from this one, same pixel env
-    for ckpt, step in ((load_checkpoint(path), 2), (load_checkpoint(started), 3)):
+    # a checkpoint from before datasets recorded their time limit: the same env all the same
+    older = load_checkpoint(path)
+    older["dataset"]["env_spec"] = {k: v for k, v in older["dataset"]["env_spec"].items() if k != "max_episode_steps"}
+    from diffusion_world.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "older.pt", older)
+    from_older = train(cfg(3, "from-older", init_from=str(tmp_path / "older.pt")))
+    for ckpt, step in ((load_checkpoint(path), 2), (load_checkpoint(started), 3), (load_checkpoint(from_older), 3)):
         assert ckpt["step"] == step
         for name, t in clf["state_dict"].items():
             assert torch.equal(ckpt["termination_classifier"]["state_dict"][name], t)
