@@ -60,20 +60,21 @@ def _umask() -> int:
     return mask
 
 
-def try_lock(f: IO[Any]) -> bool | None:
-    """Take an exclusive OS lock (flock) on the open file ``f`` without waiting: True when taken, False when
-    another process holds it, None where the OS or the filesystem has no such locks (Windows; Lustre mounted
-    without flock, some NFS): then nothing is locked, and callers go on without."""
+def try_lock(f: IO[Any], wait: bool = False) -> bool | None:
+    """Take an exclusive OS lock (flock) on the open file ``f``, without waiting unless ``wait``: True when taken,
+    False when another process holds it, None where the OS or the filesystem has no such locks (Windows; Lustre
+    mounted without flock, some NFS; a read-only file where flock is a POSIX lock, as on NFS): then nothing is
+    locked, and callers go on without."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return None
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
     except OSError as e:  # ENOSYS, EOPNOTSUPP, ENOLCK: no flock here
-        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL):
+        if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.EBADF):
             return None
         raise
     return True
@@ -109,7 +110,11 @@ def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     for stale_lock in parent.glob(f"{prefix}*.lock"):
         try:
-            with open(stale_lock) as f:  # read-only: another user's lock file can be read, not written
+            try:
+                f = open(stale_lock, "a")  # noqa: SIM115 - writable: NFS's flock is a POSIX lock, which needs it
+            except PermissionError:
+                f = open(stale_lock)  # noqa: SIM115 - another user's: readable (enough for a local flock)
+            with f:
                 if try_lock(f) is not True:
                     continue  # in use, or no locks here to tell
                 shutil.rmtree(stale_lock.with_suffix(""), ignore_errors=True)
@@ -118,13 +123,16 @@ def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
             continue
     path = parent / f"{prefix}{uuid.uuid4().hex[:12]}"
     lock_path = path.with_name(path.name + ".lock")
-    lock = held_lock_file(lock_path)
-    assert lock is not None  # a fresh name: nobody else holds it
+    lock = open(lock_path, "a")  # noqa: SIM115 - held open while the folder is in use
+    # waiting: a sweep elsewhere may hold the fresh file a moment (it then finds no folder to remove)
+    try_lock(lock, wait=True)
     try:
         path.mkdir()
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(OSError):  # Windows cannot remove an open file: left, unlocked, for a sweep
+        with contextlib.suppress(OSError):  # before the unlock; Windows cannot remove an open file: again below
             lock_path.unlink(missing_ok=True)
         lock.close()
+        with contextlib.suppress(OSError):
+            lock_path.unlink(missing_ok=True)

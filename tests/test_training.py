@@ -434,8 +434,10 @@ def test_card_values_of_the_wrong_type_are_named(tmp_path: Path) -> None:
             config_from_card(card(train=train_line), out_dir="x").validate()
     with pytest.raises(UserError, match=r"card '.*card.toml' \[model\]: unknown key\(s\) chanels"):
         config_from_card(card(model="chanels = [8]"), out_dir="x")
-    with pytest.raises(UserError, match=r"\[model\]: frame_size come\(s\) from the dataset .*\[train\] frame_size"):
-        config_from_card(card(model="frame_size = [32, 32]"), out_dir="x")
+    with pytest.raises(UserError, match=r"the model's frame_size come\(s\) from the dataset.*\[train\] frame_size"):
+        config_from_card(card(model="frame_size = [32, 32]"), out_dir="x").validate()
+    with pytest.raises(UserError, match=r"the model's image_channels come\(s\) from the dataset.*RGB frames: 3"):
+        config_from_card(card(model="image_channels = 1"), out_dir="x").validate()
     cfg = config_from_card(card(model="channels = 8"), out_dir="x")
     with pytest.raises(UserError, match="model config channels must be a list of integers, got 8"):
         from diffusion_world.model.config import preset_config

@@ -104,6 +104,12 @@ class TrainConfig:
         check_field_types(self.loss, "train config")
         if not self.dataset_id:
             raise UserError("a dataset id is needed (--dataset-id or a card's [collect] dataset_id)")
+        from_data = {"frame_size": "resize its frames with frame_size ([train] frame_size, --frame-size)",
+                     "action_space": "the dataset's action space", "image_channels": "RGB frames: 3"}
+        given = [k for k in from_data if k in self.model]
+        if given:  # passed twice to the model config (a raw TypeError), or a model the data cannot feed
+            raise UserError(f"the model's {', '.join(given)} come(s) from the dataset, not the model settings ("
+                            + "; ".join(f"{k}: {from_data[k]}" for k in given) + ")")
         if self.frame_size is not None and (isinstance(self.frame_size, bool) or not isinstance(self.frame_size, int)
                                             or self.frame_size < MIN_FRAME_SIZE):
             raise UserError(f"frame_size must be an integer >= {MIN_FRAME_SIZE}, got {self.frame_size!r}")
@@ -703,11 +709,7 @@ def config_from_card(card_path: str | os.PathLike | None, model_overrides: dict[
         if "preset" in model:
             d["preset"] = model.pop("preset")
         d["model"] = {**d.get("model", {}), **model}
-        model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - {"frame_size", "action_space"}
-        from_data = sorted({"frame_size", "action_space"} & set(model))
-        if from_data:  # passed twice to the model config (a raw TypeError)
-            raise UserError(f"card {str(card_path)!r} [model]: {', '.join(from_data)} come(s) from the dataset "
-                            "(resize its frames with [train] frame_size)")
+        model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
         if set(model) - model_keys:
             raise UserError(f"card {str(card_path)!r} [model]: unknown key(s) "
                             f"{', '.join(sorted(set(model) - model_keys))} (allowed: preset, "
