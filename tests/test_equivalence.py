@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from diffusion_world.model.config import preset_config
-from diffusion_world.model.dart import DartWorldModel, dart_frame_mask, grow_input_temporal_kernel
+from diffusion_world.model.dart import (
+    DartWorldModel,
+    _dense_dart_attention,
+    dart_frame_mask,
+    grow_input_temporal_kernel,
+)
 from diffusion_world.model.mp import MPConv, mp_cat, mp_silu, mp_sum, normalize
 
 ATOL = 1e-9
@@ -263,6 +268,28 @@ def test_dart_frame_mask() -> None:
         [1, 1, 0, 0, 0, 1],  # noisy 2
     ])
     assert torch.equal(m, expected)
+
+
+@pytest.mark.parametrize("T,noisy,window", [(5, None, None), (6, [1, 2, 4, 5], None), (7, None, 3)])
+def test_dense_dart_attention_split_equals_one_masked_sdpa(T: int, noisy, window) -> None:
+    """The dense-mask training attention, run as a clean half and a noisy half (the clean frames see no noisy
+    frame), == one SDPA call over the full token mask: outputs and gradients of q, k, v."""
+    noisy_index = torch.arange(T) if noisy is None else torch.tensor(noisy)
+    frame_mask = dart_frame_mask(T, noisy_index, window)
+    assert not frame_mask[:T, T:].any()  # what the split relies on
+    tokens, F_ = 4, T + len(noisy_index)
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, F_ * tokens, 8, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    cot = torch.randn(2, 3, F_ * tokens, 8, generator=g, dtype=torch.float64)
+    token_mask = frame_mask.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+    results = []
+    for attention in (lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=token_mask),
+                      lambda: _dense_dart_attention(q, k, v, frame_mask, T, tokens)):
+        y = attention()
+        results.append((y, *torch.autograd.grad((y * cot).sum(), (q, k, v))))
+    for ref, split in zip(*results, strict=True):
+        torch.testing.assert_close(split, ref, atol=1e-12, rtol=0)
 
 
 def test_magnitude_preservation() -> None:

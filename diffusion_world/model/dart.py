@@ -183,6 +183,22 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_mas
         return flex_attention(q, k, v, block_mask=block_mask)
 
 
+def _token_mask(frame_mask: torch.Tensor, tokens: int) -> torch.Tensor:
+    return frame_mask.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+
+
+def _dense_dart_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_mask: torch.Tensor,
+                          num_clean: int, tokens: int) -> torch.Tensor:
+    """SDPA with the dense token-level DART mask (the path FlexAttention is checked against, and the only one
+    with a backward pass on CPU), in two calls: the clean frames see no noisy frame (:func:`dart_frame_mask`), so
+    the clean queries attend to the clean keys only, which skips the masked quarter of the full (T+N)^2 mask."""
+    c = num_clean * tokens
+    clean = F.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c],
+                                           attn_mask=_token_mask(frame_mask[:num_clean, :num_clean], tokens))
+    noisy = F.scaled_dot_product_attention(q[:, :, c:], k, v, attn_mask=_token_mask(frame_mask[num_clean:], tokens))
+    return torch.cat([clean, noisy], dim=2)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Layers. Activations are (B, F, C, H, W) at every layer boundary.
 
