@@ -306,3 +306,44 @@ def test_the_dataset_records_time_limits_the_registry_cannot_tell_later(minari_r
     limited = [{"entry_point": "gymnasium.wrappers:TimeLimit", "kwargs": {"max_episode_steps": 9}}]
     collect("CartPole-v1", "tt/limited-v0", steps=30, size=16, wrappers=limited, policy="random", progress=False)
     assert recorded_time_limit(FrameCache.open("tt/limited-v0", progress=False).env_spec) == 9
+
+
+def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
+        minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`collect` of an env that the user's code registered in this process recorded only its id: its real env
+    could not be made where that code had not run. It now records the entry point, a string or an importable
+    class, and warns where there is none another process could import (a class of __main__)."""
+    import sys
+
+    from dataset_fixtures import DOT_ENV_MODULE
+
+    from diffusion_world.data.dataset import FrameCache
+    from diffusion_world.data.pixel_env import own_env_entry_point
+
+    (tmp_path / "own_dot_module.py").write_text(DOT_ENV_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for env_id in ("OwnDotStr-v0", "OwnDotClass-v0"):
+        own_dot_module = importlib.import_module("own_dot_module")
+        gym.register(env_id, entry_point="own_dot_module:Dot" if "Str" in env_id else own_dot_module.Dot,
+                     max_episode_steps=6)
+        try:
+            collect(env_id, f"tt/{env_id.lower()}", steps=12, size=16, progress=False)
+        finally:
+            gym.registry.pop(env_id)
+        sys.modules.pop("own_dot_module")  # what a fresh process has neither imported nor registered
+        env = minari.load_dataset(f"tt/{env_id.lower()}").recover_environment()  # made from the recorded one
+        assert env.reset(seed=0)[0].shape == (16, 16, 3) and env.spec.kwargs["entry_point"] == "own_dot_module:Dot"
+        env.close()
+        gym.registry.pop(env_id)
+        assert FrameCache.open(f"tt/{env_id.lower()}", progress=False).episode_lengths[0] == 7  # the time limit
+    assert own_env_entry_point("CartPole-v1") is None  # Gymnasium's own envs: nothing more recorded
+
+    class Local(own_dot_module.Dot):
+        pass
+
+    gym.register("OwnDotLocal-v0", entry_point=Local)
+    try:
+        with pytest.warns(UserWarning, match="records only the id"):
+            assert own_env_entry_point("OwnDotLocal-v0") is None
+    finally:
+        gym.registry.pop("OwnDotLocal-v0")

@@ -48,6 +48,7 @@ from diffusion_world.data.pixel_env import (
     MIN_FRAME_SIZE,
     PixelEnv,
     make_pixel_env,
+    own_env_entry_point,
     record_time_limit,
     recorded_wrappers,
 )
@@ -458,8 +459,9 @@ def collect(
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
                       "only changes the env state stored with them", stacklevel=2)
     # the dataset records the env's time limit (the registry may not know it later: a "module:Env-vN" env)
+    # and the entry point of an env that a fresh process may not know by its id (registered by the user's code)
     env = record_time_limit(make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None,
-                                           **kwargs))
+                                           entry_point=own_env_entry_point(env_id), **kwargs))
     started = time.perf_counter()
     num_episodes = 0
     try:

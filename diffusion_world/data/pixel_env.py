@@ -107,6 +107,35 @@ def record_time_limit(env: gym.Env) -> gym.Env:
     return env
 
 
+# packages whose envs every process that has them installed knows by id (ALE's through register_ale_if_needed)
+_SELF_REGISTERING = ("gymnasium", "ale_py", "diffusion_world")
+
+
+def own_env_entry_point(env_id: str) -> str | None:
+    """The entry point (``"module:name"``) to record with a dataset of ``env_id`` where a fresh process may not
+    know the id: an env registered in this process by the user's own code, or by a package imported here.
+    None for Gymnasium's and ALE's envs and for ``"module:Env-vN"`` ids (``gym.make`` imports the module); a
+    warning where the env cannot be made again elsewhere (a class or function of ``__main__`` or a local one)."""
+    if ":" in env_id or env_id not in gym.registry:
+        return None
+    entry_point = gym.registry[env_id].entry_point
+    if isinstance(entry_point, str):
+        return None if entry_point.split(".")[0].split(":")[0] in _SELF_REGISTERING else entry_point
+    module, name = getattr(entry_point, "__module__", None), getattr(entry_point, "__qualname__", None)
+    try:
+        importable = (isinstance(module, str) and isinstance(name, str) and module != "__main__"
+                      and getattr(importlib.import_module(module), name, None) is entry_point)
+    except ImportError:
+        importable = False
+    if importable:
+        return None if str(module).split(".")[0] in _SELF_REGISTERING else f"{module}:{name}"
+    warnings.warn(f"{env_id!r} is registered here with the entry point {entry_point!r}, which another process "
+                  "cannot import: the dataset records only the id, so its real env (benchmarks, make_real_env) can "
+                  "be made only where the same registration runs first. Register a 'module:Class' string, or a "
+                  "class of an importable module, or name the env 'module:Env-vN'", stacklevel=3)
+    return None
+
+
 def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
     """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors. ``entry_point`` (as a
     dataset's env spec records it, ``"module:Class"``) registers ``env_id`` first where nothing registered it: an
