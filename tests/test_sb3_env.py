@@ -62,6 +62,11 @@ def test_bad_actions_and_step_before_reset(tiny_world_model: str) -> None:
     assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
     frames = venv.env_method("render", indices=[1])
     assert len(frames) == 1 and frames[0].shape == (16, 16, 3)
+    # without render_mode="rgb_array", no images, as SB3's DummyVecEnv
+    plain = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2)
+    plain.reset()
+    with pytest.warns(UserWarning, match="render_mode='rgb_array'"):
+        assert plain.env_method("render") == [None, None]
 
 
 def test_env_method_acts_once_on_all_envs_or_refuses(tiny_world_model: str) -> None:

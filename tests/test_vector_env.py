@@ -188,10 +188,14 @@ def test_disabled_autoreset_and_bad_inputs(tiny_world_model: str) -> None:
             envs.reset(options={"reset_mask": mask})
     with pytest.raises(UserError, match="autoreset_mode"):
         DiffusionWorldVectorEnv(2, tiny_world_model, autoreset_mode="Sometimes")
-    with pytest.raises(UserError, match=r"DiffusionWorldVectorEnv got unexpected kwargs \['horizn'\].*'horizon'"):
+    typo = r"got unexpected kwargs 'horizn' \(did you mean 'horizon'\?\); the imagined env takes \[.*'horizon'"
+    with pytest.raises(UserError, match="DiffusionWorldVectorEnv " + typo):
         gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model, horizn=5)
-    with pytest.raises(UserError, match=r"DiffusionWorldSB3VecEnv got unexpected kwargs \['horizn'\]"):
+    with pytest.raises(UserError, match="DiffusionWorldSB3VecEnv " + typo):
         make_sb3_vec_env(tiny_world_model, num_envs=2, horizn=5)
+    # the single env too (its kwargs are explicit parameters: it raised a bare TypeError)
+    with pytest.raises(UserError, match="DiffusionWorldEnv " + typo + ".*'render_mode'"):
+        gym.make("DiffusionWorld-v0", world_model=tiny_world_model, horizn=5)
 
 
 def test_reset_options_context_and_render(tiny_world_model: str, tiny_frame_cache) -> None:
@@ -218,6 +222,12 @@ def test_call_get_attr_set_attr_as_sync_vector_env(tiny_world_model: str) -> Non
         frames = envs.call("render")
         assert len(frames) == 2 and all(f.shape == (16, 16, 3) for f in frames)
     np.testing.assert_array_equal(np.stack(batched.call("render")), np.stack(batched.render()))
+    plain = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model)  # no render_mode
+    for envs in (plain, gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model,
+                                     vectorization_mode="sync")):
+        envs.reset(seed=0)
+        assert envs.call("render") == (None, None)
+    assert plain.render() is None
     batched.set_attr("note", ["a", "a"])
     assert batched.get_attr("note") == ("a", "a")
     with pytest.raises(UserError, match="share their attributes"):

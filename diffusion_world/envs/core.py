@@ -16,6 +16,7 @@ holds the last k context frames (the first one repeated when the context is shor
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import os
 import warnings
@@ -533,10 +534,19 @@ CORE_KWARGS = frozenset(inspect.signature(ImaginationCore.__init__).parameters) 
 def make_core(owner: str, world_model: Any, num_envs: int, kwargs: dict[str, Any]) -> ImaginationCore:
     """``ImaginationCore(world_model, num_envs, **kwargs)``; a misspelled kwarg is named with ``owner``, the class
     the user called, and the kwargs it takes (not as a TypeError of ``ImaginationCore.__init__``)."""
-    unknown = sorted(set(kwargs) - CORE_KWARGS)
-    if unknown:
-        raise UserError(f"{owner} got unexpected kwargs {unknown}; the imagined env takes {sorted(CORE_KWARGS)}")
+    check_kwargs(owner, kwargs, CORE_KWARGS)
     return ImaginationCore(world_model, num_envs, **kwargs)
+
+
+def check_kwargs(owner: str, kwargs: dict[str, Any], accepted: frozenset[str]) -> None:
+    """A UserError naming the kwargs of ``kwargs`` that ``owner`` does not take (with the closest accepted one
+    where one is close), and the ones it takes."""
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, accepted, 1))
+                 else repr(k) for k in unknown]
+        raise UserError(f"{owner} got unexpected kwargs {', '.join(hints)}; the imagined env takes "
+                        f"{sorted(accepted)}")
 
 
 def default_horizon(wm: WorldModel) -> int:

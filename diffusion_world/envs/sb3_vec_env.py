@@ -10,6 +10,7 @@ for smaller frames use ``policy_kwargs=small_frames_policy_kwargs()`` (:class:`S
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +89,11 @@ class DiffusionWorldSB3VecEnv(VecEnv):
         self.core.needs_reset[:] = True
 
     def get_images(self) -> Sequence[np.ndarray | None]:
+        """Each env's newest frame; None each (with a warning, as SB3's ``DummyVecEnv``) without
+        ``render_mode="rgb_array"``."""
+        if self.render_mode != "rgb_array":
+            warnings.warn(f"the render mode is {self.render_mode}: images need render_mode='rgb_array'", stacklevel=2)
+            return [None for _ in range(self.num_envs)]
         if self.core.needs_reset.any():
             raise ResetNeededError("DiffusionWorldSB3VecEnv: call reset() before rendering")
         return list(self.core.last_frames())

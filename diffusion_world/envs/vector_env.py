@@ -171,13 +171,13 @@ class DiffusionWorldVectorEnv(RecordedSpec, VectorEnv):
         setattr(self, name, values)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """``render``: each sub-env's newest frame. Any other method is this vector env's own, which acts on all
-        sub-envs at once: it runs once and its result is given for each sub-env; an attribute is read as
-        :meth:`get_attr` reads it."""
+        """``render``: each sub-env's newest frame (None each without ``render_mode="rgb_array"``, as a sub-env of
+        ``SyncVectorEnv`` renders). Any other method is this vector env's own, which acts on all sub-envs at
+        once: it runs once and its result is given for each sub-env; an attribute is read as :meth:`get_attr`
+        reads it."""
         if name == "render":
-            if self.core.needs_reset.any():
-                raise ResetNeededError("DiffusionWorldVectorEnv: call reset() before render()")
-            return tuple(self.core.last_frames())
+            frames = self.render()
+            return tuple(None for _ in range(self.num_envs)) if frames is None else frames
         value = getattr(self, name)
         result = value(*args, **kwargs) if callable(value) else value
         return tuple(result for _ in range(self.num_envs))

@@ -17,7 +17,15 @@ import numpy as np
 
 from diffusion_world.checkpoint import WorldModel
 from diffusion_world.data.pixel_env import ResizeFrames, make_env, wrap
-from diffusion_world.envs.core import ImaginationCore, RecordedSpec, ResetNeededError, positive_int, stack_frames
+from diffusion_world.envs.core import (
+    CORE_KWARGS,
+    ImaginationCore,
+    RecordedSpec,
+    ResetNeededError,
+    check_kwargs,
+    positive_int,
+    stack_frames,
+)
 from diffusion_world.errors import UserError
 from diffusion_world.registration import PIXEL_ENV_ID
 
@@ -46,7 +54,9 @@ class DiffusionWorldEnv(RecordedSpec, gym.Env[np.ndarray, Any]):
                  sampler_steps: int | None = None, frame_stack: int = 1, device: str = "cpu",
                  render_mode: str | None = None, reset_mode: str = "episode_start",
                  termination_threshold: float = 0.5, termination: str = "threshold",
-                 history_guidance: float | None = None, precision: str = "fp32") -> None:
+                 history_guidance: float | None = None, precision: str = "fp32", **kwargs: Any) -> None:
+        # a misspelt kwarg is a UserError naming the ones it takes, as the vector envs' (not a bare TypeError)
+        check_kwargs("DiffusionWorldEnv", kwargs, CORE_KWARGS | {"world_model", "render_mode"})
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
