@@ -82,6 +82,7 @@ def test_fit_learns_held_out_terminal_frames(edge_walk_dataset: str, tmp_path: P
     val = report["val"][edge_walk_dataset]
     assert val["positives"] >= 10, format_report(report)
     assert val["recall"] >= 0.9 and val["precision"] >= 0.9 and val["auc"] > 0.99, format_report(report)
+    assert report["loss_steps"] == 50 and report["loss_last"] < report["loss_first"]
     # named after its checkpoint (two checkpoints in one folder shared, and overwrote, one termination.json)
     assert json.loads((tmp_path / "out" / "wm.termination.json").read_text()) == json.loads(json.dumps(report))
     assert report_path_for(tmp_path / "run" / "checkpoint.pt") == tmp_path / "run" / "termination.json"
@@ -142,7 +143,9 @@ def test_export_keeps_the_classifier(edge_walk_dataset: str, tmp_path: Path) -> 
     ckpt = load_checkpoint(src)
     ckpt["ema"] = ckpt["model"]
     save_checkpoint(src, ckpt)
-    fit_termination(src, cfg=TerminationFitConfig(steps=20, batch_size=32), progress=False)
+    report = fit_termination(src, cfg=TerminationFitConfig(steps=20, batch_size=32), progress=False)
+    # the first and last 10 steps (of 50 each, a short run's two were the same mean over all steps)
+    assert report["loss_steps"] == 10 and report["loss_first"] != report["loss_last"]
     export_for_inference(src, tmp_path / "slim.pt")
     full, slim = load_world_model(src), load_world_model(tmp_path / "slim.pt")
     x = frames_to_x(np.array(cache.frames[:64]))

@@ -250,12 +250,14 @@ def _fit_termination(lock: contextlib.ExitStack, checkpoint: str | os.PathLike, 
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     model.eval().requires_grad_(False)
     fit_s = time.monotonic() - t0
+    k = max(1, min(50, len(losses) // 2))
     val = {c.dataset_id: score_classifier(classifier_logits(model, c, i, device), c.terminations[i])
            for c, i in zip(caches, val_idx) if len(i)}
     report: dict[str, Any] = {"config": asdict(cfg), "datasets": [c.dataset_id for c in caches],
               "train_frames": {c.dataset_id: int(n) for c, n in zip(caches, sizes)},
               "train_terminations": positives, "fit_seconds": round(fit_s, 1),
-              "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
+              # the first and last k steps' mean loss, k = 50 or half the steps (disjoint, so a short run shows too)
+              "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])), "loss_steps": k,
               "val": val}
     if imagined:
         report["imagined"] = {"episodes_per_dataset": cfg.imagined_episodes, "horizon": cfg.imagined_horizon,
