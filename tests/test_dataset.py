@@ -225,6 +225,43 @@ def test_non_image_dataset_is_refused(minari_root: Path) -> None:
         FrameCache.open("tt/state-v0", progress=False)
 
 
+def _hand_made(dataset_id: str, action_space: gym.Space, actions: np.ndarray, rewards: np.ndarray) -> None:
+    """One 4-step episode of 16x16 frames with the given actions and rewards (Minari checks neither)."""
+    class Frames(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+
+    env = Frames()
+    env.action_space = action_space
+    buffer = EpisodeBuffer(seed=0, observations=np.zeros((5, 16, 16, 3), np.uint8), actions=actions,
+                           rewards=rewards, terminations=np.zeros(4, bool), truncations=np.zeros(4, bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers(dataset_id, [buffer], env=env)
+
+
+@pytest.mark.parametrize("space,actions,rewards,message", [
+    # a NaN reward made every imagined reward NaN (and the reward range [nan, nan]); inf likewise
+    (gym.spaces.Discrete(2), [0, 1, 0, 1], [0, 1, np.nan, 1],
+     r"episode 0: reward nan at step 2: rewards must be finite"),
+    (gym.spaces.Discrete(2), [0, 1, 0, 1], [0, np.inf, 0, 1], r"reward inf at step 1"),
+    # action n trained as the model's "no action"; a negative one crashed in one_hot
+    (gym.spaces.Discrete(2), [0, 1, 2, 1], [0, 0, 0, 0],
+     r"action 2 at step 2 is not in the action space Discrete\(2\)"),
+    (gym.spaces.Discrete(2), [0, -1, 0, 1], [0, 0, 0, 0], r"action -1 at step 1 is not in"),
+    (gym.spaces.Box(-1, 1, (2,)), np.array([[0, 0], [0, np.nan], [0, 0], [0, 0]]), [0, 0, 0, 0],
+     r"action \[0.0, nan\] at step 1 is not finite"),
+    # legal spaces the model cannot take: a Box without dimensions crashed in the model, a start != 0 was
+    # refused without naming the dataset
+    (gym.spaces.Box(-1, 1, ()), np.zeros(4), [0, 0, 0, 0], r"'tt/bad-v0' has action space .*at least one dimension"),
+    (gym.spaces.Discrete(3, start=-1), [0, 1, 0, 1], [0, 0, 0, 0], r"'tt/bad-v0' has action space .*non-zero start"),
+])
+def test_bad_steps_are_refused_naming_the_episode(minari_root: Path, space, actions, rewards, message) -> None:
+    _hand_made("tt/bad-v0", space, np.asarray(actions), np.asarray(rewards, dtype=np.float64))
+    with pytest.raises(UserError, match=message):
+        FrameCache.open("tt/bad-v0", progress=False)
+    assert not [p for p in minari_root.rglob("*") if "cache" in p.name.lower() or ".tmp-" in p.name]
+
+
 @pytest.mark.parametrize("frame_size", [None, 16])
 def test_uint8_observations_that_are_not_image_levels_are_refused(frame_size: int | None) -> None:
     """A 0/1 mask in a uint8 Box would train as all but black frames (-1 after scaling): refused, by its bounds."""

@@ -112,8 +112,14 @@ def _full_uint8_range(space: gym.spaces.Box) -> bool:
 
 def _action_dtype(dataset_id: str, space: gym.Space) -> tuple[np.dtype, tuple[int, ...]]:
     if isinstance(space, gym.spaces.Discrete):
+        if int(space.start) != 0:
+            raise UserError(f"dataset {dataset_id!r} has action space {space}: Discrete spaces with a non-zero start "
+                            "are not supported (record the actions as 0 .. n-1)")
         return np.dtype(np.int64), ()
     if isinstance(space, gym.spaces.Box):
+        if space.shape == ():
+            raise UserError(f"dataset {dataset_id!r} has action space {space}: Box actions need at least one "
+                            "dimension (record a scalar action as shape (1,))")
         return np.dtype(np.float32), tuple(space.shape)
     raise UserError(f"dataset {dataset_id!r} has action space {space}; only Discrete and Box are supported")
 
@@ -412,7 +418,9 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
                     frames[start + i] = resize_frame(image, frame_size)
             # Transition t (action t, reward t) leads from frame t to frame t+1 of the episode.
             steps = slice(start + 1, start + length)
-            arrays["prev_actions"][steps] = np.asarray(episode.actions).reshape(length - 1, *action_shape)
+            actions = np.asarray(episode.actions).reshape(length - 1, *action_shape)
+            _check_steps(dataset_id, episode.id, dataset.action_space, actions, np.asarray(episode.rewards))
+            arrays["prev_actions"][steps] = actions
             arrays["rewards"][steps] = episode.rewards
             arrays["terminations"][steps] = episode.terminations
             arrays["truncations"][steps] = episode.truncations
@@ -437,6 +445,25 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _install(tmp, directory, fingerprint)
+
+
+def _check_steps(dataset_id: str, episode_id: Any, space: gym.Space, actions: np.ndarray, rewards: np.ndarray
+                 ) -> None:
+    """A UserError naming the first step of an episode whose reward is not finite (NaN made every imagined reward
+    NaN) or whose action is not in the action space (Minari does not check them: a Discrete action n trained as
+    the model's "no action", a negative one crashed in the model)."""
+    where = f"dataset {dataset_id!r} episode {episode_id}"
+    bad = np.flatnonzero(~np.isfinite(rewards.astype(np.float64)))
+    if len(bad):
+        raise UserError(f"{where}: reward {rewards[bad[0]]} at step {bad[0]}: rewards must be finite")
+    if isinstance(space, gym.spaces.Discrete):
+        bad = np.flatnonzero((actions < 0) | (actions >= int(space.n)) | (actions != np.round(actions)))
+        if len(bad):
+            raise UserError(f"{where}: action {actions[bad[0]]} at step {bad[0]} is not in the action space {space}")
+    else:
+        bad = np.flatnonzero(~np.isfinite(actions.astype(np.float64)).reshape(len(actions), -1).all(axis=1))
+        if len(bad):
+            raise UserError(f"{where}: action {actions[bad[0]].tolist()} at step {bad[0]} is not finite")
 
 
 def _install(tmp: Path, directory: Path, fingerprint: str) -> None:
