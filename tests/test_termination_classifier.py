@@ -18,6 +18,7 @@ from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError
 from diffusion_world.model.termination import TerminationClassifier, TerminationClassifierConfig
+from diffusion_world.registration import PIXEL_ENV_ID
 from diffusion_world.training.termination import (
     TerminationFitConfig,
     fit_termination,
@@ -111,6 +112,26 @@ def test_fit_refuses_a_dataset_of_another_frame_size(edge_walk_dataset: str, tmp
     with pytest.raises(UserError, match=r"does not match the world model's: frames \(8, 8\)"):
         fit_termination(src, extra_datasets=["tt/edge-walk-8px-v0"], cfg=TerminationFitConfig(steps=1),
                         progress=False)
+
+
+def test_fit_compares_the_envs_of_datasets_other_tools_recorded() -> None:
+    """--extra-dataset-id compared the pixel env's "env_id" only: two datasets recorded by other tools (whose
+    spec names the env as "id") passed as one env whatever they were, a dataset without a spec too."""
+    from types import SimpleNamespace
+
+    from diffusion_world.training.termination import _check_compatible
+
+    def cache(spec):
+        return SimpleNamespace(frame_size=(16, 16), action_space=gym.spaces.Discrete(2), env_spec=spec,
+                               dataset_id="tt/extra-v0")
+
+    pixel = {"id": PIXEL_ENV_ID, "env_id": "CartPole-v1", "size": 16, "frame_skip": 1}
+    model = {"frame_size": [16, 16], "action_space": {"type": "discrete", "n": 2}}
+    for own, extra in ((pixel, {**pixel, "env_id": "CartPole-v0"}), ({"id": "CartPole-v1"}, {"id": "CartPole-v0"}),
+                       ({"id": "CartPole-v1"}, None), (pixel, {**pixel, "frame_skip": 2})):
+        with pytest.raises(UserError, match="does not match the world model's: (env|frame_skip)"):
+            _check_compatible({**model, "env_spec": own}, cache(extra))
+    _check_compatible({**model, "env_spec": pixel}, cache({"id": "CartPole-v1", "render_mode": "rgb_array"}))
 
 
 def _with_classifier(src: str, dst: Path, bias: float) -> Path:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from diffusion_world.bench.common import sampler_label
 from diffusion_world.bench.termination import score_first_steps
 from diffusion_world.checkpoint import WorldModel, load_world_model
+from diffusion_world.data.pixel_env import recorded_env_id
 from diffusion_world.diffusion.sampler import frames_to_x, imagine
 from diffusion_world.errors import UserError
 from diffusion_world.files import save_figure
@@ -180,8 +181,7 @@ def score_control(real: np.ndarray, lengths: np.ndarray, imagined: np.ndarray) -
 
 
 def _env_id(wm: WorldModel) -> str | None:
-    spec = wm.dataset.get("env_spec") or {}
-    return spec.get("env_id") or spec.get("id")  # a pixel env names the env it renders
+    return recorded_env_id(wm.dataset.get("env_spec"))
 
 
 @torch.no_grad()

@@ -13,10 +13,10 @@ from typing import Any
 from diffusion_world.bench.common import machine_info, training_end_return, write_result
 from diffusion_world.bench.report import README_TITLE, make_readme, render, update_readme_section
 from diffusion_world.checkpoint import check_device
+from diffusion_world.data.pixel_env import recorded_env_id
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.files import atomic_write_text
 from diffusion_world.precision import check_precision
-from diffusion_world.registration import PIXEL_ENV_ID
 
 SUITES = ("fidelity", "memory", "speed", "rl", "termination", "control", "random_play")
 # the suites that read each suite-specific option: given to another suite, it is refused rather than ignored
@@ -42,7 +42,7 @@ def card_imagination(card: str | None, world_model: str | None, section: str = "
             spec = (load_checkpoint(resolve_world_model(world_model)).get("dataset") or {}).get("env_spec") or {}
         except UserError:
             spec = {}  # not found: the suite says so
-        learned = spec.get("env_id") if spec.get("id") == PIXEL_ENV_ID else spec.get("id")
+        learned = recorded_env_id(spec)
         if learned and learned != parsed.env["id"]:
             raise UserError(f"card {card!r} describes {parsed.env['id']}, but the world model {world_model!r} learned "
                             f"{learned}: give its own card, or none")

@@ -46,6 +46,15 @@ def registered_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.spec(env_id)
 
 
+def recorded_env_id(env_spec: dict[str, Any] | None) -> str | None:
+    """The env a dataset's env spec (as the frame cache keeps it) was recorded in: the env a pixel env rendered,
+    or the spec's own id; None without a spec."""
+    if not env_spec:
+        return None
+    env_id = env_spec.get("env_id") if env_spec.get("id") == PIXEL_ENV_ID else env_spec.get("id")
+    return env_id if isinstance(env_id, str) else None
+
+
 def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> int:
     """The frame rate of the env a dataset's env spec names, without making it: its class's
     ``metadata["render_fps"]``, divided by the pixel env's frame skip (as :class:`PixelEnv` does); ``default`` where
