@@ -364,6 +364,21 @@ def test_rl_refuses_a_real_env_it_cannot_make_before_training(tiny_world_model: 
         rl.run_rl(tiny_world_model, agent_steps=64, num_envs=2, frame_stack=2, progress=False)
 
 
+def test_random_play_refuses_a_real_env_it_cannot_make_before_imagining(tiny_world_model: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """random_play made the real env after all its imagined rollouts (minutes at the default budget)."""
+    from diffusion_world.bench import random_play
+    from diffusion_world.checkpoint import load_world_model
+
+    wm = load_world_model(tiny_world_model)
+    wm.dataset["env_spec"] = None
+    monkeypatch.setattr(random_play, "load_world_model", lambda path, device: wm)
+    monkeypatch.setattr("diffusion_world.envs.core.ImaginationCore.step",
+                        lambda *a, **k: pytest.fail("imagined before making the real env"))
+    with pytest.raises(UserError, match="records no env spec of its dataset: cannot rebuild the real env"):
+        random_play.run_random_play(tiny_world_model, num_envs=2, steps=3, progress=False)
+
+
 @pytest.mark.slow
 def test_rl_transfer_runs(tiny_world_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent trains in short imagined episodes from anywhere in the data (``reset_mode="anywhere"``, a

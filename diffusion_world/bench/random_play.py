@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -55,12 +56,14 @@ def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:
             "lengths": lengths.tolist()}
 
 
-def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int, env: gym.Env | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lengths (cut at ``steps``) of ``episodes`` real episodes under uniformly random actions, whether each
-    was still running when cut, and each one's return."""
+    was still running when cut, and each one's return. ``env``: the real env, made beforehand (closed here)."""
     from diffusion_world.envs.world_env import make_real_env
 
-    env = make_real_env(wm)
+    if env is None:
+        env = make_real_env(wm)
     env.action_space.seed(seed)
     lengths, running, returns = [], [], []
     for i in range(episodes):
@@ -92,7 +95,10 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     for name, v in (("num_envs", num_envs), ("steps", steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{name} must be an integer >= 1, got {v!r}")
+    from diffusion_world.envs.world_env import make_real_env
+
     wm = load_world_model(world_model, device=device)
+    real_env = make_real_env(wm)  # before the imagined rollouts: a model whose real env cannot be made fails at once
     # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
     core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
                            horizon=steps + 1, termination_threshold=1.0,
@@ -113,7 +119,7 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     # returns: the rewards of the steps each episode takes (in expectation: those it is still running for)
     threshold_return = np.array([row[:n].sum() for row, n in zip(rew, threshold_end)])
     sampled_return = (survival(p) * rew).sum(1)
-    real, real_running, real_return = real_random_lengths(wm, num_envs, steps, seed)
+    real, real_running, real_return = real_random_lengths(wm, num_envs, steps, seed, real_env)
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
         "num_envs": num_envs, "steps": steps, "sampler_steps": core.sampler.num_steps,
