@@ -98,6 +98,14 @@ def test_contexts_and_termination_windows_stop_at_the_first_terminal_frame(absor
     for windows in (contexts.anywhere_windows, contexts.episode_start_windows):
         index = windows[:, None] + np.arange(4)
         assert not cache.terminations[index].any()  # no context shows a terminal state
+    # so do the contexts a checkpoint stores (they took the first frames of episodes long enough, terminal
+    # frames and those after the termination included, where the episode was short)
+    from diffusion_world.training.train import _reset_contexts
+
+    stored = _reset_contexts(cache, np.arange(cache.num_episodes), 100, 12)
+    firsts = cache.episode_starts[cache.live_lengths >= 13][:, None] + np.arange(12)
+    assert np.array_equal(stored["frames"].numpy(), cache.frames[firsts])
+    assert (cache.live_lengths < 13).any() and (cache.episode_lengths[cache.live_lengths < 13] >= 12).any()
     episodes = np.arange(cache.num_episodes - 1)
     starts, steps = end_windows(cache, episodes, 4, 6)
     ends = starts + 4 + steps - 1

@@ -96,8 +96,9 @@ class DatasetContexts:
         need = length + 1 if (lengths >= length + 1).any() else length
         eligible = lengths >= need
         if not eligible.any():
+            cut = " up to its first terminal frame" if (lengths < cache.episode_lengths).any() else ""
             raise UserError(f"no episode of dataset {cache.dataset_id!r} has context_frames={length} frames "
-                            f"(longest: {int(lengths.max())}); use a smaller context_frames")
+                            f"(longest{cut}: {int(lengths.max())}); use a smaller context_frames")
         self.episode_start_windows = starts[eligible].astype(np.int64)
         counts = lengths[eligible] - need + 1
         offsets = np.cumsum(counts) - counts

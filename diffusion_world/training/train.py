@@ -199,8 +199,12 @@ def _batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dic
 
 
 def _reset_contexts(cache: FrameCache, episodes: np.ndarray, num: int, length: int) -> dict[str, torch.Tensor]:
-    """The first ``length`` frames of up to ``num`` episodes (those long enough), for the checkpoint."""
-    long_enough = [e for e in episodes if cache.episode_lengths[e] >= length][:num]
+    """The first ``length`` frames of up to ``num`` episodes (those long enough), for the checkpoint. As the
+    dataset's contexts (:class:`~diffusion_world.envs.core.DatasetContexts`): never a frame recorded after a
+    termination, nor one that ends on the terminal frame, unless no episode is long enough for that."""
+    lengths = cache.live_lengths
+    need = length + 1 if any(lengths[e] >= length + 1 for e in episodes) else length
+    long_enough = [e for e in episodes if lengths[e] >= need][:num]
     if not long_enough:
         return {}
     idx = cache.episode_starts[long_enough][:, None] + np.arange(length)
