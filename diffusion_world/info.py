@@ -20,7 +20,8 @@ import torch
 from diffusion_world import precision
 from diffusion_world.bench.common import cpu_model
 from diffusion_world.checkpoint import SHIPPED
-from diffusion_world.data.dataset import minari_datasets_root
+from diffusion_world.data.dataset import _action_dtype, _check_image_space, _image_shaped, minari_datasets_root
+from diffusion_world.errors import UserError
 from diffusion_world.model.config import PRESETS
 from diffusion_world.registration import PIXEL_ENV_ID
 from diffusion_world.training.train import TrainConfig
@@ -65,7 +66,8 @@ def _why_not_renderable(dataset_id: str) -> str | None:
 
 def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Its env, episodes, steps, what its observations are, and what it takes to train a world model on them
-    (``to_train``: a command, or None if nothing; ``cannot_train``: why it cannot be made into frames)."""
+    (``to_train``: a command, or None if nothing; ``cannot_train``: why neither ``train`` nor ``render`` can
+    make a world model of it, or None)."""
     from minari.serialization import deserialize_space
 
     entry: dict[str, Any] = {"env_id": _env_id(meta), "episodes": int(meta.get("total_episodes", 0)),
@@ -86,10 +88,23 @@ def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         # else frames resized to N x N RGB: the larger side rounded up to the U-Net's multiple, at most 64
         size = min(64, -(-max(shape[:2]) // step) * step)
         entry["to_train"] = None if fits else f"train --frame-size {size}"
+    elif _image_shaped(space) or isinstance(space, gym.spaces.Dict) and any(map(_image_shaped, space.spaces.values())):
+        entry["observations"] = f"images {_space_summary(space)}"  # float images, or a Dict holding one
+        entry["to_train"] = None
     else:
         entry["observations"] = f"states {_space_summary(space)}"
-        entry["cannot_train"] = _why_not_renderable(dataset_id)
-        entry["to_train"] = None if entry["cannot_train"] else f"diffusion-world render {dataset_id} --dataset-id NEW"
+        why = _why_not_renderable(dataset_id)
+        entry["cannot_train"] = None if why is None else f"cannot be rendered to frames: {why}"
+        entry["to_train"] = None if why else f"diffusion-world render {dataset_id} --dataset-id NEW"
+    # what train would refuse (the frame cache's checks): its images' type or levels, its action space
+    try:
+        if not entry["observations"].startswith("states"):
+            _check_image_space(dataset_id, space, None if entry["to_train"] is None else 64)
+        _action_dtype(dataset_id, deserialize_space(meta["action_space"]))
+    except UserError as e:
+        entry["to_train"], entry["cannot_train"] = None, f"cannot train on it: {e}"
+    except Exception:  # an exotic or missing action space: train will say
+        pass
     return entry
 
 
@@ -99,9 +114,38 @@ def _local_datasets() -> dict[str, dict[str, Any]] | str:
 
     try:
         local = minari.list_local_datasets()
-    except Exception as e:  # a broken dataset in the root must not hide the rest of the report
-        return f"could not list: {type(e).__name__}: {e}"
+    except Exception as e:  # e.g. a stray folder whose path is no dataset id: list the others one by one
+        listed = _list_one_by_one()
+        if listed is None:
+            return f"could not list: {type(e).__name__}: {e}"
+        local, unlisted = listed
+        return {**{d: _describe_dataset(d, dict(local[d])) for d in sorted(local)},
+                **{folder: {"env_id": None, "episodes": 0, "steps": 0, "observations": "unreadable",
+                            "to_train": None, "cannot_train": f"not a dataset Minari can read: {why}"}
+                   for folder, why in sorted(unlisted.items())}}
     return {d: _describe_dataset(d, dict(local[d])) for d in sorted(local)}
+
+
+def _list_one_by_one() -> tuple[dict[str, Any], dict[str, str]] | None:
+    """What ``minari.list_local_datasets`` lists, asked of each dataset folder on its own (Minari fails for all
+    of them when one folder's path is not a dataset id), and why each folder it fails for failed; None where the
+    root cannot be walked."""
+    import minari
+
+    root = minari_datasets_root()
+    found: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    try:
+        folders = [p.parent.relative_to(root).as_posix() for p in root.rglob("data") if p.is_dir()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    except OSError:
+        return None
+    for folder in folders:
+        try:
+            found.update(minari.list_local_datasets(prefix=folder))
+        except Exception as e:
+            failed[folder] = f"{type(e).__name__}: {e}"
+    return found, failed
 
 
 def _shipped() -> list[dict[str, Any]]:
@@ -165,7 +209,7 @@ def format_info(info: dict[str, Any]) -> str:
             f"\n  {d}: {m['env_id'] or 'no env spec'}, {m['episodes']} episode{'s' * (m['episodes'] != 1)}, "
             f"{m['steps']} steps, "
             f"{m['observations']}" + (f" (to train on it: {m['to_train']})" if m["to_train"] else "")
-            + (f" (cannot be rendered to frames: {m['cannot_train']})" if m["cannot_train"] else "")
+            + (f" ({m['cannot_train']})" if m["cannot_train"] else "")
             for d, m in datasets.items()))
     lines.append("shipped world models (gym.make('DiffusionWorld-v0', world_model=NAME)):")
     for m in info["shipped_world_models"]:

@@ -263,6 +263,23 @@ def test_bad_steps_are_refused_naming_the_episode(minari_root: Path, space, acti
 
 
 @pytest.mark.parametrize("frame_size", [None, 16])
+def test_float_images_and_dict_observations_are_not_told_to_render(frame_size: int | None) -> None:
+    """Float [0, 1] images and a Dict holding an image were told to `render` their "states"."""
+    from diffusion_world.data.dataset import _check_image_space
+
+    floats = gym.spaces.Box(0, 1, (16, 16, 3), np.float32)
+    with pytest.raises(UserError, match=r"its images are not uint8: record them as levels 0-255") as e:
+        _check_image_space("tt/floats-v0", floats, frame_size)
+    assert "render" not in str(e.value)
+    both = gym.spaces.Dict({"pixels": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+                            "state": gym.spaces.Box(0, 1, (4,))})
+    with pytest.raises(UserError, match=r"a Dict with images under \['pixels'\]: diffusion_world trains on frames"):
+        _check_image_space("tt/dict-v0", both, frame_size)
+    with pytest.raises(UserError, match="if it holds states, render them"):  # states are still told to render
+        _check_image_space("tt/states-v0", gym.spaces.Box(-1, 1, (4,)), frame_size)
+
+
+@pytest.mark.parametrize("frame_size", [None, 16])
 def test_uint8_observations_that_are_not_image_levels_are_refused(frame_size: int | None) -> None:
     """A 0/1 mask in a uint8 Box would train as all but black frames (-1 after scaling): refused, by its bounds."""
     from diffusion_world.data.dataset import _check_image_space

@@ -56,12 +56,52 @@ def test_info_says_what_each_dataset_needs_to_train_on(minari_root, capsys: pyte
     # render replays episodes from their reset seeds: without them, info does not suggest it
     unseeded = datasets["tt/unseeded-states-v0"]
     assert unseeded["to_train"] is None and unseeded["cannot_train"] == (
-        "2 of 2 episodes record no reset seed, so `render` cannot replay them")
+        "cannot be rendered to frames: 2 of 2 episodes record no reset seed, so `render` cannot replay them")
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert ("  tt/cartpole-states-v0: CartPole-v1, 1 episode, " in text
             and "(to train on it: diffusion-world render tt/cartpole-states-v0 --dataset-id NEW)" in text)
     assert "  tt/unseeded-states-v0: CartPole-v1, 2 episodes, " in text and "record no reset seed" in text
+
+
+def test_info_says_which_datasets_train_would_refuse(minari_root, capsys: pytest.CaptureFixture[str]) -> None:
+    """Datasets train refuses (an action space it does not take, float images, image levels that are not 0-255)
+    were listed as ordinary frames or states, with a command to train on them."""
+    import gymnasium as gym
+    import minari
+    import numpy as np
+    from minari.data_collector import EpisodeBuffer
+
+    def hand_made(dataset_id, observation_space, action_space, observations, actions):
+        env = gym.Env()
+        env.observation_space, env.action_space = observation_space, action_space
+        buffer = EpisodeBuffer(seed=0, observations=observations, actions=actions, rewards=np.zeros(2),
+                               terminations=np.zeros(2, bool), truncations=np.zeros(2, bool))
+        with pytest.warns(UserWarning):
+            minari.create_dataset_from_buffers(dataset_id, [buffer], env=env)
+
+    frames = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    hand_made("tt/multi-v0", frames, gym.spaces.MultiDiscrete([2, 2]), np.zeros((3, 16, 16, 3), np.uint8),
+              np.zeros((2, 2), np.int64))
+    hand_made("tt/floats-v0", gym.spaces.Box(0, 1, (16, 16, 3), np.float32), gym.spaces.Discrete(2),
+              np.zeros((3, 16, 16, 3), np.float32), np.zeros(2, np.int64))
+    hand_made("tt/mask-v0", gym.spaces.Box(0, 1, (20, 20, 3), np.uint8), gym.spaces.Discrete(2),
+              np.zeros((3, 20, 20, 3), np.uint8), np.zeros(2, np.int64))
+    assert main(["info", "--json"]) == 0
+    datasets = json.loads(capsys.readouterr().out)["datasets"]
+    for dataset_id, reason in (("tt/multi-v0", "only Discrete and Box are supported"),
+                               ("tt/floats-v0", "its images are not uint8"),
+                               ("tt/mask-v0", "its bounds are not 0 and 255")):
+        assert datasets[dataset_id]["to_train"] is None, dataset_id
+        assert datasets[dataset_id]["cannot_train"].startswith("cannot train on it: ")
+        assert reason in datasets[dataset_id]["cannot_train"], datasets[dataset_id]
+    assert datasets["tt/floats-v0"]["observations"] == "images Box(float32, (16, 16, 3))"
+    # a stray folder that Minari cannot name (left by a failed create) hid every dataset ("could not list")
+    (minari_root / "h" / "base-v0" / "data").mkdir(parents=True)
+    assert main(["info", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["datasets"]
+    assert {k: v for k, v in listed.items() if k != "h/base-v0"} == datasets
+    assert listed["h/base-v0"]["cannot_train"].startswith("not a dataset Minari can read: ValueError: Malformed")
 
 
 def test_info_lists_a_wide_state_space_on_one_line(minari_root, capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,6 +96,11 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
         return space
     states = (f"; if it holds states, render them into frames: `diffusion-world render {dataset_id} --dataset-id NEW` "
               "(it replays each episode from its recorded reset seed: `diffusion-world info` says whether it can)")
+    if _image_shaped(space):  # float images, e.g. in [0, 1]: not states to render
+        states = "; its images are not uint8: record them as levels 0-255 in uint8 (e.g. a [0, 1] float x * 255)"
+    elif isinstance(space, gym.spaces.Dict) and (keys := [k for k, v in space.spaces.items() if _image_shaped(v)]):
+        states = (f"; its observations are a Dict with images under {keys}: diffusion_world trains on frames alone, "
+                  "so record a dataset whose observations are those frames")
     if frame_size is None:
         hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
                 "([train] frame_size in a card)" if image else states)
@@ -103,6 +108,12 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
                         f"observations Box(0, 255, (H, W, 3), uint8){hint}")
     raise UserError(f"dataset {dataset_id!r} has observation space {space}; resizing its frames needs uint8 images "
                     f"Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4{states}")
+
+
+def _image_shaped(space: gym.Space) -> bool:
+    """A Box of any dtype shaped as an image: (H, W) or (H, W, C) with C = 1, 3 or 4, H and W of 8 or more."""
+    shape = tuple(space.shape) if isinstance(space, gym.spaces.Box) else ()
+    return len(shape) in (2, 3) and min(shape[:2]) >= 8 and (len(shape) == 2 or shape[2] in (1, 3, 4))
 
 
 def _full_uint8_range(space: gym.spaces.Box) -> bool:
