@@ -62,6 +62,10 @@ def test_resume_is_exact(tiny_dataset_id: str, tmp_path: Path) -> None:
     train(tiny_cfg(tiny_dataset_id, tmp_path / "other", steps=4, seed=1))
     c = load_checkpoint(tmp_path / "other" / "checkpoint.pt")
     assert not torch.equal(c["model"]["conv_out.weight"], a["model"]["conv_out.weight"])
+    # and a second run with the same seed trains the same weights (as the README says)
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "again", steps=4))
+    d = load_checkpoint(tmp_path / "again" / "checkpoint.pt")
+    assert all(torch.equal(t, d[key][name]) for key in ("model", "ema") for name, t in a[key].items())
 
 
 @pytest.mark.slow
