@@ -377,8 +377,8 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     lossy = None
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
         lossy = (f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn the "
-                 "compression artefacts. If you made it: collect without --jpeg (minari.DataCollector: "
-                 "jpeg_encoding=False), and merge datasets with "
+                 "compression artefacts. If you made it: collect without --jpeg (minari.DataCollector, "
+                 "create_dataset_from_buffers: jpeg_encoding=False), and merge datasets with "
                  "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).")
     elif jpeg_decoded_from(dataset):
         lossy = (f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "
