@@ -62,6 +62,9 @@ def test_bad_actions_and_step_before_reset(tiny_world_model: str) -> None:
     assert venv.env_is_wrapped(gym.Wrapper) == [False, False]
     frames = venv.env_method("render", indices=[1])
     assert len(frames) == 1 and frames[0].shape == (16, 16, 3)
+    venv.seed(3)
+    venv.reset()
+    assert venv.get_attr("np_random_seed") == [3, 4] and venv.get_attr("np_random_seed", indices=[1]) == [4]
     # without render_mode="rgb_array", no images, as SB3's DummyVecEnv
     plain = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2)
     plain.reset()

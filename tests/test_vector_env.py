@@ -222,6 +222,11 @@ def test_call_get_attr_set_attr_as_sync_vector_env(tiny_world_model: str) -> Non
         frames = envs.call("render")
         assert len(frames) == 2 and all(f.shape == (16, 16, 3) for f in frames)
     np.testing.assert_array_equal(np.stack(batched.call("render")), np.stack(batched.render()))
+    # each sub-env's own seed and generator, as SyncVectorEnv's sub-envs give them (it gave the shared one)
+    batched.reset(seed=10)
+    sync.reset(seed=10)
+    assert batched.get_attr("np_random_seed") == sync.get_attr("np_random_seed") == (10, 11)
+    assert [g.random() for g in batched.get_attr("np_random")] == [g.random() for g in sync.get_attr("np_random")]
     plain = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model)  # no render_mode
     for envs in (plain, gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model,
                                      vectorization_mode="sync")):

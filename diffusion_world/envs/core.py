@@ -337,6 +337,7 @@ class ImaginationCore:
         self.state = self.model.new_state(N, self.device)
         self.generators = [torch.Generator() for _ in range(N)]
         self.row_rngs: list[np.random.Generator | None] = [None] * N  # per-row numpy RNG (Gymnasium seeding)
+        self.row_seeds: list[int] = [-1] * N  # the seed of each (as Gymnasium's np_random_seed: -1 before one)
         self.stacks = np.zeros((N, self.frame_stack, H, W, 3), dtype=np.uint8)  # last frames, oldest first
         self.steps = np.zeros(N, dtype=np.int64)  # env steps since each row's reset
         self.needs_reset = np.ones(N, dtype=bool)
@@ -345,7 +346,7 @@ class ImaginationCore:
         """Row i's numpy generator: (re)seeded when ``seed`` is given or on first use, else carried on."""
         rng = self.row_rngs[i]
         if seed is not None or rng is None:
-            rng, _ = seeding.np_random(seed)
+            rng, self.row_seeds[i] = seeding.np_random(seed)
             self.row_rngs[i] = rng
         return rng
 

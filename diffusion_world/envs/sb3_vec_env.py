@@ -101,6 +101,11 @@ class DiffusionWorldSB3VecEnv(VecEnv):
     # The N envs are rows of one object: attributes are shared by all of them.
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """Each env's own ``np_random_seed`` and ``np_random`` (env i of ``seed(s)``: s + i); any other attribute
+        is shared by all N."""
+        if attr_name in ("np_random_seed", "np_random"):
+            return [self.core.row_seeds[i] if attr_name == "np_random_seed" else self.core.row_rng(i, None)
+                    for i in self._get_indices(indices)]
         value = getattr(self, attr_name)
         return [value for _ in self._get_indices(indices)]
 

@@ -157,7 +157,13 @@ class DiffusionWorldVectorEnv(RecordedSpec, VectorEnv):
     # attributes are shared, and a method acts on all rows at once.
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        """The attribute ``name``, once per sub-env (the sub-envs share it)."""
+        """The attribute ``name``, once per sub-env (the sub-envs share it); but each sub-env's own
+        ``np_random_seed`` and ``np_random``, as a ``SyncVectorEnv``'s sub-envs give them (sub-env i of
+        ``reset(seed=s)``: s + i)."""
+        if name in ("np_random_seed", "np_random"):
+            if name == "np_random_seed":
+                return tuple(self.core.row_seeds)
+            return tuple(self.core.row_rng(i, None) for i in range(self.num_envs))
         value = getattr(self, name)
         return tuple(value for _ in range(self.num_envs))
 
