@@ -1270,3 +1270,18 @@ def test_env_speed_script_compares_with_diamond_only_where_it_was_timed(tmp_path
     r = json.loads(out.read_text())
     assert r["diamond_reference_cpu_steps_per_s"] is None and all(b["vs_diamond_cpu"] is None for b in r["batches"])
     assert "DIAMOND: not timed on this CPU." in env_speed_markdown(r)
+
+
+def test_results_tell_cpus_of_one_name_apart_by_native_bf16() -> None:
+    """Two "AMD EPYC" machines, one with AVX512-BF16 and one without, ran bf16 at very different speeds, and the
+    results named both alike: they record and show whether the CPU has native bf16."""
+    from diffusion_world import precision
+    from diffusion_world.bench.common import machine_info
+    from diffusion_world.bench.report import _machine
+
+    info = machine_info()
+    assert info["cpu_native_bf16"] == precision.cpu_has_native_bf16()
+    for native, shown in ((True, "AMD EPYC with native bf16 (2 cores)"), (False, "AMD EPYC without native bf16"),
+                          (None, "AMD EPYC (2 cores)")):
+        machine = {"cpu": "AMD EPYC", "cpu_count": 2, **({} if native is None else {"cpu_native_bf16": native})}
+        assert shown in _machine({"machine": machine})

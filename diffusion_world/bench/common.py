@@ -17,6 +17,7 @@ import torch
 
 from diffusion_world.errors import UserError
 from diffusion_world.files import atomic_write_text
+from diffusion_world.precision import cpu_has_native_bf16
 
 
 def cpu_model() -> str:
@@ -57,6 +58,8 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "package_version": __version__, "git_commit": git_commit(), "date": datetime.now(UTC).isoformat(),
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # two CPUs of one model name may differ in this (AVX512-BF16 or AMX), which decides bf16 speed
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "torch": str(torch.__version__), "python": platform.python_version(), "loadavg_at_start": loadavg(),
     }
     if torch.cuda.is_available():

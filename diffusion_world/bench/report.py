@@ -41,9 +41,16 @@ def _f(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _cpu(machine: dict[str, Any]) -> str:
+    """The CPU's model name, and whether it has native bf16 where the result records it."""
+    native = machine.get("cpu_native_bf16")
+    return f"{machine.get('cpu', '?')}" + ("" if native is None else " with native bf16" if native else
+                                           " without native bf16")
+
+
 def _machine(r: dict[str, Any]) -> str:
     m = r.get("machine", {})
-    dev = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count', '?')} cores)"
+    dev = m.get("gpu") or f"{_cpu(m)} ({m.get('cpu_count', '?')} cores)"
     commit = (m.get("git_commit") or "?")[:10]
     extra = ""
     if m.get("torch_threads") is not None:
@@ -848,7 +855,7 @@ def glance_markdown(results: dict[str, dict[str, Any]]) -> str | None:
             if not all(b in sweep for b in batches):
                 continue
             machine = other.get("machine", {})
-            rows.append((f"The same on {machine.get('gpu') or machine.get('cpu', '?')} "
+            rows.append((f"The same on {machine.get('gpu') or _cpu(machine)} "
                          f"({machine.get('cpu_count', '?')} cores)", " / ".join(f"{sweep[b]:.1f}" for b in batches),
                          _bf16_speed(other, batches), stem))
     if not rows:
