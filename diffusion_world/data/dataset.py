@@ -472,7 +472,7 @@ def _check_steps(dataset_id: str, episode_id: Any, space: gym.Space, actions: np
         if len(bad):
             raise UserError(f"{where}: action {actions[bad[0]]} at step {bad[0]} is not in the action space {space}")
     else:
-        bad = np.flatnonzero(~np.isfinite(actions.astype(np.float64)).reshape(len(actions), -1).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(actions.astype(np.float64)).all(axis=tuple(range(1, actions.ndim))))
         if len(bad):
             raise UserError(f"{where}: action {actions[bad[0]].tolist()} at step {bad[0]} is not finite")
 
