@@ -292,6 +292,33 @@ def test_dense_dart_attention_split_equals_one_masked_sdpa(T: int, noisy, window
         torch.testing.assert_close(split, ref, atol=1e-12, rtol=0)
 
 
+def test_training_forward_uses_the_split_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's dense-mask training pass goes through the two-call attention and computes what one masked SDPA
+    call computes: outputs and parameter gradients (a first version defined the split but never called it)."""
+    import diffusion_world.model.dart as dart
+
+    model = make_model()
+    inp = make_inputs(model)
+    split, calls = dart._dense_dart_attention, []
+
+    def one_call(q, k, v, frame_mask, num_clean, tokens):
+        mask = frame_mask.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    results = []
+    for attention in (lambda *a: calls.append(1) or split(*a), one_call):
+        monkeypatch.setattr(dart, "_dense_dart_attention", attention)
+        model.zero_grad()
+        out = train_forward(model, inp)
+        (out.denoised.sum() + out.reward.sum()).backward()
+        results.append((out.denoised, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert calls  # the training pass called the split
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=0)
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
 def test_magnitude_preservation() -> None:
     """(7) Unit-variance inputs stay unit variance through the MP primitives."""
     g = torch.Generator().manual_seed(0)

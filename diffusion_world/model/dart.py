@@ -298,8 +298,7 @@ class Attention(nn.Module):
             if p.attn_backend == "flex":
                 y = _flex_attention(flat(q), flat(k), flat(v), p.frame_mask, n)
             else:
-                token_mask = p.frame_mask.repeat_interleave(n, 0).repeat_interleave(n, 1)
-                y = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=token_mask)
+                y = _dense_dart_attention(flat(q), flat(k), flat(v), p.frame_mask, p.num_clean, n)
             return y.unflatten(2, (Fr, n))
         state = p.state
         assert state is not None
