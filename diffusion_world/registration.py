@@ -8,6 +8,10 @@ import sys
 
 import gymnasium as gym
 
+# the env ids registered when diffusion_world was first imported: Gymnasium's own, and those of packages imported
+# before it (a fresh process that imports diffusion_world knows Gymnasium's; see pixel_env.own_env_registration)
+IDS_AT_IMPORT = frozenset(gym.registry)
+
 PIXEL_ENV_ID = "diffusion_world/Pixels-v0"
 WORLD_ENV_ID = "DiffusionWorld-v0"
 CUE_MEMORY_ENV_ID = "diffusion_world/CueMemory-v0"

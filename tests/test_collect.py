@@ -312,13 +312,15 @@ def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
         minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`collect` of an env that the user's code registered in this process recorded only its id: its real env
     could not be made where that code had not run. It now records the entry point, a string or an importable
-    class, and warns where there is none another process could import (a class of __main__)."""
+    class, with the registered kwargs (part of the env), and warns where there is none another process could
+    import (a class of __main__ or a local one)."""
     import sys
 
     from dataset_fixtures import DOT_ENV_MODULE
 
+    from diffusion_world.data.collect import combine
     from diffusion_world.data.dataset import FrameCache
-    from diffusion_world.data.pixel_env import own_env_entry_point
+    from diffusion_world.data.pixel_env import own_env_registration
 
     (tmp_path / "own_dot_module.py").write_text(DOT_ENV_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -336,7 +338,28 @@ def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
         env.close()
         gym.registry.pop(env_id)
         assert FrameCache.open(f"tt/{env_id.lower()}", progress=False).episode_lengths[0] == 7  # the time limit
-    assert own_env_entry_point("CartPole-v1") is None  # Gymnasium's own envs: nothing more recorded
+    assert own_env_registration("CartPole-v1") == (None, {})  # Gymnasium's own envs: nothing more recorded
+
+    # a variant of Gymnasium's env registered with kwargs: the kwargs are part of the env, and are recorded
+    cartpole = "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
+    gym.register("SuttonCartPole-v0", entry_point=cartpole, kwargs={"sutton_barto_reward": True}, max_episode_steps=9)
+    try:
+        collect("SuttonCartPole-v0", "tt/sutton-v0", steps=30, size=16, progress=False)
+        with monkeypatch.context() as m:  # a dataset collected before entry points were recorded
+            m.setattr("diffusion_world.data.collect.own_env_registration", lambda env_id: (None, {}))
+            collect("SuttonCartPole-v0", "tt/sutton-old-v0", steps=30, size=16, progress=False,
+                    env_kwargs={"sutton_barto_reward": True})
+    finally:
+        gym.registry.pop("SuttonCartPole-v0")
+    env = minari.load_dataset("tt/sutton-v0").recover_environment()
+    assert env.spec.kwargs["entry_point"] == cartpole
+    assert env.unwrapped.inner.unwrapped._sutton_barto_reward and env.spec.max_episode_steps == 9
+    env.close()
+    gym.registry.pop("SuttonCartPole-v0")
+    # the two combine (where the env is made is not which env it is), keeping the entry point
+    combine(["tt/sutton-old-v0", "tt/sutton-v0"], "tt/sutton-both-v0")
+    assert minari.load_dataset("tt/sutton-both-v0").spec.env_spec.kwargs["entry_point"] == cartpole
+    gym.registry.pop("SuttonCartPole-v0", None)
 
     class Local(own_dot_module.Dot):
         pass
@@ -344,6 +367,6 @@ def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
     gym.register("OwnDotLocal-v0", entry_point=Local)
     try:
         with pytest.warns(UserWarning, match="records only the id"):
-            assert own_env_entry_point("OwnDotLocal-v0") is None
+            assert own_env_registration("OwnDotLocal-v0") == (None, {})
     finally:
         gym.registry.pop("OwnDotLocal-v0")

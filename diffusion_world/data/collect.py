@@ -48,7 +48,7 @@ from diffusion_world.data.pixel_env import (
     MIN_FRAME_SIZE,
     PixelEnv,
     make_pixel_env,
-    own_env_entry_point,
+    own_env_registration,
     record_time_limit,
     recorded_wrappers,
 )
@@ -459,9 +459,12 @@ def collect(
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
                       "only changes the env state stored with them", stacklevel=2)
     # the dataset records the env's time limit (the registry may not know it later: a "module:Env-vN" env)
-    # and the entry point of an env that a fresh process may not know by its id (registered by the user's code)
+    # and the entry point and registered kwargs of an env that a fresh process may not know by its id (one the
+    # user's code registered): the kwargs as the env's own, which gym.make merges with the registered ones anyway
+    entry_point, registered_kwargs = own_env_registration(env_id)
+    kwargs = {**registered_kwargs, **kwargs}
     env = record_time_limit(make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None,
-                                           entry_point=own_env_entry_point(env_id), **kwargs))
+                                           entry_point=entry_point, **kwargs))
     started = time.perf_counter()
     num_episodes = 0
     try:
@@ -555,7 +558,6 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         >>> combine(["me/cartpole-pixels-v0", "me/cartpole-random-v0"], "me/cartpole-mixed-v0")  # doctest: +SKIP
     """
     from minari.dataset.minari_storage import MinariStorage
-    from minari.utils import validate_datasets_to_combine
 
     check_new_dataset_id(new_dataset_id)
     if len(dataset_ids) < 2:
@@ -576,10 +578,7 @@ def combine(dataset_ids: list[str], new_dataset_id: str) -> minari.MinariDataset
         difference = _env_spec_difference(sources[0].spec.env_spec, ds.spec.env_spec, dataset_ids[0], d)
         if difference is not None:
             raise UserError(f"cannot combine {dataset_ids}: env spec differs: {difference}")
-    try:
-        env_spec = validate_datasets_to_combine(sources)
-    except ValueError as e:
-        raise UserError(f"cannot combine {dataset_ids}: {e}") from e
+    env_spec = _combined_env_spec([ds.spec.env_spec for ds in sources])
     with contextlib.ExitStack() as scratch:
         tmp_root = scratch.enter_context(scratch_dir(dataset_path(""), ".diffusion_world-combine-"))
         data_dir = tmp_root / new_dataset_id / "data"
@@ -668,11 +667,13 @@ class _InterruptSeen:
 
 def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name_b: str) -> str | None:
     """The first difference between two datasets' env specs, e.g. ``frame_skip 1 in 'me/a-v0' vs 2 in
-    'me/b-v0'``; None if they match. ``max_episode_steps`` may differ (the combined dataset takes the larger)."""
+    'me/b-v0'``; None if they match. ``max_episode_steps`` may differ (the combined dataset takes the larger), and
+    so may a pixel env's recorded ``entry_point`` (where it makes the env, not which env it is: datasets
+    collected before it was recorded have none)."""
     if a is None or b is None:
         return None if a is b else f"{name_b if b is None else name_a!r} records no env spec"
     unset = object()
-    for key in sorted(a.kwargs.keys() | b.kwargs.keys()):
+    for key in sorted((a.kwargs.keys() | b.kwargs.keys()) - {"entry_point"}):
         va, vb = a.kwargs.get(key, unset), b.kwargs.get(key, unset)
         if va != vb:
             return (f"{key} {'unset' if va is unset else repr(va)} in {name_a!r} vs "
@@ -682,6 +683,19 @@ def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name
         if field.name not in ("kwargs", "max_episode_steps") and va != vb:
             return f"{field.name} {va!r} in {name_a!r} vs {vb!r} in {name_b!r}"
     return None
+
+
+def _combined_env_spec(specs: list[EnvSpec | None]) -> EnvSpec | None:
+    """The env spec of datasets combined (their specs match, as :func:`_env_spec_difference` checks): the one
+    that records where to make the env (``entry_point``) if any, with the larger time limit (None if any has none),
+    as Minari's ``validate_datasets_to_combine`` gives it."""
+    present = [s for s in specs if s is not None]
+    if not present:
+        return None
+    base = next((s for s in present if "entry_point" in s.kwargs), present[0])
+    limits = [s.max_episode_steps for s in present]
+    known = [limit for limit in limits if limit is not None]
+    return dataclasses.replace(base, max_episode_steps=max(known) if len(known) == len(limits) else None)
 
 
 def _at(observations: Any, t: int) -> Any:

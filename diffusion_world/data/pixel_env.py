@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import json
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, SupportsFloat
@@ -20,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from diffusion_world.errors import UserError
-from diffusion_world.registration import PIXEL_ENV_ID
+from diffusion_world.registration import IDS_AT_IMPORT, PIXEL_ENV_ID
 
 MIN_FRAME_SIZE = 8
 
@@ -116,33 +118,38 @@ def record_time_limit(env: gym.Env) -> gym.Env:
     return env
 
 
-# packages whose envs every process that has them installed knows by id (ALE's through register_ale_if_needed)
-_SELF_REGISTERING = ("gymnasium", "ale_py", "diffusion_world")
-
-
-def own_env_entry_point(env_id: str) -> str | None:
-    """The entry point (``"module:name"``) to record with a dataset of ``env_id`` where a fresh process may not
-    know the id: an env registered in this process by the user's own code, or by a package imported here.
-    None for Gymnasium's and ALE's envs and for ``"module:Env-vN"`` ids (``gym.make`` imports the module); a
-    warning where the env cannot be made again elsewhere (a class or function of ``__main__`` or a local one)."""
-    if ":" in env_id or env_id not in gym.registry:
-        return None
-    entry_point = gym.registry[env_id].entry_point
-    if isinstance(entry_point, str):
-        return None if entry_point.split(".")[0].split(":")[0] in _SELF_REGISTERING else entry_point
-    module, name = getattr(entry_point, "__module__", None), getattr(entry_point, "__qualname__", None)
+def own_env_registration(env_id: str) -> tuple[str | None, dict[str, Any]]:
+    """The entry point (``"module:name"``) and registered kwargs to record with a dataset of ``env_id`` where a
+    fresh process may not know the id: an env registered in this process by the user's code, or by a package
+    imported here (registered kwargs are part of the env: MiniGrid's sizes, LunarLander's ``continuous``).
+    ``(None, {})`` for Gymnasium's own envs (registered when it is imported, from its own package), ALE's and
+    ``"module:Env-vN"`` ids (``gym.make`` imports the module); also, with a warning, where the env cannot be made
+    again elsewhere (a class of ``__main__`` or a local one, kwargs that are not JSON)."""
+    if ":" in env_id or env_id.startswith("ALE/") or env_id not in gym.registry:
+        return None, {}
+    spec = gym.registry[env_id]
+    entry_point: Any = spec.entry_point
+    if not isinstance(entry_point, str):  # a class or function: "module:name" where that module has it
+        module, name = getattr(entry_point, "__module__", None), getattr(entry_point, "__qualname__", None)
+        loaded = sys.modules.get(module) if isinstance(module, str) and module != "__main__" else None
+        entry_point = (f"{module}:{name}" if loaded is not None and isinstance(name, str)
+                       and getattr(loaded, name, None) is spec.entry_point else None)
+    if entry_point is not None and env_id in IDS_AT_IMPORT and entry_point.split(".")[0].split(":")[0] in (
+            "gymnasium", "ale_py"):
+        return None, {}  # Gymnasium's own (or ALE's): every process knows it
+    kwargs = dict(spec.kwargs or {})
     try:
-        importable = (isinstance(module, str) and isinstance(name, str) and module != "__main__"
-                      and getattr(importlib.import_module(module), name, None) is entry_point)
-    except ImportError:
-        importable = False
-    if importable:
-        return None if str(module).split(".")[0] in _SELF_REGISTERING else f"{module}:{name}"
-    warnings.warn(f"{env_id!r} is registered here with the entry point {entry_point!r}, which another process "
-                  "cannot import: the dataset records only the id, so its real env (benchmarks, make_real_env) can "
-                  "be made only where the same registration runs first. Register a 'module:Class' string, or a "
-                  "class of an importable module, or name the env 'module:Env-vN'", stacklevel=3)
-    return None
+        json.dumps(kwargs)
+    except TypeError:
+        entry_point = None
+    if entry_point is None:
+        warnings.warn(f"{env_id!r} is registered here with the entry point {spec.entry_point!r} and kwargs "
+                      f"{kwargs}, which another process cannot make again: the dataset records only the id, so its "
+                      "real env (benchmarks, make_real_env) can be made only where the same registration runs first. "
+                      "Register a 'module:Class' string (or a class of an importable module) with JSON kwargs, or "
+                      "name the env 'module:Env-vN'", stacklevel=3)
+        return None, {}
+    return entry_point, kwargs
 
 
 def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
