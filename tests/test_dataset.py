@@ -244,6 +244,9 @@ def _hand_made(dataset_id: str, action_space: gym.Space, actions: np.ndarray, re
     (gym.spaces.Discrete(2), [0, 1, 0, 1], [0, 1, np.nan, 1],
      r"episode 0: reward nan at step 2: rewards must be finite"),
     (gym.spaces.Discrete(2), [0, 1, 0, 1], [0, np.inf, 0, 1], r"reward inf at step 1"),
+    (gym.spaces.Discrete(2), [0, 1, 0, 1], [0, 0, 1e300, 1], r"reward 1e\+300 at step 2: .*finite in float32"),
+    (gym.spaces.Box(-1, 1, (2,)), np.array([[0, 0], [0, 0], [1e300, 0], [0, 0]]), [0, 0, 0, 0],
+     r"action \[1e\+300, 0.0\] at step 2 is not finite in float32"),
     # action n trained as the model's "no action"; a negative one crashed in one_hot
     (gym.spaces.Discrete(2), [0, 1, 2, 1], [0, 0, 0, 0],
      r"action 2 at step 2 is not in the action space Discrete\(2\)"),

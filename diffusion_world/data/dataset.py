@@ -33,8 +33,9 @@ from diffusion_world.registration import PIXEL_ENV_ID
 
 CACHE_DIR_NAME = "diffusion_world_cache"
 # Bump when the cache layout or its alignment conventions change: old caches are then rebuilt.
-# 2: env_spec records additional_wrappers; 3: lossy_frames (warned at every open); 4: env_spec records entry_point
-CACHE_FORMAT_VERSION = 4
+# 2: env_spec records additional_wrappers; 3: lossy_frames (warned at every open); 4: env_spec records entry_point;
+# 5: rewards and actions checked (a cache built before from a NaN reward would go on training on it)
+CACHE_FORMAT_VERSION = 5
 _ARRAYS = (
     "prev_actions",
     "has_prev_action",
@@ -464,17 +465,21 @@ def _check_steps(dataset_id: str, episode_id: Any, space: gym.Space, actions: np
     NaN) or whose action is not in the action space (Minari does not check them: a Discrete action n trained as
     the model's "no action", a negative one crashed in the model)."""
     where = f"dataset {dataset_id!r} episode {episode_id}"
-    bad = np.flatnonzero(~np.isfinite(rewards.astype(np.float64)))
+    with np.errstate(over="ignore"):  # as the cache stores them: a float64 beyond float32's range is inf there
+        rewards32 = rewards.astype(np.float32)
+        actions32 = None if isinstance(space, gym.spaces.Discrete) else actions.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(rewards32))
     if len(bad):
-        raise UserError(f"{where}: reward {rewards[bad[0]]} at step {bad[0]}: rewards must be finite")
+        raise UserError(f"{where}: reward {rewards[bad[0]]} at step {bad[0]}: rewards must be finite in float32")
     if isinstance(space, gym.spaces.Discrete):
         bad = np.flatnonzero((actions < 0) | (actions >= int(space.n)) | (actions != np.round(actions)))
         if len(bad):
             raise UserError(f"{where}: action {actions[bad[0]]} at step {bad[0]} is not in the action space {space}")
     else:
-        bad = np.flatnonzero(~np.isfinite(actions.astype(np.float64)).all(axis=tuple(range(1, actions.ndim))))
+        assert actions32 is not None
+        bad = np.flatnonzero(~np.isfinite(actions32).all(axis=tuple(range(1, actions.ndim))))
         if len(bad):
-            raise UserError(f"{where}: action {actions[bad[0]].tolist()} at step {bad[0]} is not finite")
+            raise UserError(f"{where}: action {actions[bad[0]].tolist()} at step {bad[0]} is not finite in float32")
 
 
 def _install(tmp: Path, directory: Path, fingerprint: str) -> None:
