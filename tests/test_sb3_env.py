@@ -65,6 +65,9 @@ def test_bad_actions_and_step_before_reset(tiny_world_model: str) -> None:
     venv.seed(3)
     venv.reset()
     assert venv.get_attr("np_random_seed") == [3, 4] and venv.get_attr("np_random_seed", indices=[1]) == [4]
+    mine = np.random.default_rng(7)
+    venv.set_attr("np_random", mine, indices=[1])
+    assert venv.get_attr("np_random")[1] is mine and venv.get_attr("np_random_seed") == [3, -1]
     # without render_mode="rgb_array", no images, as SB3's DummyVecEnv
     plain = DiffusionWorldSB3VecEnv(tiny_world_model, num_envs=2)
     plain.reset()

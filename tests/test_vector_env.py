@@ -227,7 +227,19 @@ def test_call_get_attr_set_attr_as_sync_vector_env(tiny_world_model: str) -> Non
     sync.reset(seed=10)
     assert batched.get_attr("np_random_seed") == sync.get_attr("np_random_seed") == (10, 11)
     assert [g.random() for g in batched.get_attr("np_random")] == [g.random() for g in sync.get_attr("np_random")]
+    mine = [np.random.default_rng(1), np.random.default_rng(2)]
+    for envs in (batched, sync):  # each sub-env's own generator set, its seed then -1
+        envs.set_attr("np_random", mine)
+        assert envs.get_attr("np_random_seed") == (-1, -1)
+        assert all(a is b for a, b in zip(envs.get_attr("np_random"), mine))
+    with pytest.raises(UserError, match="np_random_seed is read-only"):
+        batched.set_attr("np_random_seed", 3)
+    fresh = gym.make_vec("DiffusionWorld-v0", **kwargs).unwrapped  # before any reset: random seeds, as Gymnasium's
+    assert all(seed >= 0 for seed in fresh.get_attr("np_random_seed"))
     plain = gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model)  # no render_mode
+    for render in (plain.render, lambda: plain.call("render")):  # before a reset, as a Gymnasium env's
+        with pytest.raises(ResetNeededError):
+            render()
     for envs in (plain, gym.make_vec("DiffusionWorld-v0", num_envs=2, world_model=tiny_world_model,
                                      vectorization_mode="sync")):
         envs.reset(seed=0)

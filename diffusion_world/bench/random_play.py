@@ -99,19 +99,23 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
 
     wm = load_world_model(world_model, device=device)
     real_env = make_real_env(wm)  # before the imagined rollouts: a model whose real env cannot be made fails at once
-    # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
-    core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
-                           horizon=steps + 1, termination_threshold=1.0,
-                           sampler_steps=sampler_steps, device=device,
-                           history_guidance=history_guidance, precision=precision)
-    core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])
-    core.action_space.seed(seed)
-    probs, rewards = [], []
-    for _ in tqdm(range(steps), desc="random play in imagination", disable=not progress, leave=False):
-        actions = core.check_actions(np.stack([core.action_space.sample() for _ in range(num_envs)]))
-        step = core.step(actions)
-        probs.append(step.termination_probability)
-        rewards.append(step.rewards)
+    try:  # the imagined rollouts; the real env is closed by real_random_lengths, or here if they fail
+        # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
+        core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
+                               horizon=steps + 1, termination_threshold=1.0,
+                               sampler_steps=sampler_steps, device=device,
+                               history_guidance=history_guidance, precision=precision)
+        core.reset_rows(range(num_envs), [np.random.default_rng(seed + i) for i in range(num_envs)])
+        core.action_space.seed(seed)
+        probs, rewards = [], []
+        for _ in tqdm(range(steps), desc="random play in imagination", disable=not progress, leave=False):
+            actions = core.check_actions(np.stack([core.action_space.sample() for _ in range(num_envs)]))
+            step = core.step(actions)
+            probs.append(step.termination_probability)
+            rewards.append(step.rewards)
+    except BaseException:
+        real_env.close()
+        raise
     p = np.stack(probs, 1).astype(np.float64)  # (N, steps)
     rew = np.stack(rewards, 1).astype(np.float64)  # (N, steps): the predicted reward of each step
     threshold_end, ended = threshold_lengths(p, 0.5)

@@ -337,10 +337,29 @@ class ImaginationCore:
         self.state = self.model.new_state(N, self.device)
         self.generators = [torch.Generator() for _ in range(N)]
         self.row_rngs: list[np.random.Generator | None] = [None] * N  # per-row numpy RNG (Gymnasium seeding)
-        self.row_seeds: list[int] = [-1] * N  # the seed of each (as Gymnasium's np_random_seed: -1 before one)
+        self.row_seeds: list[int] = [-1] * N  # the seed of each (-1: a generator set directly, as Gymnasium's)
         self.stacks = np.zeros((N, self.frame_stack, H, W, 3), dtype=np.uint8)  # last frames, oldest first
         self.steps = np.zeros(N, dtype=np.int64)  # env steps since each row's reset
         self.needs_reset = np.ones(N, dtype=bool)
+
+    def set_row_rngs(self, name: str, values: Any) -> None:
+        """``set_attr("np_random", ...)`` of the vector envs, as a ``SyncVectorEnv`` sets its sub-envs': one
+        generator for every row, or one each; a generator set directly has seed -1."""
+        N = self.num_envs
+        values = list(values) if isinstance(values, list | tuple) else [values] * N
+        if len(values) != N:
+            raise UserError(f"set_attr({name!r}) got {len(values)} values for {N} envs")
+        for i, value in enumerate(values):
+            self.set_row_rng(i, name, value)
+
+    def set_row_rng(self, i: int, name: str, value: Any) -> None:
+        """Row i's generator (``name="np_random"``; its seed then reads -1). ``np_random_seed`` is read-only, as
+        Gymnasium's: seed with ``reset(seed=...)``."""
+        if name != "np_random":
+            raise UserError(f"{name} is read-only, as a Gymnasium env's: seed with reset(seed=...), or set np_random")
+        if not isinstance(value, np.random.Generator):
+            raise UserError(f"set_attr('np_random') needs numpy Generators, got {type(value).__name__}")
+        self.row_rngs[i], self.row_seeds[i] = value, -1
 
     def row_rng(self, i: int | np.integer, seed: int | None) -> np.random.Generator:
         """Row i's numpy generator: (re)seeded when ``seed`` is given or on first use, else carried on."""

@@ -104,12 +104,18 @@ class DiffusionWorldSB3VecEnv(VecEnv):
         """Each env's own ``np_random_seed`` and ``np_random`` (env i of ``seed(s)``: s + i); any other attribute
         is shared by all N."""
         if attr_name in ("np_random_seed", "np_random"):
-            return [self.core.row_seeds[i] if attr_name == "np_random_seed" else self.core.row_rng(i, None)
-                    for i in self._get_indices(indices)]
+            generators = [self.core.row_rng(i, None) for i in self._get_indices(indices)]  # seeded on first use
+            return ([self.core.row_seeds[i] for i in self._get_indices(indices)] if attr_name == "np_random_seed"
+                    else generators)
         value = getattr(self, attr_name)
         return [value for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set a shared attribute; ``np_random`` / ``np_random_seed``: the addressed envs' own."""
+        if attr_name in ("np_random", "np_random_seed"):
+            for i in self._get_indices(indices):  # the same value for each addressed env, as DummyVecEnv sets it
+                self.core.set_row_rng(i, attr_name, value)
+            return
         if len(list(self._get_indices(indices))) != self.num_envs:
             raise UserError("the imagined envs share their attributes: set_attr must address all of them")
         setattr(self, attr_name, value)

@@ -147,10 +147,10 @@ class DiffusionWorldVectorEnv(RecordedSpec, VectorEnv):
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         """The newest frame of every sub-env with ``render_mode="rgb_array"``."""
+        if self.core.needs_reset.any():  # before the render mode, as a Gymnasium env's order enforcing
+            raise ResetNeededError("DiffusionWorldVectorEnv: call reset() before render()")
         if self.render_mode is None:
             return None
-        if self.core.needs_reset.any():
-            raise ResetNeededError("DiffusionWorldVectorEnv: call reset() before render()")
         return tuple(self.core.last_frames())
 
     # SyncVectorEnv's per-sub-env access, for code written against it. The N envs are rows of one object:
@@ -161,14 +161,17 @@ class DiffusionWorldVectorEnv(RecordedSpec, VectorEnv):
         ``np_random_seed`` and ``np_random``, as a ``SyncVectorEnv``'s sub-envs give them (sub-env i of
         ``reset(seed=s)``: s + i)."""
         if name in ("np_random_seed", "np_random"):
-            if name == "np_random_seed":
-                return tuple(self.core.row_seeds)
-            return tuple(self.core.row_rng(i, None) for i in range(self.num_envs))
+            generators = tuple(self.core.row_rng(i, None) for i in range(self.num_envs))  # seeded on first use
+            return tuple(self.core.row_seeds) if name == "np_random_seed" else generators
         value = getattr(self, name)
         return tuple(value for _ in range(self.num_envs))
 
     def set_attr(self, name: str, values: Any) -> None:
-        """Set ``name`` to ``values``: one value, or a list with one (the same) per sub-env."""
+        """Set ``name`` to ``values``: one value, or a list with one (the same) per sub-env; ``np_random`` and
+        ``np_random_seed``: each sub-env's own (one for all, or one each)."""
+        if name in ("np_random", "np_random_seed"):
+            self.core.set_row_rngs(name, values)
+            return
         if isinstance(values, list | tuple):
             if len(values) != self.num_envs or any(v is not values[0] and v != values[0] for v in values):
                 raise UserError(f"set_attr({name!r}): the sub-envs share their attributes: give one value, or "

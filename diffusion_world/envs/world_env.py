@@ -8,6 +8,7 @@ for evaluating agents trained in imagination (:func:`make_real_env`).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections import deque
 from typing import Any, SupportsFloat
@@ -18,7 +19,6 @@ import numpy as np
 from diffusion_world.checkpoint import WorldModel
 from diffusion_world.data.pixel_env import ResizeFrames, make_env, wrap
 from diffusion_world.envs.core import (
-    CORE_KWARGS,
     ImaginationCore,
     RecordedSpec,
     ResetNeededError,
@@ -56,7 +56,7 @@ class DiffusionWorldEnv(RecordedSpec, gym.Env[np.ndarray, Any]):
                  termination_threshold: float = 0.5, termination: str = "threshold",
                  history_guidance: float | None = None, precision: str = "fp32", **kwargs: Any) -> None:
         # a misspelt kwarg is a UserError naming the ones it takes, as the vector envs' (not a bare TypeError)
-        check_kwargs("DiffusionWorldEnv", kwargs, CORE_KWARGS | {"world_model", "render_mode"})
+        check_kwargs("DiffusionWorldEnv", kwargs, _OWN_KWARGS)
         if render_mode not in (None, "rgb_array"):
             raise UserError(f"DiffusionWorldEnv supports render_mode None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
@@ -141,6 +141,10 @@ class ChannelFrameStack(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym
     def observation(self, observation: np.ndarray) -> np.ndarray:
         self._frames.append(observation)
         return stack_frames(self._frames)
+
+
+# the kwargs DiffusionWorldEnv takes (its parameters: a kwarg added to ImaginationCore alone is refused, not dropped)
+_OWN_KWARGS = frozenset(inspect.signature(DiffusionWorldEnv.__init__).parameters) - {"self", "kwargs"}
 
 
 def make_real_env(world_model: str | os.PathLike | WorldModel, frame_stack: int = 1,
