@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -260,6 +261,18 @@ def test_atari_settings_that_do_not_do_what_they_seem_warn(minari_root: Path) ->
     with pytest.warns(UserWarning, match="a recorded step spans 8 frames"):
         collect("ALE/Breakout-v5", "tt/skip-v0", steps=3, size=8, frame_skip=2, env_kwargs={"frameskip": 4},
                 progress=False)
+    # ALE's own skip where the kwargs do not name it (the id's default), and an AtariPreprocessing wrapper's: the
+    # warning looked at the kwargs only, so `--env ALE/Pong-v5 --frame-skip 4` recorded 16 frames a step silently
+    with pytest.warns(UserWarning, match="a recorded step spans 16 frames"):
+        collect("ALE/Pong-v5", "tt/pong-v0", steps=3, size=8, frame_skip=4, progress=False)
+    preprocessing = [{"entry_point": "gymnasium.wrappers:AtariPreprocessing",
+                      "kwargs": {"frame_skip": 4, "noop_max": 0, "screen_size": 84}}]
+    with pytest.warns(UserWarning, match="a recorded step spans 8 frames"):
+        collect("ALE/Breakout-v5", "tt/pre-v0", steps=3, size=8, frame_skip=2, env_kwargs={"frameskip": 1},
+                wrappers=preprocessing, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the documented setting: ALE's skip alone
+        collect("ALE/Breakout-v5", "tt/plain-v0", steps=3, size=8, progress=False)
     with pytest.warns(UserWarning, match="obs_type='grayscale' does not change the recorded frames"):
         collect("ALE/Breakout-v5", "tt/grey-v0", steps=3, size=8, env_kwargs={"obs_type": "grayscale"},
                 progress=False)

@@ -51,6 +51,7 @@ from diffusion_world.data.pixel_env import (
     own_env_registration,
     record_time_limit,
     recorded_wrappers,
+    registered_spec,
 )
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.files import scratch_dir
@@ -449,11 +450,13 @@ def collect(
     if epsilon and policy != "random":
         algorithm += f"+epsilon={epsilon}"
     kwargs = dict(env_kwargs or {})
-    own_skip = kwargs.get("frameskip")
-    if frame_skip > 1 and isinstance(own_skip, int) and own_skip > 1:
-        warnings.warn(f"the env repeats each action frameskip={own_skip} times itself, and frame_skip={frame_skip} "
-                      f"repeats each step again: a recorded step spans {own_skip * frame_skip} frames (ALE's "
-                      "frameskip is usually the only one: leave frame_skip at 1)", stacklevel=2)
+    own_skip = _own_frame_skip(env_id, kwargs, wrappers or [])
+    if frame_skip > 1 and own_skip is not None:
+        spans = (f"{own_skip * frame_skip} frames" if isinstance(own_skip, int)
+                 else f"{frame_skip} times a random {own_skip[0]}-{own_skip[1] - 1} frames")
+        warnings.warn(f"the env repeats each action itself ({own_skip}), and frame_skip={frame_skip} repeats each "
+                      f"step again: a recorded step spans {spans} (ALE's frameskip is usually the only one: leave "
+                      "frame_skip at 1)", stacklevel=2)
     if "obs_type" in kwargs:
         warnings.warn(f"obs_type={kwargs['obs_type']!r} does not change the recorded frames: collect records the "
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
@@ -663,6 +666,26 @@ class _InterruptSeen:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def _own_frame_skip(env_id: str, env_kwargs: dict[str, Any], wrappers: list[dict[str, Any]]
+                    ) -> int | tuple[int, int] | None:
+    """How many frames the env repeats each action itself, where that is more than one: ALE's ``frameskip`` (given,
+    or the id's registered default: 4 for ``ALE/*-v5``, a random 2-4 for ``*-v4``), or an
+    ``AtariPreprocessing`` wrapper's ``frame_skip``; None where it does not."""
+    skip: Any = env_kwargs.get("frameskip")
+    if skip is None:
+        try:
+            skip = registered_spec(env_id).kwargs.get("frameskip")
+        except Exception:  # an unknown id: making the env will say so
+            skip = None
+    for w in wrappers:
+        if str(w.get("entry_point", "")).endswith(":AtariPreprocessing"):
+            inner = (w.get("kwargs") or {}).get("frame_skip", 4)
+            skip = inner * skip if isinstance(skip, int) and isinstance(inner, int) else inner
+    if isinstance(skip, list | tuple) and len(skip) == 2:
+        return int(skip[0]), int(skip[1])
+    return int(skip) if isinstance(skip, int) and not isinstance(skip, bool) and skip > 1 else None
 
 
 def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name_b: str) -> str | None:
