@@ -273,6 +273,16 @@ def test_atari_settings_that_do_not_do_what_they_seem_warn(minari_root: Path) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the documented setting: ALE's skip alone
         collect("ALE/Breakout-v5", "tt/plain-v0", steps=3, size=8, progress=False)
+    # the legacy ids SB3 and the rl-zoo use, registered by ale-py without an ALE/ prefix (an unknown id before)
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "from diffusion_world.data.pixel_env import make_pixel_env; "
+                            "print(make_pixel_env('BreakoutNoFrameskip-v4', size=8).reset(seed=0)[0].shape)"],
+                           capture_output=True, text=True, timeout=120)  # a process that has not imported ale-py
+    assert fresh.returncode == 0 and "(8, 8, 3)" in fresh.stdout, fresh.stderr[-2000:]
+    ds = collect("BreakoutNoFrameskip-v4", "tt/legacy-v0", steps=3, size=8, progress=False)
+    assert "entry_point" not in ds.spec.env_spec.kwargs  # ALE's: nothing more to record
     with pytest.warns(UserWarning, match="obs_type='grayscale' does not change the recorded frames"):
         collect("ALE/Breakout-v5", "tt/grey-v0", steps=3, size=8, env_kwargs={"obs_type": "grayscale"},
                 progress=False)

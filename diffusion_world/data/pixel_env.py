@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -28,8 +29,14 @@ MIN_FRAME_SIZE = 8
 
 
 def register_ale_if_needed(env_id: str) -> None:
-    """Atari ids only exist once ale-py registered them; import it lazily (it is an optional extra)."""
+    """Atari ids only exist once ale-py registered them; import it lazily (it is an optional extra). Also for an
+    id nothing registered where ale-py is installed: its legacy ids (``BreakoutNoFrameskip-v4``, as SB3 and the
+    rl-zoo name them) have no ``ALE/`` prefix."""
     if not env_id.startswith("ALE/"):
+        if ":" not in env_id and env_id not in gym.registry and importlib.util.find_spec("ale_py") is not None:
+            import ale_py
+
+            gym.register_envs(ale_py)
         return
     try:
         import ale_py
@@ -134,9 +141,9 @@ def own_env_registration(env_id: str) -> tuple[str | None, dict[str, Any]]:
         loaded = sys.modules.get(module) if isinstance(module, str) and module != "__main__" else None
         entry_point = (f"{module}:{name}" if loaded is not None and isinstance(name, str)
                        and getattr(loaded, name, None) is spec.entry_point else None)
-    if entry_point is not None and env_id in IDS_AT_IMPORT and entry_point.split(".")[0].split(":")[0] in (
-            "gymnasium", "ale_py"):
-        return None, {}  # Gymnasium's own (or ALE's): every process knows it
+    package = None if entry_point is None else entry_point.split(".")[0].split(":")[0]
+    if package == "ale_py" or package == "gymnasium" and env_id in IDS_AT_IMPORT:
+        return None, {}  # Gymnasium's own or ALE's (registered where needed, see register_ale_if_needed)
     kwargs = dict(spec.kwargs or {})
     try:
         json.dumps(kwargs)
