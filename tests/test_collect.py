@@ -4,7 +4,9 @@ atomicity, and every bad input through the CLI (exit 2, one line, no traceback).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -270,6 +272,14 @@ def test_atari_settings_that_do_not_do_what_they_seem_warn(minari_root: Path) ->
     with pytest.warns(UserWarning, match="a recorded step spans 8 frames"):
         collect("ALE/Breakout-v5", "tt/pre-v0", steps=3, size=8, frame_skip=2, env_kwargs={"frameskip": 1},
                 wrappers=preprocessing, progress=False)
+    max_and_skip = [{"entry_point": "stable_baselines3.common.atari_wrappers:MaxAndSkipEnv", "kwargs": {"skip": 4}}]
+    with pytest.warns(UserWarning, match="a recorded step spans 8 frames"):  # SB3's skipping wrapper too
+        collect("BreakoutNoFrameskip-v4", "tt/sb3skip-v0", steps=3, size=8, frame_skip=2, wrappers=max_and_skip,
+                progress=False)
+    per_life = [{"entry_point": "stable_baselines3.common.atari_wrappers:EpisodicLifeEnv"}]
+    with pytest.warns(UserWarning, match="would be recorded as an absorbing terminal state"):
+        collect("ALE/Breakout-v5", "tt/lives-v0", steps=3, size=8, wrappers=per_life, post_terminal_steps=2,
+                progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the documented setting: ALE's skip alone
         collect("ALE/Breakout-v5", "tt/plain-v0", steps=3, size=8, progress=False)
@@ -331,6 +341,15 @@ def test_the_dataset_records_time_limits_the_registry_cannot_tell_later(minari_r
     assert recorded_time_limit(FrameCache.open("tt/limited-v0", progress=False).env_spec) == 9
 
 
+SIZED_DOT = """
+
+class Sized(Dot):
+    def __init__(self, render_mode=None, size=8):
+        super().__init__(render_mode)
+        self.size = size
+"""
+
+
 def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
         minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`collect` of an env that the user's code registered in this process recorded only its id: its real env
@@ -345,7 +364,7 @@ def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
     from diffusion_world.data.dataset import FrameCache
     from diffusion_world.data.pixel_env import own_env_registration
 
-    (tmp_path / "own_dot_module.py").write_text(DOT_ENV_MODULE)
+    (tmp_path / "own_dot_module.py").write_text(DOT_ENV_MODULE + SIZED_DOT)
     monkeypatch.syspath_prepend(str(tmp_path))
     for env_id in ("OwnDotStr-v0", "OwnDotClass-v0"):
         own_dot_module = importlib.import_module("own_dot_module")
@@ -363,26 +382,45 @@ def test_collect_records_the_entry_point_of_an_env_registered_in_this_process(
         assert FrameCache.open(f"tt/{env_id.lower()}", progress=False).episode_lengths[0] == 7  # the time limit
     assert own_env_registration("CartPole-v1") == (None, {})  # Gymnasium's own envs: nothing more recorded
 
-    # a variant of Gymnasium's env registered with kwargs: the kwargs are part of the env, and are recorded
+    # a variant of Gymnasium's env registered with kwargs: the kwargs are part of the env, and are recorded (apart
+    # from the env's own kwargs: a registered `size` collided with the pixel env's)
     cartpole = "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
     gym.register("SuttonCartPole-v0", entry_point=cartpole, kwargs={"sutton_barto_reward": True}, max_episode_steps=9)
+    gym.register("OwnSized-v0", entry_point="own_dot_module:Sized", kwargs={"size": 5})
     try:
         collect("SuttonCartPole-v0", "tt/sutton-v0", steps=30, size=16, progress=False)
+        collect("OwnSized-v0", "tt/sized-v0", steps=5, size=16, progress=False)
         with monkeypatch.context() as m:  # a dataset collected before entry points were recorded
             m.setattr("diffusion_world.data.collect.own_env_registration", lambda env_id: (None, {}))
-            collect("SuttonCartPole-v0", "tt/sutton-old-v0", steps=30, size=16, progress=False,
-                    env_kwargs={"sutton_barto_reward": True})
+            collect("SuttonCartPole-v0", "tt/sutton-old-v0", steps=30, size=16, progress=False)
     finally:
         gym.registry.pop("SuttonCartPole-v0")
+        gym.registry.pop("OwnSized-v0")
+    sys.modules.pop("own_dot_module", None)
     env = minari.load_dataset("tt/sutton-v0").recover_environment()
-    assert env.spec.kwargs["entry_point"] == cartpole
+    assert env.spec.kwargs["entry_point"] == cartpole and "env_kwargs" not in env.spec.kwargs
+    assert env.spec.kwargs["registered_kwargs"] == {"sutton_barto_reward": True}
     assert env.unwrapped.inner.unwrapped._sutton_barto_reward and env.spec.max_episode_steps == 9
+    env.close()
+    env = minari.load_dataset("tt/sized-v0").recover_environment()
+    assert env.unwrapped.inner.unwrapped.size == 5 and env.unwrapped.size == 16
     env.close()
     gym.registry.pop("SuttonCartPole-v0")
     # the two combine (where the env is made is not which env it is), keeping the entry point
     combine(["tt/sutton-old-v0", "tt/sutton-v0"], "tt/sutton-both-v0")
     assert minari.load_dataset("tt/sutton-both-v0").spec.env_spec.kwargs["entry_point"] == cartpole
     gym.registry.pop("SuttonCartPole-v0", None)
+    own_dot_module = importlib.import_module("own_dot_module")
+
+    # a recorded entry point is registered before ale-py is looked for, whose legacy ids (Pong-v0) took its place
+    import subprocess
+
+    if importlib.util.find_spec("ale_py") is not None:
+        code = ("from diffusion_world.data.pixel_env import make_env; "
+                "print(type(make_env('Pong-v0', {}, 'own_dot_module:Dot').unwrapped).__name__)")
+        fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert fresh.stdout.strip() == "Dot", fresh.stdout + fresh.stderr[-2000:]
 
     class Local(own_dot_module.Dot):
         pass

@@ -457,17 +457,23 @@ def collect(
         warnings.warn(f"the env repeats each action itself ({own_skip}), and frame_skip={frame_skip} repeats each "
                       f"step again: a recorded step spans {spans} (ALE's frameskip is usually the only one: leave "
                       "frame_skip at 1)", stacklevel=2)
+    life_loss = [w["entry_point"] for w in wrappers or [] if str(w.get("entry_point", "")).endswith(":EpisodicLifeEnv")
+                 or (w.get("kwargs") or {}).get("terminal_on_life_loss")]
+    if post_terminal_steps and life_loss:
+        warnings.warn(f"post_terminal_steps={post_terminal_steps} with episodes that end at a lost life "
+                      f"({life_loss}): play goes on after such an end, and those frames would be recorded as an "
+                      "absorbing terminal state", stacklevel=2)
     if "obs_type" in kwargs:
         warnings.warn(f"obs_type={kwargs['obs_type']!r} does not change the recorded frames: collect records the "
                       "env's rgb_array renders, resized to size x size (the world model sees RGB frames); obs_type "
                       "only changes the env state stored with them", stacklevel=2)
     # the dataset records the env's time limit (the registry may not know it later: a "module:Env-vN" env)
     # and the entry point and registered kwargs of an env that a fresh process may not know by its id (one the
-    # user's code registered): the kwargs as the env's own, which gym.make merges with the registered ones anyway
+    # user's code registered)
     entry_point, registered_kwargs = own_env_registration(env_id)
-    kwargs = {**registered_kwargs, **kwargs}
     env = record_time_limit(make_pixel_env(env_id, size=size, frame_skip=frame_skip, wrappers=wrappers or None,
-                                           entry_point=entry_point, **kwargs))
+                                           entry_point=entry_point, registered_kwargs=registered_kwargs or None,
+                                           **kwargs))
     started = time.perf_counter()
     num_episodes = 0
     try:
@@ -679,10 +685,17 @@ def _own_frame_skip(env_id: str, env_kwargs: dict[str, Any], wrappers: list[dict
             skip = registered_spec(env_id).kwargs.get("frameskip")
         except Exception:  # an unknown id: making the env will say so
             skip = None
+    # wrappers that repeat actions themselves: Gymnasium's AtariPreprocessing, SB3's AtariWrapper and MaxAndSkipEnv
+    skipping = {":AtariPreprocessing": "frame_skip", ":AtariWrapper": "frame_skip", ":MaxAndSkipEnv": "skip"}
     for w in wrappers:
-        if str(w.get("entry_point", "")).endswith(":AtariPreprocessing"):
-            inner = (w.get("kwargs") or {}).get("frame_skip", 4)
-            skip = inner * skip if isinstance(skip, int) and isinstance(inner, int) else inner
+        key = next((k for suffix, k in skipping.items() if str(w.get("entry_point", "")).endswith(suffix)), None)
+        inner = (w.get("kwargs") or {}).get(key, 4) if key else 1
+        if not isinstance(inner, int) or inner <= 1:
+            continue
+        if isinstance(skip, list | tuple) and len(skip) == 2:  # a random skip, each repeated `inner` times
+            skip = (int(skip[0]) * inner, (int(skip[1]) - 1) * inner + 1)
+        else:
+            skip = inner * (skip if isinstance(skip, int) and not isinstance(skip, bool) else 1)
     if isinstance(skip, list | tuple) and len(skip) == 2:
         return int(skip[0]), int(skip[1])
     return int(skip) if isinstance(skip, int) and not isinstance(skip, bool) and skip > 1 else None
@@ -691,12 +704,16 @@ def _own_frame_skip(env_id: str, env_kwargs: dict[str, Any], wrappers: list[dict
 def _env_spec_difference(a: EnvSpec | None, b: EnvSpec | None, name_a: str, name_b: str) -> str | None:
     """The first difference between two datasets' env specs, e.g. ``frame_skip 1 in 'me/a-v0' vs 2 in
     'me/b-v0'``; None if they match. ``max_episode_steps`` may differ (the combined dataset takes the larger), and
-    so may a pixel env's recorded ``entry_point`` (where it makes the env, not which env it is: datasets
-    collected before it was recorded have none)."""
+    a pixel env's ``entry_point`` and ``registered_kwargs`` may be recorded by one and not the other (datasets
+    collected before they were recorded have none)."""
     if a is None or b is None:
         return None if a is b else f"{name_b if b is None else name_a!r} records no env spec"
     unset = object()
-    for key in sorted((a.kwargs.keys() | b.kwargs.keys()) - {"entry_point"}):
+    # where the env is made (a dataset collected before it was recorded has none): compared only where both have it
+    where = {"entry_point", "registered_kwargs"}
+    for key in sorted(a.kwargs.keys() | b.kwargs.keys()):
+        if key in where and (key not in a.kwargs or key not in b.kwargs):
+            continue
         va, vb = a.kwargs.get(key, unset), b.kwargs.get(key, unset)
         if va != vb:
             return (f"{key} {'unset' if va is unset else repr(va)} in {name_a!r} vs "

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -34,8 +35,10 @@ def register_ale_if_needed(env_id: str) -> None:
     rl-zoo name them) have no ``ALE/`` prefix."""
     if not env_id.startswith("ALE/"):
         if ":" not in env_id and env_id not in gym.registry and importlib.util.find_spec("ale_py") is not None:
-            import ale_py
-
+            try:
+                import ale_py
+            except ImportError:  # a broken ale-py: the id is then unknown, as without it
+                return
             gym.register_envs(ale_py)
         return
     try:
@@ -142,9 +145,10 @@ def own_env_registration(env_id: str) -> tuple[str | None, dict[str, Any]]:
         entry_point = (f"{module}:{name}" if loaded is not None and isinstance(name, str)
                        and getattr(loaded, name, None) is spec.entry_point else None)
     package = None if entry_point is None else entry_point.split(".")[0].split(":")[0]
-    if package == "ale_py" or package == "gymnasium" and env_id in IDS_AT_IMPORT:
-        return None, {}  # Gymnasium's own or ALE's (registered where needed, see register_ale_if_needed)
     kwargs = dict(spec.kwargs or {})
+    if (package == "diffusion_world" or package == "gymnasium" and env_id in IDS_AT_IMPORT
+            or package == "ale_py" and _registered_by_ale(env_id, kwargs)):
+        return None, {}  # ours, Gymnasium's own or ALE's (registered where needed, see register_ale_if_needed)
     try:
         json.dumps(kwargs)
     except TypeError:
@@ -159,13 +163,22 @@ def own_env_registration(env_id: str) -> tuple[str | None, dict[str, Any]]:
     return entry_point, kwargs
 
 
-def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
+def _registered_by_ale(env_id: str, kwargs: dict[str, Any]) -> bool:
+    """Whether ale-py registers ``env_id`` (a legacy id such as ``SpaceInvadersNoFrameskip-v4`` or ``Pong-ram-v0``,
+    its game in its kwargs), not a variant the user registered with ALE's entry point."""
+    match = re.fullmatch(r"([A-Za-z]+?)(-ram)?(NoFrameskip|Deterministic)?-v[045]", env_id)
+    return match is not None and match.group(1).lower() == str(kwargs.get("game", "")).replace("_", "").lower()
+
+
+def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None,
+             registered_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make(env_id, **kwargs)``, gymnasium's errors turned into one-line UserErrors. ``entry_point`` (as a
-    dataset's env spec records it, ``"module:Class"``) registers ``env_id`` first where nothing registered it: an
-    env of the user's own module, whose dataset was recorded where that module had registered it."""
-    register_ale_if_needed(env_id)
+    dataset's env spec records it, ``"module:Class"``) registers ``env_id`` first, with ``registered_kwargs``,
+    where nothing registered it: an env of the user's own module, whose dataset was recorded where that module had
+    registered it (before ale-py is looked for: its legacy ids, e.g. ``Pong-v0``, must not take the id's place)."""
     if entry_point is not None and ":" not in env_id and env_id not in gym.registry:
-        gym.register(env_id, entry_point=entry_point)
+        gym.register(env_id, entry_point=entry_point, kwargs=dict(registered_kwargs or {}))
+    register_ale_if_needed(env_id)
     # SDL (pygame's renderer: classic control, Box2D) otherwise takes over SIGINT and SIGTERM at the first render,
     # turning them into quit events that nothing reads: `scancel` or a job's time limit no longer stopped collect
     os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
@@ -203,11 +216,12 @@ def make_env(env_id: str, kwargs: dict[str, Any], entry_point: str | None = None
         raise UserError(f"cannot make env {env_id!r} with kwargs {kwargs}: {str(e).splitlines()[0]}") from e
 
 
-def _make_inner_env(env_id: str, env_kwargs: dict[str, Any], entry_point: str | None = None) -> gym.Env:
+def _make_inner_env(env_id: str, env_kwargs: dict[str, Any], entry_point: str | None = None,
+                    registered_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make(env_id, render_mode="rgb_array")``, gymnasium's errors turned into one-line UserErrors."""
     if "render_mode" in env_kwargs:
         raise UserError("env_kwargs must not set render_mode: PixelEnv always renders 'rgb_array'")
-    env = make_env(env_id, {"render_mode": "rgb_array", **env_kwargs}, entry_point)
+    env = make_env(env_id, {"render_mode": "rgb_array", **env_kwargs}, entry_point, registered_kwargs)
     render_modes = env.unwrapped.metadata.get("render_modes") or []
     if "rgb_array" not in render_modes or env.unwrapped.render_mode != "rgb_array":
         env.close()
@@ -273,8 +287,8 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
     records ``env_spec.additional_wrappers``) wrap the inner env in that order, e.g. an action rescaling. With
     ``frame_skip=K`` each action is repeated K times, rewards are summed and repetition stops at termination or
     truncation. Episode length limits are the inner env's. ``entry_point`` (``"module:Class"``) registers
-    ``env_id`` where nothing registered it (:func:`make_env`), so that the spec of a dataset rendered from a user's
-    env makes that env again wherever its module can be imported.
+    ``env_id`` where nothing registered it, with ``registered_kwargs`` (:func:`make_env`), so that the spec of a
+    dataset rendered from a user's env makes that env again wherever its module can be imported.
 
     Example:
         >>> env = gym.make("diffusion_world/Pixels-v0", env_id="CartPole-v1", size=64)
@@ -294,6 +308,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         render_mode: str | None = "rgb_array",
         wrappers: list[dict[str, Any]] | None = None,
         entry_point: str | None = None,
+        registered_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(env_id, str) or not env_id:
             raise UserError(f"env_id must be a Gymnasium env id string, got {env_id!r}")
@@ -311,7 +326,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         self.env_kwargs = dict(env_kwargs or {})
         self.render_mode = render_mode
         self.wrappers = [dict(w) for w in wrappers or []]
-        self.inner = wrap(_make_inner_env(env_id, self.env_kwargs, entry_point), self.wrappers)
+        self.inner = wrap(_make_inner_env(env_id, self.env_kwargs, entry_point, registered_kwargs), self.wrappers)
         self.observation_space = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
         self.action_space = self.inner.action_space
         fps = self.inner.unwrapped.metadata.get("render_fps") or 30
@@ -372,10 +387,11 @@ class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.util
 
 
 def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, wrappers: list[dict[str, Any]] | None = None,
-                   entry_point: str | None = None, **env_kwargs: Any) -> gym.Env:
+                   entry_point: str | None = None, registered_kwargs: dict[str, Any] | None = None,
+                   **env_kwargs: Any) -> gym.Env:
     """``gym.make`` the registered pixel env (the way every diffusion_world component should build one);
-    ``wrappers`` and ``entry_point`` (registers ``env_id`` where nothing did, see :func:`make_env`) as
-    :class:`PixelEnv` takes them.
+    ``wrappers``, ``entry_point`` and ``registered_kwargs`` (register ``env_id`` where nothing did, see
+    :func:`make_env`) as :class:`PixelEnv` takes them.
 
     Example:
         >>> env = make_pixel_env("LunarLander-v3", size=64, frame_skip=2, continuous=True)
@@ -389,4 +405,6 @@ def make_pixel_env(env_id: str, size: int = 64, frame_skip: int = 1, wrappers: l
         kwargs["wrappers"] = wrappers
     if entry_point:
         kwargs["entry_point"] = entry_point
+    if registered_kwargs:
+        kwargs["registered_kwargs"] = registered_kwargs
     return gym.make(PIXEL_ENV_ID, **kwargs)
