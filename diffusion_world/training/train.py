@@ -640,8 +640,9 @@ def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema
         raise UserError(f"{path} does not fit this model ({changed or 'same config'}): {first}{hint}") from e
     if not fresh_optimizer:
         opt.load_state_dict(ckpt["optimizer"])
-    # the same env, whether or not its spec records the time limit and entry point (recorded since 2026-12-08)
-    bare = lambda spec: {k: v for k, v in (spec or {}).items() if k not in ("max_episode_steps", "entry_point")}  # noqa: E731
+    # the same env, whether or not its spec records the time limit and where to make it (recorded since 2026-12-08)
+    where = ("max_episode_steps", "entry_point", "registered_kwargs")
+    bare = lambda spec: {k: v for k, v in (spec or {}).items() if k not in where}  # noqa: E731
     same_env = env_spec is not None and bare(ckpt.get("dataset", {}).get("env_spec")) == bare(env_spec)
     extra = {"termination_classifier": ckpt["termination_classifier"]} if (
         same_env and ckpt.get("termination_classifier") is not None) else {}
