@@ -107,6 +107,17 @@ def test_breakout_smoke() -> None:
     for action in (1, 2, 3):
         frame, *_ = env.step(action)
     assert frame.shape == (16, 16, 3) and frame.any()
+    # SB3's Atari wrappers read the ALE env's action meanings and lives off env.unwrapped: the pixel env
+    from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv
+
+    assert env.unwrapped.get_action_meanings() == ["NOOP", "FIRE", "RIGHT", "LEFT"] and env.unwrapped.ale.lives() == 5
+    wrapped = EpisodicLifeEnv(FireResetEnv(env))
+    frame, _ = wrapped.reset(seed=0)
+    assert frame.shape == (16, 16, 3)
+    cartpole = make_pixel_env("CartPole-v1", size=16)
+    with pytest.raises(AttributeError, match="not an ALE env"):
+        cartpole.unwrapped.ale  # noqa: B018
+    assert not hasattr(cartpole.unwrapped, "ale")
 
 
 @pytest.mark.parametrize(

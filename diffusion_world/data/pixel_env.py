@@ -370,6 +370,21 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
             self.inner.close()
         super().close()
 
+    # Atari tooling (SB3's FireResetEnv, NoopResetEnv, EpisodicLifeEnv) reads these off ``env.unwrapped``, which is
+    # this env: the inner ALE env's, where it has them
+    def get_action_meanings(self) -> list[str]:
+        inner = self.inner.unwrapped
+        if not hasattr(inner, "get_action_meanings"):
+            raise AttributeError(f"{self.env_id} has no action meanings (get_action_meanings is an ALE env's)")
+        return list(inner.get_action_meanings())
+
+    @property
+    def ale(self) -> Any:
+        inner = self.__dict__.get("inner")
+        if inner is None or not hasattr(inner.unwrapped, "ale"):
+            raise AttributeError(f"{self.__dict__.get('env_id')} is not an ALE env: no ale interface")
+        return inner.unwrapped.ale
+
 
 class ResizeFrames(gym.ObservationWrapper[np.ndarray, Any, np.ndarray], gym.utils.RecordConstructorArgs):
     """An env with uint8 image observations (grey, RGB or RGBA) seen as ``(size, size, 3)`` frames resized by
