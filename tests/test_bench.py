@@ -258,6 +258,30 @@ def test_termination_on_real_frames_covers_every_frame(tiny_world_model: str, ti
     np.testing.assert_allclose(expected, probs[:n], rtol=1e-4, atol=1e-6)
 
 
+def test_calibration_bins_by_probability() -> None:
+    """Equal-width bins, [lo, hi) and the last one [lo, 1]; the ECE weighs each bin's gap by its frames."""
+    from diffusion_world.bench.termination import calibration
+
+    probs = np.array([0.05, 0.05, 0.95, 1.0, 0.55, 0.1])
+    real = np.array([False, True, True, True, False, False])
+    c = calibration(real, probs)
+    assert [(b["lo"], b["frames"], b["terminal_frames"]) for b in c["bins"]] == [
+        (0.0, 2, 1), (pytest.approx(0.1), 1, 0), (pytest.approx(0.5), 1, 0), (pytest.approx(0.9), 2, 2)]
+    assert c["bins"][0]["mean_probability"] == pytest.approx(0.05) and c["bins"][0]["terminal_share"] == 0.5
+    assert c["bins"][-1]["mean_probability"] == pytest.approx(0.975)
+    # bins' gaps: 0.45 (2 frames), 0.1 (1), 0.55 (1), 0.025 (2)
+    assert c["expected_calibration_error"] == pytest.approx((2 * 0.45 + 0.1 + 0.55 + 2 * 0.025) / 6)
+    sq = [0.05 ** 2, 0.95 ** 2, 0.05 ** 2, 0.0, 0.55 ** 2, 0.1 ** 2]
+    assert c["brier"] == pytest.approx(sum(sq) / 6)
+    assert c["mean_probability"] == pytest.approx(2.7 / 6) and c["terminal_share"] == pytest.approx(0.5)
+    assert calibration(real, real.astype(float))["expected_calibration_error"] == 0.0
+    lo, hi = c["bins"][0]["terminal_share_95"]  # 1 of 2: Wilson's interval, (0.0945, 0.9055)
+    assert lo == pytest.approx(0.0945, abs=1e-4) and hi == pytest.approx(0.9055, abs=1e-4)
+    assert c["bins"][1]["terminal_share_95"][0] == 0.0 and 0.79 < c["bins"][1]["terminal_share_95"][1] < 0.80
+    with pytest.raises(ValueError, match="equal 1-D non-empty"):
+        calibration(real, probs[:-1])
+
+
 @pytest.mark.slow
 def test_benchmark_cli_quick(tiny_world_model: str, tmp_path: Path) -> None:
     assert main(["benchmark", "speed", "--world-model", tiny_world_model, "--quick", "--out", str(tmp_path)]) == 0

@@ -146,10 +146,11 @@ def test_cli_flag(minari_root: Path) -> None:
 
 
 def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_world_model: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Where the data has frames after its terminations, the rollouts go on ``tolerance`` steps past the real end
     (a termination there is late but on time); elsewhere they stop at the real terminal frame. A termination
-    probability that fires at the last step rolled out shows which."""
+    probability that fires at the last step rolled out shows which. The calibration on real frames stops at each
+    episode's first terminal frame: the frames after it, terminal too, are not counted."""
     import torch
 
     from diffusion_world.bench import termination
@@ -163,9 +164,17 @@ def test_termination_benchmark_goes_on_past_the_end(absorbing_id: str, tiny_worl
 
     monkeypatch.setattr(termination, "load_world_model", fires_at_the_last_step)
     r = termination.run_termination(tiny_world_model, dataset_id=absorbing_id, horizon=6, tolerance=2,
-                                    progress=False)
+                                    progress=False, out=tmp_path, stem="tails")
     assert r["steps_past_end"] == 2 and r["imagined"]["episodes"] >= 4
     assert r["imagined"]["on_time"] == 1.0 and r["imagined"]["mean_abs_step_error"] == 2.0
+    cache = FrameCache.open(absorbing_id, progress=False)
+    scored = cache.terminations[cache.episode_starts + cache.live_lengths - 1] & (cache.live_lengths >= 5)
+    assert scored.sum() == r["imagined"]["episodes"]  # every terminated episode with 4 context frames + its end
+    c = r["real_frames_calibration"]
+    assert c["terminal_frames"] == scored.sum() and c["frames"] == cache.live_lengths[scored].sum()
+    assert sum(b["frames"] for b in c["bins"]) == c["frames"]
+    assert (tmp_path / "tails.png").stat().st_size > 0
+    assert "| probability bin | frames | terminal |" in termination.termination_markdown(r)
     collect("CartPole-v1", "tt/no-tail-v0", steps=160, size=16, seed=3, progress=False)
     r = termination.run_termination(tiny_world_model, dataset_id="tt/no-tail-v0", horizon=6, tolerance=2,
                                     progress=False)

@@ -148,7 +148,7 @@ def run_benchmark(suite: str, world_model: str | None, out: str | Path = "benchm
             raise UserError("benchmark termination needs --world-model")
         result = run_termination(world_model, dataset_id=dataset_id, context=imagination.get("context_frames"),
                                  max_episodes=16 if quick else 128, sampler_steps=K,
-                                 device=device, **guidance, **amp)
+                                 device=device, out=out, stem=stem, **guidance, **amp)
     elif suite == "control":
         from diffusion_world.bench.control import run_control
 

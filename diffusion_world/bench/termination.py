@@ -9,11 +9,17 @@ env that samples terminations (``termination="sample"``) from the same probabili
 model's own termination head on the same imagined frames (when a frame classifier replaces it) and for whatever scores
 terminations (classifier or head) on the real frames of the episode (what perfect frames would give; the head
 reads them teacher-forced, each real frame seeing the real ones before it).
+
+Calibration: on every real frame of the same episodes up to its first terminal one, teacher-forced as the fidelity
+benchmark's ``termination_real_frames`` reads them, whether the probabilities that score terminations match how often
+the frames they are given to are terminal (a reliability table and diagram, the Brier score, the expected
+calibration error). A probability above the share is an env that ends episodes too eagerly when it samples them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusion_world.bench.common import comparison_dataset, heldout_episodes, sampler_label
+from diffusion_world.bench.fidelity import real_frame_termination_probs
 from diffusion_world.bench.random_play import SWEEP
 from diffusion_world.checkpoint import WorldModel, load_checkpoint, load_world_model
 from diffusion_world.data.dataset import FrameCache
 from diffusion_world.diffusion.sampler import SamplerConfig, frames_to_x, imagine
 from diffusion_world.envs.core import open_dataset_for
 from diffusion_world.errors import UserError
+from diffusion_world.files import save_figure
 
 
 def _first_step(terminated: np.ndarray) -> int | None:
@@ -63,6 +71,48 @@ def score_sampled(probabilities: list[np.ndarray], real: list[int], tolerance: i
     return {"episodes": n, "on_time": on_time / n if n else None, "early": early / n if n else None,
             "missed": (n - on_time - early) / n if n else None,
             "mean_abs_step_error": abs_error / terminated if terminated else None}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for z = 1.96) of a share of ``k`` in ``n``."""
+    share, z2 = k / n, z * z
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def calibration(real: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """How well termination probabilities ``probs`` match the terminations ``real`` (booleans) of the same frames:
+    the frames in ``bins`` equal-width probability bins (a bin holds [lo, hi), the last one [lo, 1]), each with
+    its mean probability and the share of its frames that are terminal (with its 95 % Wilson interval); the
+    expected calibration error (the frames' mean |mean probability - terminal share| of their bin), the Brier
+    score (mean squared error of the probabilities) and the overall mean probability against the overall
+    terminal share."""
+    real, probs = np.asarray(real, dtype=bool), np.asarray(probs, dtype=np.float64)
+    if real.shape != probs.shape or real.ndim != 1 or not len(real):
+        raise ValueError(f"calibration needs two equal 1-D non-empty arrays, got {real.shape} and {probs.shape}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, probs, side="right") - 1, 0, bins - 1)
+    rows, gap = [], 0.0
+    for i in range(bins):
+        m = which == i
+        if not m.any():
+            continue
+        mean_p, share = float(probs[m].mean()), float(real[m].mean())
+        rows.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "frames": int(m.sum()),
+                     "terminal_frames": int(real[m].sum()), "mean_probability": mean_p, "terminal_share": share,
+                     "terminal_share_95": wilson_interval(int(real[m].sum()), int(m.sum()))})
+        gap += m.sum() * abs(mean_p - share)
+    return {"frames": len(real), "terminal_frames": int(real.sum()), "mean_probability": float(probs.mean()),
+            "terminal_share": float(real.mean()), "brier": float(np.mean((probs - real) ** 2)),
+            "expected_calibration_error": gap / len(real), "bins": rows}
+
+
+def live_frames(cache: FrameCache, episodes: np.ndarray) -> np.ndarray:
+    """For the frames of ``episodes`` in order (as :func:`real_frame_termination_probs` gives them): whether each
+    lies at or before its episode's first terminal frame."""
+    return np.concatenate([np.arange(n) < live for n, live in zip(cache.episode_lengths[episodes],
+                                                                   cache.live_lengths[episodes])])
 
 
 def end_windows(cache: FrameCache, episodes: np.ndarray, context: int, horizon: int
@@ -112,7 +162,10 @@ def real_frame_head_probability(wm: WorldModel, frames: torch.Tensor, actions: t
 def run_termination(world_model: str, dataset_id: str | None = None, context: int | None = None,
                     horizon: int = 16, max_episodes: int = 128, tolerance: int = 2, sampler_steps: int | None = None,
                     history_guidance: float | None = None, seed: int = 0, device: str = "cpu",
-                    progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
+                    progress: bool = True, precision: str = "fp32", out: str | Path | None = None,
+                    stem: str = "termination") -> dict[str, Any]:
+    """Score the ends of imagined episodes (see the module's docstring); with ``out``, also draw the calibration's
+    reliability diagram into ``out/<stem>.png``."""
     wm: WorldModel = load_world_model(world_model, device=device)
     dataset_id = dataset_id or comparison_dataset(wm, "termination")
     cache = open_dataset_for(dataset_id, wm, progress=progress)
@@ -148,11 +201,11 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     sampled: list[np.ndarray] = []
     real: list[int] = []
     has_classifier = wm.termination_classifier is not None
-    for sel, fr, out in imagine_windows(wm, cache, starts, steps + past_end, context, sampler, seed, progress,
+    for sel, fr, rollout in imagine_windows(wm, cache, starts, steps + past_end, context, sampler, seed, progress,
                                         desc="termination rollouts", precision=precision):
         h = fr.shape[1] - context
-        p = wm.termination_probability(out["termination_logits"], frames_to_x(out["frames"])).numpy()
-        p_head = wm.head_termination_probability(out["termination_logits"]).numpy()
+        p = wm.termination_probability(rollout["termination_logits"], frames_to_x(rollout["frames"])).numpy()
+        p_head = wm.head_termination_probability(rollout["termination_logits"]).numpy()
         if has_classifier:
             p_real = wm.termination_probability(torch.zeros(len(sel), h), frames_to_x(fr[:, context:])).numpy()
         else:
@@ -179,6 +232,13 @@ def run_termination(world_model: str, dataset_id: str | None = None, context: in
     if has_classifier:
         result["imagined_head"] = score_first_steps(rows["imagined_head"], real, tolerance)
     result["real_frames"] = score_first_steps(rows["real_frames"], real, tolerance)
+    seq_len = int(tc.get("seq_len", 16))
+    longest = int(cache.episode_lengths[episodes].max())
+    labels, probs = real_frame_termination_probs(wm, cache, episodes, min(seq_len, longest), progress=progress)
+    live = live_frames(cache, episodes)
+    result["real_frames_calibration"] = {"seq_len": seq_len, **calibration(labels[live], probs[live])}
+    if out is not None:
+        plot_calibration(Path(out) / f"{stem}.png", result)
     # other values of the env's termination_threshold, scored on the same imagined rollouts
     result["threshold_sweep"] = [{"threshold": th, **score_first_steps([_first_step(q > th) for q in sampled], real,
                                                                      tolerance)} for th in SWEEP]
@@ -225,5 +285,63 @@ def termination_markdown(r: dict[str, Any]) -> str:
             lines.append(f"| imagined frames, {r['termination_source']}, `termination_threshold={s['threshold']:g}` "
                          f"| {_f(s['on_time'])} | {_f(s['early'])} | {_f(s['missed'])} "
                          f"| {_f(s['mean_abs_step_error'], 1)} |")
-    return "\n".join(lines)
+    return "\n".join(lines + calibration_markdown(r))
 
+
+
+def calibration_markdown(r: dict[str, Any]) -> list[str]:
+    from diffusion_world.bench.report import _f
+
+    c = r.get("real_frames_calibration")
+    if c is None:  # results from before 2026-12-08
+        return []
+    lines = ["", f"Calibration of the {r['termination_source']} on the {c['frames']} real frames of these episodes up "
+             f"to their first terminal one ({c['terminal_frames']} terminal; teacher-forced in windows of "
+             f"{c['seq_len']} frames): mean probability {_f(c['mean_probability'], 3)} against a terminal share of "
+             f"{_f(c['terminal_share'], 3)}; Brier score {_f(c['brier'], 4)}; expected calibration error "
+             f"{_f(c['expected_calibration_error'], 4)}. Per probability bin (a well-calibrated probability matches "
+             "its bin's terminal share; above it, the env ends episodes too eagerly where it samples them):", "",
+             "| probability bin | frames | terminal | mean probability | terminal share (95 % interval) |",
+             "|---|---|---|---|---|"]
+    for b in c["bins"]:
+        lo, hi = b["terminal_share_95"]
+        lines.append(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['frames']} | {b['terminal_frames']} "
+                     f"| {_f(b['mean_probability'], 3)} | {_f(b['terminal_share'], 3)} ({lo:.2f}-{hi:.2f}) |")
+    return lines
+
+
+def plot_calibration(path: Path, r: dict[str, Any]) -> None:
+    """Reliability diagram of ``r["real_frames_calibration"]``: each bin's terminal share against its mean
+    probability (marker area ~ frames), over a histogram of the probabilities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = r["real_frames_calibration"]
+    bins = c["bins"]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True,
+                                   constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="calibrated")
+    x = [b["mean_probability"] for b in bins]
+    y = [b["terminal_share"] for b in bins]
+    n = np.array([b["frames"] for b in bins], dtype=float)
+    ci = np.array([b["terminal_share_95"] for b in bins]).T
+    ax.errorbar(x, y, yerr=[np.subtract(y, ci[0]), ci[1] - y], fmt="-", color="C0", lw=1, elinewidth=1, capsize=3,
+                label="95 % interval of the share")
+    ax.scatter(x, y, s=20 + 180 * np.sqrt(n / n.max()), color="C0", zorder=3,
+               label=f"{r['termination_source']} on real frames (area ~ frames)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share of the bin's frames that are terminal")
+    ax.set_title(f"Termination calibration, checkpoint step {r['checkpoint_step']}\n{c['frames']} real frames, "
+                 f"ECE {c['expected_calibration_error']:.3f}, Brier {c['brier']:.4f}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar([(b["lo"] + b["hi"]) / 2 for b in bins], n, width=[b["hi"] - b["lo"] for b in bins], color="C0",
+             alpha=0.6, edgecolor="white", log=True)
+    hist.set_xlabel("termination probability")
+    hist.set_ylabel("frames (log)")
+    hist.grid(alpha=0.3)
+    save_figure(fig, path, dpi=90)
+    plt.close(fig)
