@@ -306,7 +306,7 @@ def calibration_markdown(r: dict[str, Any]) -> list[str]:
     for b in c["bins"]:
         lo, hi = b["terminal_share_95"]
         lines.append(f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['frames']} | {b['terminal_frames']} "
-                     f"| {_f(b['mean_probability'], 3)} | {_f(b['terminal_share'], 3)} ({lo:.2f}-{hi:.2f}) |")
+                     f"| {_f(b['mean_probability'], 3)} | {_f(b['terminal_share'], 3)} ({lo:.3f}-{hi:.3f}) |")
     return lines
 
 
