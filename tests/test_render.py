@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,7 +14,7 @@ from dataset_fixtures import DOT_ENV_MODULE, record
 from diffusion_world.cli import main
 from diffusion_world.data.collect import collect, dataset_path, render_dataset
 from diffusion_world.data.dataset import FrameCache
-from diffusion_world.data.pixel_env import make_pixel_env
+from diffusion_world.data.pixel_env import PixelEnv, make_pixel_env
 from diffusion_world.errors import UserError
 
 
@@ -164,6 +165,71 @@ def test_dict_observations_with_jpeg_frames(minari_root: Path, monkeypatch: pyte
     record("tt/jpeg-frames-v0", frames_only, seeds=[2])
     with pytest.warns(UserWarning, match="JPEG .* images only: the replay cannot be checked"):
         render_dataset("tt/jpeg-frames-v0", "tt/jpeg-frames-rendered-v0", size=16, progress=False)
+
+
+FADING_ENV_MODULE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Fading(gym.Env):
+    """A dot whose spark fades at every render() call, as LunarLander's exhaust particles do."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Discrete(8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.spark = int(self.np_random.integers(0, 8)), 255
+        return self.x, {}
+
+    def step(self, action):
+        self.x = (self.x + int(action)) % 8
+        self.spark = 255 if action else self.spark
+        return self.x, 1.0, False, False, {}
+
+    def render(self):
+        frame = np.zeros((16, 16, 3), np.uint8)
+        frame[4:, 2 * self.x: 2 * self.x + 2] = 255
+        frame[:2] = self.spark
+        self.spark //= 2
+        return frame
+'''
+
+
+def test_frames_recorded_through_add_render_observation_are_rendered_once_per_step(
+        minari_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An env whose render() changes what it draws next, recorded through AddRenderObservation, which renders
+    in every step: the replay takes the frame from that render instead of rendering a second time, so its frames
+    are the recorded ones and the lossless recorded frames check the replay."""
+    (tmp_path / "user_fading_module.py").write_text(FADING_ENV_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gym.register("UserFading-v0", entry_point="user_fading_module:Fading", max_episode_steps=6)
+    try:
+        for render_only in (False, True):
+            source = f"tt/fading-{'frames' if render_only else 'dict'}-v0"
+            record(source, gym.wrappers.AddRenderObservation(gym.make("UserFading-v0", render_mode="rgb_array"),
+                                                             render_only=render_only), seeds=[1, 2],
+                   jpeg_encoding=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pixels = render_dataset(source, source.replace("-v0", "-rendered-v0"), size=16, progress=False)
+            for episode, recorded in zip(pixels.iterate_episodes(), minari.load_dataset(source).iterate_episodes()):
+                frames = recorded.observations if render_only else recorded.observations["pixels"]
+                assert len(set(frames[:, 0, 0, 0].tolist())) > 2  # the spark fades from frame to frame
+                assert np.array_equal(episode.observations, frames)
+        # rendered twice per step, as the replay did before: the images differ, the states do not, and it says so
+        with monkeypatch.context() as m:
+            m.setattr(PixelEnv, "_rendered_into", lambda self, observation: None)
+            with pytest.raises(UserError, match="recorded images differ from the replayed ones while the rest of "
+                                                "the observation matches"):
+                render_dataset("tt/fading-dict-v0", "tt/fading-twice-v0", size=16, progress=False)
+    finally:
+        gym.registry.pop("UserFading-v0", None)
 
 
 def test_datasets_of_a_users_env_make_it_again_where_it_is_not_registered(

@@ -786,10 +786,15 @@ def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, 
             frame, _, _, _, info = env.step(actions[t - 1])
             frames.append(frame)
         if not _states_match(_at(observations, t), info["state"], atol, exact_images):
+            where = f"episode {episode_id} of {source_id!r} (reset seed {seed}) diverges from its recording at step {t}"
+            if exact_images and _states_match(_at(observations, t), info["state"], atol, exact_images=False):
+                raise UserError(f"{where}: its recorded images differ from the replayed ones while the rest of the "
+                                f"observation matches: {env_id}'s render() here draws other frames than when it "
+                                "was recorded (another version or render settings, or a render() that changes "
+                                "with each call)")
             raise UserError(
-                f"episode {episode_id} of {source_id!r} (reset seed {seed}) diverges from its recording at step {t}: "
-                f"{env_id} here does not reproduce it from the seed and the actions (a stochastic env, or another "
-                "version of it than the one that recorded the dataset)")
+                f"{where}: {env_id} here does not reproduce it from the seed and the actions (a stochastic env, or "
+                "another version of it than the one that recorded the dataset)")
     return np.stack(frames)
 
 

@@ -333,12 +333,26 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": max(1, round(fps / self.frame_skip))}
         self._frame: np.ndarray | None = None
 
-    def _observe(self) -> np.ndarray:
-        image = self.inner.render()
+    def _observe(self, observation: Any = None) -> np.ndarray:
+        image = self._rendered_into(observation)
+        if image is None:
+            image = self.inner.render()
         if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
             raise UserError(f"env {self.env_id!r} did not return an rgb_array frame from render()")
         self._frame = resize_frame(image, self.size)
         return self._frame
+
+    def _rendered_into(self, observation: Any) -> Any:
+        """The frame that the inner env's outermost wrapper, ``AddRenderObservation`` (a dataset recorded through
+        it), rendered into ``observation`` this step; None where there is none. Rendering once more would render
+        twice per step, which changes what some envs draw next (LunarLander's exhaust particles fade at every
+        ``render()``): the replayed frames would then differ from the recorded ones."""
+        if observation is None or not isinstance(self.inner, gym.wrappers.AddRenderObservation):
+            return None
+        kwargs = getattr(self.inner, "_saved_kwargs", {})
+        if kwargs.get("render_only", True):
+            return observation
+        return observation.get(kwargs.get("render_key", "pixels")) if isinstance(observation, dict) else None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -347,7 +361,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
         state, info = self.inner.reset(seed=seed, options=options)
         info = dict(info)
         info["state"] = state
-        return self._observe(), info
+        return self._observe(state), info
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         total_reward = 0.0
@@ -359,7 +373,7 @@ class PixelEnv(gym.Env[np.ndarray, Any]):
                 break
         info = dict(info)
         info["state"] = state
-        return self._observe(), total_reward, bool(terminated), bool(truncated), info
+        return self._observe(state), total_reward, bool(terminated), bool(truncated), info
 
     def render(self) -> np.ndarray | None:
         """The current observation frame (``None`` before the first reset)."""
