@@ -628,6 +628,41 @@ def test_random_play_benchmark(tiny_world_model: str, tmp_path: Path, monkeypatc
     assert ("Most real episodes were still running after 6 steps" in text) == (e["real"]["cut"] > 0.5)
 
 
+def test_random_play_stops_both_envs_at_their_time_limit(tiny_frame_cache, tmp_path: Path, minari_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          one_torch_thread: None) -> None:
+    """Episodes of an env whose time limit comes before ``steps`` end there in both envs, truncated, not failed:
+    the imagined ones ran on to ``steps`` and the real ones counted as ended, which read as an imagined env that
+    outlasts the real one."""
+    from worldmodel_fixtures import make_tiny_checkpoint
+
+    from diffusion_world.bench import random_play
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.data.collect import collect
+    from diffusion_world.data.dataset import FrameCache
+
+    collect("CartPole-v1", "tt/limit3-v0", steps=30, size=tiny_frame_cache.frame_size[0], seed=1, progress=False,
+            env_kwargs={"max_episode_steps": 3})
+    cache = FrameCache.open("tt/limit3-v0", progress=False)
+    model = make_tiny_checkpoint(tmp_path / "limit3.pt", cache=cache)
+
+    def never_ends(path, device="cpu"):
+        wm = load_world_model(path, device=device)
+        wm.termination_probability = lambda logits, frames=None: torch.zeros(logits.shape)
+        return wm
+
+    monkeypatch.setattr(random_play, "load_world_model", never_ends)
+    r = random_play.run_random_play(str(model), num_envs=3, steps=6, progress=False)
+    e = r["episode_length"]
+    assert r["steps"] == 3 and r["requested_steps"] == 6 and len(r["survival"]["real"]) == 3
+    assert e["real"]["lengths"] == e["threshold"]["lengths"] == [3, 3, 3]  # random CartPole lasts > 3 steps
+    assert e["real"]["cut"] == e["threshold"]["cut"] == 1.0
+    assert "still running at the envs' time limit (3 steps)" in random_play.random_play_markdown(r)
+    # the imagined env's horizon cuts too, where it is the shorter
+    limited = make_tiny_checkpoint(tmp_path / "horizon2.pt", cache=cache, imagination={"horizon": 2})
+    assert random_play.run_random_play(str(limited), num_envs=2, steps=6, progress=False)["steps"] == 2
+
+
 def test_random_play_context_source(tiny_world_model: str, tmp_path: Path, one_torch_thread: None) -> None:
     """random_play starts from the dataset when it is on this machine, unless told to use the checkpoint's own
     contexts (as on a machine without it), and records which: results from other contexts do not compare."""

@@ -1,15 +1,16 @@
 """Is the imagined env as unforgiving as the real one? Episode lengths under random play.
 
-An agent learns CartPole-like tasks from when its episodes end. An imagined env whose episodes outlast the real
-ones under the same behaviour rewards failing, whatever its frames look like. This benchmark plays uniformly
-random actions in ``num_envs`` imagined envs (the env as users get it: its reset contexts and sampler) and in the
-real env for as many episodes, up to ``steps`` steps, and compares the episode lengths: the imagined ones as the
+An agent learns CartPole-like tasks from when its episodes end. An imagined env whose episodes outlast the real ones
+under the same behaviour rewards failing, whatever its frames look like. This benchmark plays uniformly random
+actions in ``num_envs`` imagined envs (the env as users get it: its reset contexts and sampler) and in the real env
+for as many episodes, up to ``steps`` steps (or the envs' time limit where shorter: the imagined env's horizon, the
+real env's limit; a truncation ends no episode early), and compares the episode lengths: the imagined ones as the
 env would end them with the default ``termination="threshold"`` (the first step whose termination probability
 exceeds 0.5) and, as expected values, with ``termination="sample"`` (each step ends the episode with its
-probability). The imagined rollouts run on past the threshold's end, so both are read off the same frames.
-It also sums the rewards each episode collects, the return an agent would see, with the model's predicted
-rewards (expected values under sampled terminations): a model can end episodes on time and still pay too much or
-too little for each step.
+probability). The imagined rollouts run on past the threshold's end, so both are read off the same frames. It also
+sums the rewards each episode collects, the return an agent would see, with the model's predicted rewards (expected
+values under sampled terminations): a model can end episodes on time and still pay too much or too little for each
+step.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _summary(lengths: np.ndarray, running: np.ndarray) -> dict[str, Any]:
 def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int, env: gym.Env | None = None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lengths (cut at ``steps``) of ``episodes`` real episodes under uniformly random actions, whether each
-    was still running when cut, and each one's return. ``env``: the real env, made beforehand (closed here)."""
+    was still running when cut (by ``steps`` or by the env's time limit: not terminated), and each one's return.
+    ``env``: the real env, made beforehand (closed here)."""
     from diffusion_world.envs.world_env import make_real_env
 
     if env is None:
@@ -68,14 +70,13 @@ def real_random_lengths(wm: Any, episodes: int, steps: int, seed: int, env: gym.
     lengths, running, returns = [], [], []
     for i in range(episodes):
         env.reset(seed=10_000 + seed + i)
-        t, done, ret = 0, False, 0.0
-        while not done and t < steps:
+        t, terminated, truncated, ret = 0, False, False, 0.0
+        while not (terminated or truncated) and t < steps:
             _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
             t += 1
             ret += float(reward)
-            done = terminated or truncated
         lengths.append(t)
-        running.append(not done)
+        running.append(not terminated)  # a time limit's truncation is no failure, as the cut at ``steps`` is not
         returns.append(ret)
     env.close()
     return np.array(lengths), np.array(running), np.array(returns)
@@ -90,7 +91,8 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     ``sampler_steps``: K of the imagined envs (default: the checkpoint's, else 3). ``context_source``: where the
     imagined episodes start, as the env's (``"auto"``: the dataset when it is on this machine, else the contexts
     stored in the checkpoint); results from different contexts do not compare."""
-    from diffusion_world.envs.core import ImaginationCore
+    from diffusion_world.data.pixel_env import recorded_time_limit
+    from diffusion_world.envs.core import ImaginationCore, default_horizon
 
     for name, v in (("num_envs", num_envs), ("steps", steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -99,6 +101,11 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
 
     wm = load_world_model(world_model, device=device)
     real_env = make_real_env(wm)  # before the imagined rollouts: a model whose real env cannot be made fails at once
+    # Both envs' episodes end at the same step limit: ``steps``, or the envs' own time limits where shorter (the
+    # imagined env's horizon, the real env's limit), which truncate episodes, not fail them
+    requested = steps
+    limits = [default_horizon(wm), recorded_time_limit(wm.dataset.get("env_spec"))]
+    steps = min([steps] + [n for n in limits if n])
     try:  # the imagined rollouts; the real env is closed by real_random_lengths, or here if they fail
         # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
         core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
@@ -126,7 +133,8 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     real, real_running, real_return = real_random_lengths(wm, num_envs, steps, seed, real_env)
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
-        "num_envs": num_envs, "steps": steps, "sampler_steps": core.sampler.num_steps,
+        "num_envs": num_envs, "steps": steps, **({"requested_steps": requested} if steps < requested else {}),
+        "sampler_steps": core.sampler.num_steps,
         **({"history_guidance": core.sampler.history_guidance} if core.sampler.guided else {}),
         "context_frames": core.context_frames,
         "episode_length": {"real": _summary(real, real_running), "threshold": _summary(threshold_end, ~ended),
@@ -192,7 +200,8 @@ def random_play_markdown(r: dict[str, Any]) -> str:
     def returns(name: str) -> str:
         return f" {ret[name]['mean']:.1f} | {ret[name]['per_step']:.2f} |" if ret else ""
 
-    lines = [f"Uniformly random actions for up to {r['steps']} steps: {r['num_envs']} real episodes and "
+    limit = (f" (the envs' time limit; {r['requested_steps']} asked for)" if "requested_steps" in r else "")
+    lines = [f"Uniformly random actions for up to {r['steps']} steps{limit}: {r['num_envs']} real episodes and "
              f"{r['num_envs']} imagined ones ({r['contexts']}, {sampler_label(r)}, checkpoint step "
              f"{r['checkpoint_step']}). An imagined env whose episodes outlast the real ones rewards failing.", "",
              "| episodes | mean length | median length | still running at the last step |"
@@ -203,7 +212,10 @@ def random_play_markdown(r: dict[str, Any]) -> str:
              f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |" + returns("threshold"),
              f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
              f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |" + returns("sampled")]
-    if e["real"]["cut"] > 0.5:
+    if e["real"]["cut"] > 0.5 and "requested_steps" in r:
+        lines += ["", f"**Most real episodes were still running at the envs' time limit ({r['steps']} steps): "
+                  "random play rarely fails in this env, and the lengths say little about how episodes end.**"]
+    elif e["real"]["cut"] > 0.5:
         lines += ["", f"**Most real episodes were still running after {r['steps']} steps: the lengths say little "
                   "about how episodes end; rerun with a longer `--horizon`.**"]
     if ret:
