@@ -179,3 +179,38 @@ def load_card(path: str | os.PathLike) -> Card:
     check_imagination(f"card {str(path)!r} [imagination]", sections["imagination"])
     check_imagination(f"card {str(path)!r} [rl]", sections["rl"], RL_KEYS)
     return Card(env=env, collect=collect, path=path, **sections)
+
+
+# keys of a dataset's env spec (as the frame cache keeps it) that are not the env's own kwargs
+_SPEC_KEYS = frozenset({"id", "entry_point", "max_episode_steps", "additional_wrappers"})
+
+
+def card_env_differences(env: dict[str, Any], env_spec: dict[str, Any] | None) -> list[str]:
+    """How a card's ``[env]`` differs from the env a dataset was recorded in (its env spec as the frame cache keeps
+    it): the env id, the frame skip and each kwarg the card's ``env_kwargs`` sets (where the dataset records no
+    value for it, the value its env id registers; unknown where neither says). Empty where they agree, or where
+    the dataset records no env."""
+    from diffusion_world.data.pixel_env import PIXEL_ENV_ID, recorded_env_id, registered_spec
+
+    if not env_spec:
+        return []
+    recorded = recorded_env_id(env_spec)
+    if recorded != env["id"]:
+        return [f"env {env['id']!r} in the card vs {recorded!r} in the dataset"]
+    pixel = env_spec.get("id") == PIXEL_ENV_ID
+    differences = []
+    skip = env_spec.get("frame_skip", 1) if pixel else 1
+    if skip != env.get("frame_skip", 1):
+        differences.append(f"frame_skip {env.get('frame_skip', 1)} in the card vs {skip} in the dataset")
+    kwargs = dict(env_spec.get("env_kwargs") or {}) if pixel else {
+        k: v for k, v in env_spec.items() if k not in _SPEC_KEYS}
+    try:
+        registered = dict(registered_spec(env["id"]).kwargs)
+    except Exception:  # an env not installed or not registered here: only what the dataset records counts
+        registered = {}
+    unset = object()
+    for key, value in sorted((env.get("env_kwargs") or {}).items()):
+        other = kwargs.get(key, registered.get(key, unset))
+        if other is not unset and other != value:
+            differences.append(f"env_kwargs {key}={value!r} in the card vs {other!r} in the dataset")
+    return differences

@@ -154,7 +154,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
                                                ("input_temporal_kernel", args.input_temporal_kernel)) if v is not None},
             log_every=args.log_every, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             progress=False if args.quiet else None)
-        path = train(cfg, resume=args.resume)
+        path = train(cfg, resume=args.resume, card=args.card)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, not once per process
             print(f"checkpoint: {path}")
         return 0

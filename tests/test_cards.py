@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,51 @@ def test_a_checkpoint_with_an_unknown_imagination_key_loads_with_a_warning(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_world_model(good).sampler_config().num_steps == 5
+
+
+def test_card_env_differences_name_what_the_dataset_was_recorded_with() -> None:
+    """A card's [env] against a dataset's env spec: the pixel env's (collect) and an env's own (Minari's
+    DataCollector), whose kwargs sit in the spec itself; a kwarg the dataset leaves out counts as the one its id
+    registers, and is not compared where neither says."""
+    from diffusion_world.cards import card_env_differences
+    from diffusion_world.data.pixel_env import PIXEL_ENV_ID
+
+    lander = load_card(ENVS_DIR / "lunarlander.toml").env  # frame_skip 2, continuous = false
+    pixel = {"id": PIXEL_ENV_ID, "env_id": "LunarLander-v3", "size": 64, "frame_skip": 2,
+             "env_kwargs": {"continuous": False}}
+    assert card_env_differences(lander, pixel) == []
+    both = ["frame_skip 2 in the card vs 1 in the dataset",
+            "env_kwargs continuous=False in the card vs True in the dataset"]
+    assert card_env_differences(lander, {**pixel, "frame_skip": 1, "env_kwargs": {"continuous": True}}) == both
+    own = {"id": "LunarLander-v3", "continuous": True, "render_mode": "rgb_array", "max_episode_steps": 1000}
+    assert card_env_differences(lander, own) == both
+    assert card_env_differences({**lander, "frame_skip": 1}, {"id": "LunarLander-v3"}) == []  # not recorded
+    assert card_env_differences({**lander, "frame_skip": 1}, {"id": "LunarLanderContinuous-v3"}) == [
+        "env 'LunarLander-v3' in the card vs 'LunarLanderContinuous-v3' in the dataset"]
+    cartpole = load_card(ENVS_DIR / "cartpole.toml").env
+    assert card_env_differences(cartpole, {"id": PIXEL_ENV_ID, "env_id": "CartPole-v1", "frame_skip": 1}) == []
+    assert card_env_differences(cartpole, None) == []
+
+
+def test_train_warns_of_a_card_for_another_env(tiny_dataset_id: str, tmp_path: Path,
+                                               one_torch_thread: None) -> None:
+    """The card's settings were chosen for its env: trained on a dataset of another (here frame skip 2 against the
+    dataset's 1), the run says so, and an imagined horizon past the dataset's time limit (CartPole's 500) too."""
+    from diffusion_world.cli import main
+
+    card = _write(tmp_path, '[env]\nid = "CartPole-v1"\nframe_skip = 2\n[model]\npreset = "tiny"\n'
+                            '[imagination]\nhorizon = 900\n')
+    args = ["train", "--card", str(card), "--dataset-id", tiny_dataset_id, "--steps", "1", "--batch-size", "1",
+            "--seq-len", "4", "--precision", "fp32", "--quiet"]
+    with pytest.warns(UserWarning) as record:
+        assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    messages = [str(w.message) for w in record]
+    assert any("is not for the env that" in m and "frame_skip 2 in the card vs 1 in the dataset" in m
+               for m in messages)
+    assert any("horizon, 900 steps ([imagination] horizon), is longer than the time limit" in m and "500 steps" in m
+               for m in messages)
+    card.write_text('[env]\nid = "CartPole-v1"\n[model]\npreset = "tiny"\n[imagination]\nhorizon = 500\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert not [w for w in caught if "is not for the env" in str(w.message) or "outlast" in str(w.message)]

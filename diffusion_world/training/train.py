@@ -234,8 +234,9 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train (or resume) and return the path of the final checkpoint ``out_dir/checkpoint.pt``.
+def train(cfg: TrainConfig, resume: bool = False, card: str | os.PathLike | None = None) -> Path:
+    """Train (or resume) and return the path of the final checkpoint ``out_dir/checkpoint.pt``. ``card``: the env
+    card ``cfg`` took settings from, to warn where the dataset was recorded in another env than the card's.
 
     Example::
 
@@ -254,16 +255,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     try:
         writable_dir(out_dir, "--out")  # before the data and the model (a read-only --out failed at its first log)
         if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock for the run
-            return _train(cfg, resume, out_dir, ckpt_path)
+            return _train(cfg, resume, out_dir, ckpt_path, card)
         with run_lock(out_dir, "`diffusion-world train`"):
-            return _train(cfg, resume, out_dir, ckpt_path)
+            return _train(cfg, resume, out_dir, ckpt_path, card)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a refused run leaves no empty --out
             out_dir.rmdir()
         raise
 
 
-def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Path:
+def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
+           card: str | os.PathLike | None = None) -> Path:
     for stale in out_dir.glob(f".{ckpt_path.name}.*.tmp"):  # a save that a kill -9 cut short (never a checkpoint)
         stale.unlink(missing_ok=True)
     if not resume and ckpt_path.exists():  # hours of training are not overwritten by a forgotten --resume
@@ -294,6 +296,7 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path) -> Pa
     with warnings.catch_warnings():  # the same data warnings on every process: rank 0 says them once
         if rank != 0:
             warnings.simplefilter("ignore")
+        _warn_env_mismatch(cfg, cache, card)
         train_windows = WindowSampler(cache, cfg.seq_len, train_eps, pad_ends=cfg.pad_episode_ends,
                                       terminal_fraction=cfg.terminal_fraction)
     val_windows = None
@@ -674,12 +677,34 @@ class _nullcontext:
         return None
 
 
+def _warn_env_mismatch(cfg: TrainConfig, cache: FrameCache, card: str | os.PathLike | None) -> None:
+    """Warn where the card's ``[env]`` is not the env the dataset was recorded in (its settings, e.g. its
+    ``[imagination] horizon``, were chosen for another env), and where the imagined env's horizon outlasts the
+    time limit of the dataset's env."""
+    from diffusion_world.data.pixel_env import recorded_time_limit
+
+    if card is not None:
+        from diffusion_world.cards import card_env_differences, load_card
+
+        differences = card_env_differences(load_card(card).env, cache.env_spec)
+        if differences:
+            warnings.warn(f"card {str(card)!r} is not for the env that {cfg.dataset_id!r} was recorded in: "
+                          f"{'; '.join(differences)}. Its [model], [train] and [imagination] settings were chosen "
+                          "for its own env (e.g. the imagined env's horizon); give the card of this dataset's env, "
+                          "or none", stacklevel=3)
+    horizon, limit = cfg.imagination.get("horizon"), recorded_time_limit(cache.env_spec)
+    if horizon is not None and limit is not None and horizon > limit:
+        warnings.warn(f"the imagined env's horizon, {horizon} steps ([imagination] horizon), is longer than the "
+                      f"time limit of {cfg.dataset_id!r}'s env, {limit} steps: imagined episodes would outlast every "
+                      "real one", stacklevel=3)
+
+
 def train_from_card(card_path: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
                     **overrides: Any) -> Path:
     """Train with a card's ``[collect] dataset_id``, ``[model]``, ``[train]`` and ``[imagination]`` settings;
     ``overrides`` (TrainConfig fields) win over the card."""
     cfg = config_from_card(card_path, out_dir=str(out_dir), **overrides)
-    return train(cfg, resume=resume)
+    return train(cfg, resume=resume, card=card_path)
 
 
 # What a resumed run takes from its checkpoint where the card and flags do not say (not where or how it runs: the
