@@ -267,7 +267,8 @@ def test_bad_steps_are_refused_naming_the_episode(minari_root: Path, space, acti
 
 @pytest.mark.parametrize("frame_size", [None, 16])
 def test_float_images_and_dict_observations_are_not_told_to_render(frame_size: int | None) -> None:
-    """Float [0, 1] images and a Dict holding an image were told to `render` their "states"."""
+    """Float [0, 1] images were told to `render` their "states"; a Dict holding an image is told to render its
+    episodes into frames (replayed from their seeds), in one line."""
     from diffusion_world.data.dataset import _check_image_space
 
     floats = gym.spaces.Box(0, 1, (16, 16, 3), np.float32)
@@ -276,10 +277,15 @@ def test_float_images_and_dict_observations_are_not_told_to_render(frame_size: i
     assert "render" not in str(e.value)
     both = gym.spaces.Dict({"pixels": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
                             "state": gym.spaces.Box(0, 1, (4,))})
-    with pytest.raises(UserError, match=r"a Dict with images under \['pixels'\]: diffusion_world trains on frames"):
+    with pytest.raises(UserError, match=r"a Dict with images under \['pixels'\]: diffusion_world trains on frames"
+                                        r".* render its episodes into frames, `diffusion-world render tt/dict-v0"):
         _check_image_space("tt/dict-v0", both, frame_size)
     with pytest.raises(UserError, match="if it holds states, render them"):  # states are still told to render
         _check_image_space("tt/states-v0", gym.spaces.Box(-1, 1, (4,)), frame_size)
+    lander = gym.spaces.Box(np.linspace(-9, -1, 8), np.linspace(1, 9, 8), dtype=np.float32)  # prints on 3 lines
+    with pytest.raises(UserError) as e:
+        _check_image_space("tt/lander-v0", gym.spaces.Dict({"pixels": both["pixels"], "state": lander}), frame_size)
+    assert "\n" in str(lander) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("frame_size", [None, 16])
