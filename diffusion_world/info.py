@@ -22,7 +22,7 @@ from diffusion_world.bench.common import cpu_model
 from diffusion_world.checkpoint import SHIPPED
 from diffusion_world.data.dataset import _action_dtype, _check_image_space, _image_shaped, minari_datasets_root
 from diffusion_world.errors import UserError
-from diffusion_world.model.config import PRESETS
+from diffusion_world.model.config import PRESETS, suggested_frame_size
 from diffusion_world.registration import PIXEL_ENV_ID
 from diffusion_world.training.train import TrainConfig
 
@@ -85,9 +85,7 @@ def _describe_dataset(dataset_id: str, meta: dict[str, Any]) -> dict[str, Any]:
         # the default preset's U-Net halves the frame (levels - 1) times
         step = 2 ** (len(PRESETS[TrainConfig.preset]["channels"]) - 1)
         fits = len(shape) == 3 and shape[2] == 3 and shape[0] % step == 0 and shape[1] % step == 0
-        # else frames resized to N x N RGB: the larger side rounded up to the U-Net's multiple, at most 64
-        size = min(64, -(-max(shape[:2]) // step) * step)
-        entry["to_train"] = None if fits else f"train --frame-size {size}"
+        entry["to_train"] = None if fits else f"train --frame-size {suggested_frame_size(shape)}"
     elif _image_shaped(space) or isinstance(space, gym.spaces.Dict) and any(map(_image_shaped, space.spaces.values())):
         entry["observations"] = f"images {_space_summary(space)}"  # float images, or a Dict holding one
         entry["to_train"] = None

@@ -113,3 +113,12 @@ def test_grey_dataset_needs_and_gets_a_resize(minari_root: Path, tmp_path: Path)
             FrameCache.open("tt/pong-grey-v0", progress=False, frame_size=bad)  # type: ignore[arg-type]
     with pytest.raises(UserError, match="frame_size must be an integer >= 8"):
         TrainConfig(dataset_id="tt/pong-grey-v0", frame_size=4).validate()
+
+
+def test_suggested_frame_size_fits_the_unet() -> None:
+    """`info` and `train` suggest the same --frame-size: the larger side rounded up to the U-Net's multiple (8 for
+    the small preset's 4 levels, 2 for tiny's 2), at most 64."""
+    from diffusion_world.model.config import PRESETS, suggested_frame_size
+
+    assert suggested_frame_size((36, 52, 3)) == 56 and suggested_frame_size((210, 160, 3)) == 64
+    assert suggested_frame_size((36, 51), PRESETS["tiny"]["channels"]) == 52

@@ -104,13 +104,13 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
                   f"so render its episodes into frames, `diffusion-world render {dataset_id} --dataset-id NEW` (it "
                   "replays each from its recorded reset seed, checking the states: `diffusion-world info` says "
                   "whether it can), or record a dataset whose observations are those frames")
-    space = " ".join(str(space).split())  # a Box's bounds print on several lines: one-line messages
+    shown = " ".join(str(space).split())  # a Box's bounds print on several lines: one-line messages
     if frame_size is None:
         hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
                 "([train] frame_size in a card)" if image else states)
-        raise UserError(f"dataset {dataset_id!r} has observation space {space}; diffusion_world needs image "
+        raise UserError(f"dataset {dataset_id!r} has observation space {shown}; diffusion_world needs image "
                         f"observations Box(0, 255, (H, W, 3), uint8){hint}")
-    raise UserError(f"dataset {dataset_id!r} has observation space {space}; resizing its frames needs uint8 images "
+    raise UserError(f"dataset {dataset_id!r} has observation space {shown}; resizing its frames needs uint8 images "
                     f"Box(0, 255, (H, W) or (H, W, C), uint8) with C = 1, 3 or 4{states}")
 
 

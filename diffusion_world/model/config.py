@@ -173,6 +173,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def suggested_frame_size(shape: tuple[int, ...], channels: tuple[int, ...] = PRESETS["small"]["channels"]) -> int:
+    """The ``--frame-size`` to resize frames of ``shape`` (H, W, ...) to for a U-Net with these ``channels`` levels,
+    which halves the frame once per level after the first: the larger side rounded up to that multiple, at most
+    64 (the presets' frame size)."""
+    step = 2 ** (len(channels) - 1)
+    return min(64, -(-max(shape[:2]) // step) * step)
+
+
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     """The named preset with ``overrides`` (e.g. ``frame_size``, ``action_space``) applied."""
     if name not in PRESETS:

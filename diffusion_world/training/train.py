@@ -33,7 +33,14 @@ from diffusion_world.data.dataset import FrameCache, WindowSampler
 from diffusion_world.data.pixel_env import MIN_FRAME_SIZE
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import Interrupted, UserError, writable_dir
-from diffusion_world.model.config import ModelConfig, action_space_to_dict, check_field_types, preset_config
+from diffusion_world.model.config import (
+    PRESETS,
+    ModelConfig,
+    action_space_to_dict,
+    check_field_types,
+    preset_config,
+    suggested_frame_size,
+)
 from diffusion_world.model.dart import (
     MAX_ACTION_HALF_RANGE,
     AttnBackend,
@@ -313,8 +320,9 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
                                   action_space=action_space_to_dict(cache.action_space), **cfg.model)
     except UserError as e:
         if cfg.frame_size is None and str(e).startswith("frame size"):
-            raise UserError(f"{e}: resize the dataset's frames with --frame-size N ([train] frame_size), "
-                            "e.g. 64") from e
+            channels = cfg.model.get("channels", PRESETS[cfg.preset]["channels"])
+            raise UserError(f"{e}: resize the dataset's frames with --frame-size N ([train] frame_size), e.g. "
+                            f"{suggested_frame_size(tuple(cache.frame_size), tuple(channels))}") from e
         raise
     attn_backend = resolve_attn_backend(cfg.attn_backend, device.type, model_cfg.attention_head_dim)
     torch.manual_seed(cfg.seed)
