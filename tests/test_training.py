@@ -644,22 +644,29 @@ def test_attention_backend_resolution() -> None:
         resolve_attn_backend("flex", "cuda", 8)
 
 
-def test_a_frame_size_whose_levels_miss_video_attention_warns() -> None:
+def test_a_frame_size_whose_levels_miss_video_attention_warns(tiny_dataset_id: str, tmp_path: Path) -> None:
     """tiny on 64x64 frames: levels at 64 and 32, video attention at 8: frames meet only through the causal
-    convolutions, which nothing said."""
+    convolutions, which nothing said. Training says it; loading such a model (every gym.make, benchmark and play)
+    does not say it again."""
+    import warnings
+
     import gymnasium as gym
 
     from diffusion_world.model.config import action_space_to_dict, preset_config
 
     actions = action_space_to_dict(gym.spaces.Discrete(2))
-    with pytest.warns(UserWarning, match=r"no video attention at 64x64 frames: .* at \[64, 32\] .* at \[8\]"):
-        preset_config("tiny", frame_size=(64, 64), action_space=actions)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        preset_config("tiny", frame_size=(16, 16), action_space=actions)
-        preset_config("small", frame_size=(64, 64), action_space=actions)
+        short = preset_config("tiny", frame_size=(64, 64), action_space=actions)  # as loading a checkpoint does
+        preset_config("tiny", frame_size=(16, 16), action_space=actions).warn_if_no_video_attention()
+        preset_config("small", frame_size=(64, 64), action_space=actions).warn_if_no_video_attention()
+    with pytest.warns(UserWarning, match=r"no video attention at 64x64 frames: .* at \[64, 32\] .* at \[8\]"):
+        short.warn_if_no_video_attention()
+    # a training run of such a model says it
+    with pytest.warns(UserWarning, match=r"no video attention at 16x16 frames"):
+        train(TrainConfig(dataset_id=tiny_dataset_id, out_dir=str(tmp_path / "run"), preset="tiny", steps=1,
+                          batch_size=1, seq_len=4, precision="fp32", progress=False,
+                          model={"video_attention": (4,)}))
 
 
 def test_box_actions_without_usable_bounds_warn() -> None:

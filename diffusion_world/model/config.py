@@ -90,6 +90,10 @@ class ModelConfig:
         for name in ("channels", "enc_blocks", "frame_attention", "video_attention"):
             setattr(self, name, tuple(getattr(self, name)))
         self.validate()
+
+    def warn_if_no_video_attention(self) -> None:
+        """Warn where no U-Net level reaches ``video_attention``: frames then meet only through the causal
+        convolutions. Said when a model is trained, not each time one is loaded."""
         if self.video_attention and not set(self.video_attention) & set(self.resolutions):
             warnings.warn(f"no video attention at {self.frame_size[0]}x{self.frame_size[1]} frames: the U-Net's levels "
                           f"are at {self.resolutions} and video_attention at {list(self.video_attention)}, so frames "

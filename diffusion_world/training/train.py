@@ -324,6 +324,8 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
             raise UserError(f"{e}: resize the dataset's frames with --frame-size N ([train] frame_size), e.g. "
                             f"{suggested_frame_size(tuple(cache.frame_size), tuple(channels))}") from e
         raise
+    if rank == 0:
+        model_cfg.warn_if_no_video_attention()
     attn_backend = resolve_attn_backend(cfg.attn_backend, device.type, model_cfg.attention_head_dim)
     torch.manual_seed(cfg.seed)
     model = DartWorldModel(model_cfg).to(device)
