@@ -380,14 +380,14 @@ def _build_cache(dataset_id: str, directory: Path, fingerprint: str, progress: b
     obs_space = source_space if frame_size is None else gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
     lossy = None
     if getattr(dataset.storage, "jpeg_encoding", False) and _jpeg_encoded(dataset):
-        lossy = (f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): the world model will learn the "
-                 "compression artefacts. If you made it: collect without --jpeg (minari.DataCollector, "
+        lossy = (f"dataset {dataset_id!r} stores its frames JPEG-encoded (lossy): a world model trained on "
+                 "it learns the compression artefacts. If you made it: collect without --jpeg (minari.DataCollector, "
                  "create_dataset_from_buffers: jpeg_encoding=False), and merge datasets with "
                  "`diffusion-world combine` (minari.combine_datasets re-encodes frames as JPEG).")
     elif jpeg_decoded_from(dataset):
         lossy = (f"dataset {dataset_id!r} was combined from JPEG-encoded (lossy) datasets "
-                 f"{jpeg_decoded_from(dataset)}: their frames keep the compression artefacts, which the world model "
-                 "will learn.")
+                 f"{jpeg_decoded_from(dataset)}: their frames keep the compression artefacts, which a world model "
+                 "trained on it learns.")
     action_dtype, action_shape = _action_dtype(dataset_id, dataset.action_space)
     indices = np.asarray(dataset.episode_indices, dtype=np.int64)
     if indices.size == 0:
