@@ -293,6 +293,71 @@ def test_sigterm_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkeypa
     assert main(["info"]) == 143
 
 
+SIGNAL_RANK_1 = """
+import os, signal, sys
+
+import diffusion_world.training.train as train_module
+from diffusion_world.cli import main
+
+real, calls = train_module.normalize_weights_, [0]
+
+
+def normalize_and_signal(model):  # at the model's start, then once per step
+    real(model)
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 3:  # a pre-emption notice that reaches one process, in step 2
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+train_module.normalize_weights_ = normalize_and_signal
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """SIGTERM to one torchrun process: all of them stop after the same step and rank 0 saves the checkpoint. The
+    signalled rank used to stop alone, and rank 0 died in its next collective ("Connection closed by peer")
+    without one."""
+    script = tmp_path / "signal_rank_1.py"
+    script.write_text(SIGNAL_RANK_1)
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), "train", "--dataset-id", tiny_dataset_id, "--preset", "tiny", "--steps", "6",
+                          "--batch-size", "2", "--seq-len", "4", "--device", "cpu", "--eval-every", "1000",
+                          "--checkpoint-every", "1000", "--out", str(out), "--quiet"],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0, run.stdout[-2000:]  # stopped, not finished
+    assert "interrupted at step 2: checkpoint saved" in run.stdout, run.stderr[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert "Connection closed by peer" not in run.stderr
+
+
+def test_a_refused_launchs_other_ranks_leave_the_running_runs_files(tiny_dataset_id: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranks > 0 of a torchrun launch do not take the run lock (rank 0 does): they deleted the checkpoint that
+    a running run was writing (its ``.tmp``) before rank 0 was refused, and that run then failed to save. Only the
+    rank holding the lock clears what a killed save left."""
+    import diffusion_world.training.train as train_module
+
+    class Refused(Exception):
+        pass
+
+    def refused(device):  # type: ignore[no-untyped-def]
+        raise Refused  # where torchrun's process group would start: rank 0's refusal ends the launch about here
+
+    half = tmp_path / ".checkpoint.pt.abc123.tmp"
+    half.write_bytes(b"being written by a running run")
+    monkeypatch.setattr(train_module, "_init_distributed", refused)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(Refused):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
+    assert half.exists()
+    monkeypatch.setenv("RANK", "0")  # the rank that holds the lock: a killed save's leftovers go
+    with pytest.raises(Refused):
+        train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
+    assert not half.exists()
+
+
 def test_checkpoint_rebuilds_world_model(tiny_dataset_id: str, tmp_path: Path) -> None:
     path = train(tiny_cfg(tiny_dataset_id, tmp_path, steps=1))
     wm = load_world_model(path)

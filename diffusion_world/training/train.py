@@ -264,6 +264,10 @@ def train(cfg: TrainConfig, resume: bool = False, card: str | os.PathLike | None
         if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock for the run
             return _train(cfg, resume, out_dir, ckpt_path, card)
         with run_lock(out_dir, "`diffusion-world train`"):
+            # a save that a kill -9 cut short (never a checkpoint); only under the lock: the other ranks of a
+            # launch that the lock refuses would delete the running run's checkpoint being written
+            for stale in out_dir.glob(f".{ckpt_path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
             return _train(cfg, resume, out_dir, ckpt_path, card)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):  # a refused run leaves no empty --out
@@ -273,8 +277,6 @@ def train(cfg: TrainConfig, resume: bool = False, card: str | os.PathLike | None
 
 def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
            card: str | os.PathLike | None = None) -> Path:
-    for stale in out_dir.glob(f".{ckpt_path.name}.*.tmp"):  # a save that a kill -9 cut short (never a checkpoint)
-        stale.unlink(missing_ok=True)
     if not resume and ckpt_path.exists():  # hours of training are not overwritten by a forgotten --resume
         step_done = load_checkpoint(ckpt_path).get("step", "?")
         raise UserError(f"{ckpt_path} holds a run (step {step_done}): continue it with --resume, or train into "
@@ -406,10 +408,11 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
     # ---- the loop
     frame_shape = (model_cfg.image_channels, *model_cfg.frame_size)
     t_loop = time.monotonic()
-    # SIGTERM (a scheduler's pre-emption, `kill`, a job's time limit) stops like Ctrl-C: checkpoint, then exit.
-    # Either waits while a step commits (optimiser step to EMA update and log), so that a checkpoint never holds
-    # a step's weights under the step before's number.
-    stop = _Interrupts()
+    # SIGTERM (a scheduler's pre-emption, `kill`, a job's time limit) stops like Ctrl-C: checkpoint, then exit
+    # (with several processes, all of them after the step in which any got it). Either waits while a step
+    # commits (optimiser step to EMA update and log), so that a checkpoint never holds a step's weights under the
+    # step before's number.
+    stop = _Interrupts(deferred=world > 1)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = ({sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
                 if on_main_thread else {})
@@ -478,7 +481,10 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
                                      held_out=val_windows is not None)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save()
-            if cfg.max_minutes and _out_of_time(t_loop, cfg.max_minutes, device, world):
+            out_of_time, signum = _agree_to_stop(t_loop, cfg.max_minutes, stop, device, world, rank)
+            if signum:  # every rank, after the same step: the checkpoint is saved below
+                raise Interrupted(signum)
+            if out_of_time:
                 if step % cfg.checkpoint_every and step != cfg.steps:
                     save()
                 if rank == 0 and step % cfg.eval_every and step != cfg.steps:  # validation + dashboard at the stop
@@ -570,14 +576,18 @@ def _grads_in_param_layout(model: torch.nn.Module) -> None:
 
 
 class _Interrupts:
-    """SIGINT / SIGTERM as KeyboardInterrupt, held back between :meth:`hold` and :meth:`release`."""
+    """SIGINT / SIGTERM as KeyboardInterrupt, held back between :meth:`hold` and :meth:`release`. ``deferred``
+    (several processes): always held back, in ``pending``, for the ranks to agree on after the step
+    (:func:`_agree_to_stop`): a rank that stopped alone left the others failing in their next collective,
+    without a checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool = False) -> None:
         self.holding = False
+        self.deferred = deferred
         self.pending: int | None = None
 
     def handle(self, signum: int, frame: Any) -> None:
-        if self.holding:
+        if self.holding or self.deferred:
             self.pending = signum
         else:
             raise Interrupted(signum)
@@ -587,20 +597,23 @@ class _Interrupts:
 
     def release(self) -> None:
         self.holding = False
-        if self.pending is not None:
+        if self.pending is not None and not self.deferred:
             signum, self.pending = self.pending, None
             raise Interrupted(signum)
 
 
-def _out_of_time(t_start: float, max_minutes: float, device: torch.device, world: int) -> bool:
-    """Whether the wall-clock budget is spent; with several processes, rank 0's clock decides for all (so
-    every rank stops after the same step)."""
-    out = time.monotonic() - t_start > max_minutes * 60
+def _agree_to_stop(t_start: float, max_minutes: float | None, stop: _Interrupts, device: torch.device, world: int,
+                   rank: int) -> tuple[bool, int | None]:
+    """After a step: whether the wall-clock budget (``max_minutes``) is spent, and the signal to stop on, if any.
+    One process: its clock, and no signal (its handler raises at once). Several: one collective in which rank 0's
+    clock decides the budget and a signal that reached any rank (a pre-emption notice that reached one node)
+    stops them all, so that every rank stops after the same step and the checkpoint is saved."""
+    out = bool(max_minutes) and time.monotonic() - t_start > (max_minutes or 0) * 60
     if world == 1:
-        return out
-    flag = torch.tensor([float(out)], device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        return out, None
+    flags = torch.tensor([float(out and rank == 0), float(stop.pending or 0)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0].item()), int(flags[1].item()) or None
 
 
 def _init_from(path: str, model_cfg: dict[str, Any], model: torch.nn.Module, ema: torch.nn.Module,
