@@ -168,33 +168,22 @@ def test_dict_observations_with_jpeg_frames(minari_root: Path, monkeypatch: pyte
 
 
 FADING_ENV_MODULE = '''
-import gymnasium as gym
-import numpy as np
+from user_dot_module import Dot
 
 
-class Fading(gym.Env):
-    """A dot whose spark fades at every render() call, as LunarLander's exhaust particles do."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
-
-    def __init__(self, render_mode=None):
-        self.render_mode = render_mode
-        self.observation_space = gym.spaces.Discrete(8)
-        self.action_space = gym.spaces.Discrete(2)
+class Fading(Dot):
+    """The dot, with a spark that fades at every render() call, as LunarLander's exhaust particles do."""
 
     def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x, self.spark = int(self.np_random.integers(0, 8)), 255
-        return self.x, {}
+        self.spark = 255
+        return super().reset(seed=seed, options=options)
 
     def step(self, action):
-        self.x = (self.x + int(action)) % 8
         self.spark = 255 if action else self.spark
-        return self.x, 1.0, False, False, {}
+        return super().step(action)
 
     def render(self):
-        frame = np.zeros((16, 16, 3), np.uint8)
-        frame[4:, 2 * self.x: 2 * self.x + 2] = 255
+        frame = super().render()
         frame[:2] = self.spark
         self.spark //= 2
         return frame
@@ -206,6 +195,7 @@ def test_frames_recorded_through_add_render_observation_are_rendered_once_per_st
     """An env whose render() changes what it draws next, recorded through AddRenderObservation, which renders
     in every step: the replay takes the frame from that render instead of rendering a second time, so its frames
     are the recorded ones and the lossless recorded frames check the replay."""
+    (tmp_path / "user_dot_module.py").write_text(DOT_ENV_MODULE)
     (tmp_path / "user_fading_module.py").write_text(FADING_ENV_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     gym.register("UserFading-v0", entry_point="user_fading_module:Fading", max_episode_steps=6)
