@@ -623,6 +623,42 @@ def test_padding_after_an_episode_end_is_masked_out_of_the_loss() -> None:
     assert not torch.isclose(unmasked.total, alone.total * k / T)  # the mask is what makes them equal
 
 
+def test_importance_weights_weigh_the_reward_and_termination_terms_only() -> None:
+    """The sampler's importance weights (oversampled terminal windows) weigh each frame of the termination and
+    reward terms, so that both heads learn the data's expectations; the diffusion term takes the windows as
+    drawn. The reward term ignored them: oversampled absorbing frames (reward 0) pulled look-alike states' rewards
+    down."""
+    from diffusion_world.model.config import preset_config
+    from diffusion_world.model.dart import DartWorldModel
+    from diffusion_world.training.loss import LossConfig, dart_loss, draw_noise
+
+    torch.manual_seed(0)
+    model = DartWorldModel(preset_config("tiny"))
+    for p in model.parameters():
+        if p.ndim == 0:
+            p.data.fill_(0.5)
+    T = 5
+    x0 = torch.rand(2, T, 3, 16, 16) * 2 - 1
+    a, has = torch.randint(0, 2, (2, T)), torch.ones(2, T, dtype=torch.bool)
+    rew, term = torch.rand(2, T), torch.zeros(2, T, dtype=torch.bool)
+    term[1, -1] = True
+    cfg = LossConfig(termination_pos_weight=3.0)
+    draw = draw_noise(2, T, (3, 16, 16), cfg, torch.Generator().manual_seed(1))
+    weights = torch.tensor([[0.5] * T, [2.0] * T])  # per window, as the sampler gives them
+    with torch.no_grad():
+        plain = dart_loss(model, x0, a, has, rew, term, draw, cfg, 0.5)
+        weighted = dart_loss(model, x0, a, has, rew, term, draw, cfg, 0.5, termination_weights=weights)
+        rows = [dart_loss(model, x0[i:i + 1], a[i:i + 1], has[i:i + 1], rew[i:i + 1], term[i:i + 1],
+                          dataclasses.replace(draw, sigma=draw.sigma[i:i + 1], sigma_ctx=draw.sigma_ctx[i:i + 1],
+                                              noise=draw.noise[i:i + 1], noise_ctx=draw.noise_ctx[i:i + 1]),
+                          cfg, 0.5) for i in range(2)]
+    for name in ("reward", "termination"):  # the batch mean of each window's term times its weight
+        expected = (0.5 * getattr(rows[0], name) + 2.0 * getattr(rows[1], name)) / 2
+        torch.testing.assert_close(getattr(weighted, name), expected, msg=name)
+    torch.testing.assert_close(weighted.diffusion, plain.diffusion)
+    assert not torch.isclose(weighted.reward, plain.reward)
+
+
 def test_init_from_another_run(tiny_dataset_id: str, tmp_path: Path, capsys) -> None:
     """--init-from continues another run's weights, optimiser and counters under a new config (here a shorter
     context window, which holds no parameters); a model of another shape is refused with the reason."""

@@ -517,11 +517,11 @@ class WindowSampler:
     frames recorded after a termination, ``collect(post_terminal_steps=...)``, these are the windows that
     contain an episode's first terminal frame.) Each window then comes with the importance weight that undoes
     the oversampling, ``termination_weights``: its probability under uniform windows over its probability as
-    sampled, for all its frames. The termination loss weighs frames by it, so that its expectation is that of
-    uniform windows, frame by frame and position by position (the causal model's output at a frame depends on
-    the context before it), and the termination head learns the data's probability of termination, not the
-    sampler's: oversampling windows that contain a termination also oversamples the terminal instances of a
-    look-alike state (a pole at its limit), not the others.
+    sampled, for all its frames. The termination and reward losses weigh frames by it, so that their expectations
+    are those of uniform windows, frame by frame and position by position (the causal model's output at a frame
+    depends on the context before it), and the heads learn the data's probability of termination and rewards,
+    not the sampler's: oversampling windows that contain a termination also oversamples the terminal instances
+    of a look-alike state (a pole at its limit), not the others.
 
     Batches are dicts of numpy arrays: ``frames`` (B, T, H, W, 3) uint8, ``actions`` (B, T) int64 or
     (B, T, *shape) float32 (the action that led to each frame), ``has_action`` (B, T) bool, ``rewards``

@@ -82,8 +82,10 @@ def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, h
     ``valid`` (B, T) bool: False for the padding after an episode's end (see ``WindowSampler(pad_ends=True)``);
     those frames count as zero in every term, so each real frame weighs 1 / (B * T) whatever the padding,
     and a window with k real frames contributes k / T of what the same k frames alone would.
-    ``termination_weights`` (B, T): each frame's weight in the termination term (the sampler's importance weights
-    where it oversamples windows that contain a termination)."""
+    ``termination_weights`` (B, T): each frame's weight in the termination and reward terms (the sampler's
+    importance weights where it oversamples windows that contain a termination), so that both heads learn the
+    data's expectations, not the oversampled windows'; the diffusion term keeps the oversampled windows as drawn
+    (more examples of what happens at an episode's end)."""
     B, T = x0.shape[:2]
     dev = x0.device
     idx = noisy_index(T, cfg.supervision).to(dev)
@@ -102,10 +104,10 @@ def dart_loss(model: torch.nn.Module, x0: torch.Tensor, actions: torch.Tensor, h
     real_noisy = real[:, idx]
     diffusion = ((per_frame / logvar.exp() + logvar) * real_noisy).mean()
 
-    has_reward = has_action.float() * real  # an episode's first frame has no previous transition and no reward
+    term_real = real if termination_weights is None else real * termination_weights.to(dev).float()
+    has_reward = has_action.float() * term_real  # an episode's first frame has no previous transition and no reward
     reward_loss = ((out.reward.float() - symlog(rewards.float())).square() * has_reward).mean()
     pos_weight = torch.tensor(cfg.termination_pos_weight or 1.0, device=dev)
-    term_real = real if termination_weights is None else real * termination_weights.to(dev).float()
     term_loss = (F.binary_cross_entropy_with_logits(out.termination_logit.float(), terminations.float(),
                                                     pos_weight=pos_weight, reduction="none") * term_real).mean()
     total = diffusion + cfg.reward_weight * reward_loss + cfg.termination_weight * term_loss
