@@ -117,15 +117,44 @@ def test_causality(input_k: int) -> None:
     assert (out.denoised[:, t] - ref.denoised[:, t]).abs().max() > 1e-3
 
 
-def test_flex_attention_equals_dense_sdpa() -> None:
-    """(3) FlexAttention with a block mask == SDPA with the dense DART mask (forward)."""
+@pytest.mark.parametrize("window,noisy", [(None, None), (2, None), (None, [5]), (3, [0, 2, 5])])
+def test_flex_attention_equals_dense_sdpa(window: int | None, noisy: list[int] | None) -> None:
+    """(3) FlexAttention with a block mask == SDPA with the dense DART mask (forward), also with a sliding window
+    and with a subset of the frames noisy (last-frame supervision)."""
     model = make_model()
     inp = make_inputs(model)
+    idx = None if noisy is None else torch.tensor(noisy)
+    n = inp["x_noisy"].shape[1] if idx is None else len(idx)
+    part = {**inp, "x_noisy": inp["x_noisy"][:, :n], "sigma": inp["sigma"][:, :n]}
     with torch.no_grad():
-        dense = train_forward(model, inp, attn_backend="sdpa")
-        flex = train_forward(model, inp, attn_backend="flex")
+        dense = train_forward(model, part, noisy_index=idx, window=window, attn_backend="sdpa")
+        flex = train_forward(model, part, noisy_index=idx, window=window, attn_backend="flex")
     torch.testing.assert_close(flex.denoised, dense.denoised, atol=1e-7, rtol=0)
     torch.testing.assert_close(flex.reward, dense.reward, atol=1e-7, rtol=0)
+    torch.testing.assert_close(flex.termination_logit, dense.termination_logit, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("window,noisy", [(None, None), (3, None), (None, [5]), (3, [1, 3, 5])])
+def test_causality_by_gradients(window: int | None, noisy: list[int] | None) -> None:
+    """(2b) With a sliding window and with some frames noisy: noisy frame t has zero gradient with respect to
+    clean frames >= t and to the other noisy frames, and a non-zero one with respect to clean frame t - 1; the
+    heads at clean frame t have zero gradient with respect to clean frames > t."""
+    model = make_model()
+    inp = make_inputs(model, T=6)
+    idx = torch.arange(6) if noisy is None else torch.tensor(noisy)
+    clean = inp["x_clean"].clone().requires_grad_(True)
+    x_noisy = inp["x_noisy"][:, : len(idx)].clone().requires_grad_(True)
+    out = model(x_noisy, inp["sigma"][:, : len(idx)], clean, inp["sigma_ctx"], inp["actions"], inp["has_action"],
+                noisy_index=None if noisy is None else idx, window=window)
+    for n, t in enumerate(idx.tolist()):
+        g_clean, g_noisy = torch.autograd.grad(out.denoised[:, n].sum(), (clean, x_noisy), retain_graph=True)
+        assert g_clean[:, t:].abs().max() == 0, f"noisy frame {t} reads clean frames >= {t}"
+        others = torch.cat([g_noisy[:, :n], g_noisy[:, n + 1:]], 1)
+        assert not others.numel() or others.abs().max() == 0, f"noisy frame {t} reads other noisy frames"
+        assert t == 0 or g_clean[:, t - 1].abs().max() > 0, f"noisy frame {t} does not read clean frame {t - 1}"
+    for t in range(5):
+        (g,) = torch.autograd.grad((out.reward[:, t] + out.termination_logit[:, t]).sum(), clean, retain_graph=True)
+        assert g[:, t + 1:].abs().max() == 0, f"the heads at frame {t} read later frames"
 
 
 @pytest.mark.parametrize("action,input_k", [("discrete", 1), ("box", 1), ("discrete", 3)])
