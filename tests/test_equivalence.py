@@ -157,6 +157,53 @@ def test_causality_by_gradients(window: int | None, noisy: list[int] | None) -> 
         assert g[:, t + 1:].abs().max() == 0, f"the heads at frame {t} read later frames"
 
 
+@pytest.mark.parametrize("sampler", [{"num_steps": 3}, {"num_steps": 2, "order": 2, "s_churn": 1.0},
+                                     {"num_steps": 3, "history_guidance": 2.0}])
+def test_sampled_frames_enter_the_caches_as_their_last_denoiser_call(sampler: dict) -> None:
+    """(4b) Through ``sample_next_frame`` (Euler, Heun with churn, history guidance): after each imagined frame,
+    the caches and heads are those of a fresh warm-up over the real context and, for each imagined frame, the
+    input of its last denoiser call at that call's noise level: the cache update comes with that call."""
+    from diffusion_world.diffusion.sampler import SamplerConfig, sample_next_frame, warmup
+
+    model = make_model()
+    inp = make_inputs(model, T=8)
+    cfg, B, C, steps = SamplerConfig(**sampler), 2, 3, 3
+    calls: list[tuple[object, torch.Tensor, torch.Tensor]] = []
+    denoise_step = model.denoise_step
+
+    def record(state, x, sigma, action, has_action):  # type: ignore[no-untyped-def]
+        calls.append((state, x.clone(), sigma.clone()))
+        return denoise_step(state, x, sigma, action, has_action)
+
+    model.denoise_step = record  # type: ignore[method-assign]
+    state, generators = model.new_state(B), [torch.Generator().manual_seed(i) for i in range(B)]
+    last_calls, heads = [], []
+    with torch.no_grad():
+        warmup(model, state, inp["x_clean"][:, :C], 0.002, inp["actions"][:, :C], inp["has_action"][:, :C],
+               generators, cfg)
+        for t in range(C, C + steps):
+            calls.clear()
+            _, reward, term = sample_next_frame(model, state, inp["actions"][:, t], inp["has_action"][:, t],
+                                                generators, cfg)
+            last_calls.append([c for c in calls if c[0] is state][-1])
+            heads.append((reward, term))
+    model.denoise_step = denoise_step  # type: ignore[method-assign]
+    frames = torch.cat([inp["x_clean"][:, :C]] + [x[:, None] for _, x, _ in last_calls], 1)
+    sigmas = torch.cat([torch.full((B, C), 0.002, dtype=torch.float64)]
+                       + [s[:, None].double() for _, _, s in last_calls], 1)
+    reference = model.new_state(B)
+    with torch.no_grad():
+        out = model.warmup(reference, frames, sigmas, inp["actions"][:, : C + steps],
+                           inp["has_action"][:, : C + steps])
+        for i, (reward, term) in enumerate(heads):
+            torch.testing.assert_close(reward, out.reward[:, C + i], atol=ATOL, rtol=0)
+            torch.testing.assert_close(term, out.termination_logit[:, C + i], atol=ATOL, rtol=0)
+        probe = [model.denoise_step(st, inp["x_noisy"][:, -1], inp["sigma"][:, -1], inp["actions"][:, -1],
+                                    inp["has_action"][:, -1]) for st in (state, reference)]
+    torch.testing.assert_close(probe[0], probe[1], atol=ATOL, rtol=0)
+    assert float(last_calls[0][2][0]) == pytest.approx(cfg.sigma_min)  # K >= 2: the last call is at sigma_min
+
+
 @pytest.mark.parametrize("action,input_k", [("discrete", 1), ("box", 1), ("discrete", 3)])
 def test_incremental_generation_equals_recompute(action: str, input_k: int) -> None:
     """(4) Frames added one at a time through denoise_step + commit (the cache update from the last denoiser
