@@ -280,6 +280,12 @@ def test_calibration_bins_by_probability() -> None:
     assert c["bins"][1]["terminal_share_95"][0] == 0.0 and 0.79 < c["bins"][1]["terminal_share_95"][1] < 0.80
     with pytest.raises(ValueError, match="equal 1-D non-empty"):
         calibration(real, probs[:-1])
+    # all or none of a bin's frames terminal: the interval holds the share exactly (rounding put 0 just outside,
+    # and the reliability plot failed on a negative error bar, after the whole benchmark had run)
+    from diffusion_world.bench.termination import wilson_interval
+
+    for n in range(1, 201):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0, n
 
 
 @pytest.mark.slow

@@ -218,6 +218,10 @@ def test_frames_recorded_through_add_render_observation_are_rendered_once_per_st
             with pytest.raises(UserError, match="recorded images differ from the replayed ones while the rest of "
                                                 "the observation matches"):
                 render_dataset("tt/fading-dict-v0", "tt/fading-twice-v0", size=16, progress=False)
+            # frames alone: nothing tells the render from the dynamics, and the message says both
+            with pytest.raises(UserError, match="recorded frames differ from the replayed ones; the observations are "
+                                                "frames alone, so this may be .* or its render"):
+                render_dataset("tt/fading-frames-v0", "tt/fading-twice-v0", size=16, progress=False)
     finally:
         gym.registry.pop("UserFading-v0", None)
 

@@ -78,7 +78,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     share, z2 = k / n, z * z
     centre = (share + z2 / (2 * n)) / (1 + z2 / n)
     half = z * np.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # exactly 0 at k = 0 and 1 at k = n, where rounding gave 2.8e-17 or 0.9999999999999999 (a negative error bar)
+    return float(min(share, max(0.0, centre - half))), float(max(share, min(1.0, centre + half)))
 
 
 def calibration(real: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, Any]:
@@ -327,7 +328,8 @@ def plot_calibration(path: Path, r: dict[str, Any]) -> None:
     y = [b["terminal_share"] for b in bins]
     n = np.array([b["frames"] for b in bins], dtype=float)
     ci = np.array([b["terminal_share_95"] for b in bins]).T
-    ax.errorbar(x, y, yerr=[np.subtract(y, ci[0]), ci[1] - y], fmt="-", color="C0", lw=1, elinewidth=1, capsize=3,
+    errors = np.clip([np.subtract(y, ci[0]), ci[1] - y], 0, None)
+    ax.errorbar(x, y, yerr=errors, fmt="-", color="C0", lw=1, elinewidth=1, capsize=3,
                 label="95 % interval of the share")
     ax.scatter(x, y, s=20 + 180 * np.sqrt(n / n.max()), color="C0", zorder=3,
                label=f"{r['termination_source']} on real frames (area ~ frames)")

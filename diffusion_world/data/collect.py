@@ -787,11 +787,19 @@ def _replay_episode(env: gym.Env, env_id: str, source_id: str, episode_id: int, 
             frames.append(frame)
         if not _states_match(_at(observations, t), info["state"], atol, exact_images):
             where = f"episode {episode_id} of {source_id!r} (reset seed {seed}) diverges from its recording at step {t}"
-            if exact_images and _states_match(_at(observations, t), info["state"], atol, exact_images=False):
+            recorded = _at(observations, t)
+            has_state = any(not _is_image(leaf) for leaf in _leaves(recorded))
+            if exact_images and has_state and _states_match(recorded, info["state"], atol, exact_images=False):
                 raise UserError(f"{where}: its recorded images differ from the replayed ones while the rest of the "
                                 f"observation matches: {env_id}'s render() here draws other frames than when it "
                                 "was recorded (another version or render settings, or a render() that changes "
                                 "with each call)")
+            if not has_state:
+                raise UserError(f"{where}: its recorded frames differ from the replayed ones; the observations are "
+                                f"frames alone, so this may be {env_id} not reproducing the episode from the seed and "
+                                "the actions (a stochastic env, another version of it) or its render() drawing other "
+                                "frames than when it was recorded (render settings, a render() that changes with "
+                                "each call)")
             raise UserError(
                 f"{where}: {env_id} here does not reproduce it from the seed and the actions (a stochastic env, or "
                 "another version of it than the one that recorded the dataset)")

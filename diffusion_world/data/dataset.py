@@ -102,8 +102,8 @@ def _check_image_space(dataset_id: str, space: gym.Space, frame_size: int | None
     elif isinstance(space, gym.spaces.Dict) and (keys := [k for k, v in space.spaces.items() if _image_shaped(v)]):
         states = (f"; its observations are a Dict with images under {keys}: diffusion_world trains on frames alone, "
                   f"so render its episodes into frames, `diffusion-world render {dataset_id} --dataset-id NEW` (it "
-                  "replays each from its recorded reset seed, checking the states: `diffusion-world info` says "
-                  "whether it can), or record a dataset whose observations are those frames")
+                  "replays each from its recorded reset seed, checking the states), or record a dataset whose "
+                  "observations are those frames")
     shown = " ".join(str(space).split())  # a Box's bounds print on several lines: one-line messages
     if frame_size is None:
         hint = ("; resize its frames into N x N RGB frames with `diffusion-world train --frame-size N` "
