@@ -294,12 +294,14 @@ def test_sigterm_saves_checkpoint(tiny_dataset_id: str, tmp_path: Path, monkeypa
 
 
 SIGNAL_RANK_1 = """
-import os, signal, sys
+import atexit, os, signal, sys, time
+from pathlib import Path
 
 import diffusion_world.training.train as train_module
 from diffusion_world.cli import main
 
-real, calls = train_module.normalize_weights_, [0]
+real, calls, save = train_module.normalize_weights_, [0], train_module.save_checkpoint
+times = Path(os.environ["TIMES_DIR"])
 
 
 def normalize_and_signal(model):  # at the model's start, then once per step
@@ -309,7 +311,16 @@ def normalize_and_signal(model):  # at the model's start, then once per step
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def slow_save(*args, **kwargs):  # a large checkpoint on a slow file system
+    time.sleep(3)
+    path = save(*args, **kwargs)
+    (times / "saved").write_text(str(time.time()))
+    return path
+
+
 train_module.normalize_weights_ = normalize_and_signal
+train_module.save_checkpoint = slow_save
+atexit.register(lambda: (times / f"exit{os.environ['RANK']}").write_text(str(time.time())))
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -317,7 +328,8 @@ sys.exit(main(sys.argv[1:]))
 def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(tiny_dataset_id: str, tmp_path: Path) -> None:
     """SIGTERM to one torchrun process: all of them stop after the same step and rank 0 saves the checkpoint. The
     signalled rank used to stop alone, and rank 0 died in its next collective ("Connection closed by peer")
-    without one."""
+    without one. The other ranks exit only once rank 0 has saved: one that exited first made torchrun stop rank
+    0, and kill it 30 s later, in the middle of a long save."""
     script = tmp_path / "signal_rank_1.py"
     script.write_text(SIGNAL_RANK_1)
     out = tmp_path / "run"
@@ -325,8 +337,10 @@ def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(tiny_dataset_id
                           str(script), "train", "--dataset-id", tiny_dataset_id, "--preset", "tiny", "--steps", "6",
                           "--batch-size", "2", "--seq-len", "4", "--device", "cpu", "--eval-every", "1000",
                           "--checkpoint-every", "1000", "--out", str(out), "--quiet"],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "TIMES_DIR": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode != 0, run.stdout[-2000:]  # stopped, not finished
+    assert float((tmp_path / "exit1").read_text()) > float((tmp_path / "saved").read_text())
     assert "interrupted at step 2: checkpoint saved" in run.stdout, run.stderr[-3000:]
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
     assert "Connection closed by peer" not in run.stderr

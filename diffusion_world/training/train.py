@@ -474,7 +474,8 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
                             supervised=supervised, num_frames_seen=num_frames_seen)
             stop.release()  # a signal that came meanwhile interrupts here
             # not held: a SIGTERM during a long validation saves at once (a scheduler kills ~30 s later), at the
-            # price of that step's validation row, which a resumed run does not repeat
+            # price of that step's validation row, which a resumed run does not repeat (one process; several stop
+            # after the step's validation and checkpoint, where they agree)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if rank == 0:
                     monitor.evaluate(step, ema, val_windows or train_windows, cfg, device, attn_backend,
@@ -496,6 +497,7 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
                 break
     except KeyboardInterrupt:
         save()
+        _wait_for_rank_0(world)
         if rank == 0:
             print(f"\ninterrupted at step {step}: checkpoint saved to {ckpt_path} (resume with --resume)")
         raise
@@ -505,7 +507,15 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
             signal.signal(sig, handler)
     if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
         save()
+    _wait_for_rank_0(world)
     return ckpt_path
+
+
+def _wait_for_rank_0(world: int) -> None:
+    """With several processes, the others wait here until rank 0 has saved: a rank that exited first (with a
+    signal's exit status) made torchrun stop rank 0, and kill it 30 s later, in the middle of a long save."""
+    if world > 1:
+        dist.barrier()
 
 
 # Settings that decide what a run computes: a resumed run keeps them (the rest, e.g. --steps, --max-minutes, the
