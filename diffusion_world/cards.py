@@ -195,12 +195,19 @@ def card_env_differences(env: dict[str, Any], env_spec: dict[str, Any] | None) -
     if not env_spec:
         return []
     recorded = recorded_env_id(env_spec)
-    if recorded != env["id"]:
+
+    def bare(env_id: str | None) -> str | None:  # "module:Env-v0", as gym.make takes it, is "Env-v0"
+        return env_id.split(":", 1)[1] if env_id and ":" in env_id else env_id
+
+    if bare(recorded) != bare(env["id"]):
         return [f"env {env['id']!r} in the card vs {recorded!r} in the dataset"]
     pixel = env_spec.get("id") == PIXEL_ENV_ID
     differences = []
-    skip = env_spec.get("frame_skip", 1) if pixel else 1
-    if skip != env.get("frame_skip", 1):
+    # a dataset of the env's own observations skips frames only through a recorded wrapper, by its own count
+    skipping = any(name in str(w.get("entry_point", "")) for w in env_spec.get("additional_wrappers") or ()
+                   for name in ("Skip", "AtariPreprocessing"))
+    skip = env_spec.get("frame_skip", 1) if pixel else None if skipping else 1
+    if skip is not None and skip != env.get("frame_skip", 1):
         differences.append(f"frame_skip {env.get('frame_skip', 1)} in the card vs {skip} in the dataset")
     kwargs = dict(env_spec.get("env_kwargs") or {}) if pixel else {
         k: v for k, v in env_spec.items() if k not in _SPEC_KEYS}

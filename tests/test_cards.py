@@ -173,6 +173,11 @@ def test_card_env_differences_name_what_the_dataset_was_recorded_with() -> None:
     assert card_env_differences({**lander, "frame_skip": 1}, {"id": "LunarLander-v3"}) == []  # not recorded
     assert card_env_differences({**lander, "frame_skip": 1}, {"id": "LunarLanderContinuous-v3"}) == [
         "env 'LunarLander-v3' in the card vs 'LunarLanderContinuous-v3' in the dataset"]
+    # a module-qualified id names the same env; a recorded frame-skipping wrapper leaves the skip unknown
+    assert card_env_differences({**lander, "id": "gymnasium.envs.box2d:LunarLander-v3"},
+                                {"id": "LunarLander-v3", "continuous": False}) == [both[0]]
+    skipping = {"entry_point": "gymnasium.wrappers.stateful_observation:MaxAndSkipObservation", "kwargs": {"skip": 2}}
+    assert card_env_differences(lander, {"id": "LunarLander-v3", "additional_wrappers": [skipping]}) == []
     cartpole = load_card(ENVS_DIR / "cartpole.toml").env
     assert card_env_differences(cartpole, {"id": PIXEL_ENV_ID, "env_id": "CartPole-v1", "frame_skip": 1}) == []
     assert card_env_differences(cartpole, None) == []
