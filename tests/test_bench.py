@@ -664,6 +664,9 @@ def test_random_play_stops_both_envs_at_their_time_limit(tiny_frame_cache, tmp_p
     assert e["real"]["lengths"] == e["threshold"]["lengths"] == [3, 3, 3]  # random CartPole lasts > 3 steps
     assert e["real"]["cut"] == e["threshold"]["cut"] == 1.0
     assert "still running at the envs' time limit (3 steps)" in random_play.random_play_markdown(r)
+    exact = random_play.run_random_play(str(model), num_envs=2, steps=3, progress=False)  # --horizon = the limit
+    assert "requested_steps" not in exact and exact["time_limit"] == 3
+    assert "longer `--horizon`" not in random_play.random_play_markdown(exact)
     # the imagined env's horizon cuts too, where it is the shorter
     limited = make_tiny_checkpoint(tmp_path / "horizon2.pt", cache=cache, imagination={"horizon": 2})
     assert random_play.run_random_play(str(limited), num_envs=2, steps=6, progress=False)["steps"] == 2

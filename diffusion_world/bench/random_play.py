@@ -104,8 +104,9 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     # Both envs' episodes end at the same step limit: ``steps``, or the envs' own time limits where shorter (the
     # imagined env's horizon, the real env's limit), which truncate episodes, not fail them
     requested = steps
-    limits = [default_horizon(wm), recorded_time_limit(wm.dataset.get("env_spec"))]
-    steps = min([steps] + [n for n in limits if n])
+    limits = [n for n in (default_horizon(wm), recorded_time_limit(wm.dataset.get("env_spec"))) if n]
+    time_limit = min(limits) if limits else None
+    steps = min(steps, time_limit or steps)
     try:  # the imagined rollouts; the real env is closed by real_random_lengths, or here if they fail
         # never ended by the env: the threshold's and the sampled ends are both read off the probabilities
         core = ImaginationCore(wm, num_envs, dataset_id=dataset_id, context_source=context_source,
@@ -134,6 +135,7 @@ def run_random_play(world_model: str, out_dir: str | Path | None = None, num_env
     result: dict[str, Any] = {
         "world_model": str(world_model), "checkpoint_step": wm.step, "contexts": core.contexts.description,
         "num_envs": num_envs, "steps": steps, **({"requested_steps": requested} if steps < requested else {}),
+        "time_limit": time_limit,
         "sampler_steps": core.sampler.num_steps,
         **({"history_guidance": core.sampler.history_guidance} if core.sampler.guided else {}),
         "context_frames": core.context_frames,
@@ -212,7 +214,8 @@ def random_play_markdown(r: dict[str, Any]) -> str:
              f"{e['threshold']['median']:.0f} | {_f(e['threshold']['cut'])} |" + returns("threshold"),
              f"| imagined, `termination=\"sample\"` (expected) | {e['sampled']['mean']:.1f} | "
              f"{e['sampled']['median']:.1f} | {_f(e['sampled']['cut'])} |" + returns("sampled")]
-    if e["real"]["cut"] > 0.5 and "requested_steps" in r:
+    at_limit = "requested_steps" in r or (r.get("time_limit") is not None and r["steps"] >= r["time_limit"])
+    if e["real"]["cut"] > 0.5 and at_limit:
         lines += ["", f"**Most real episodes were still running at the envs' time limit ({r['steps']} steps): "
                   "random play rarely fails in this env, and the lengths say little about how episodes end.**"]
     elif e["real"]["cut"] > 0.5:
