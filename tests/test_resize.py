@@ -122,3 +122,14 @@ def test_suggested_frame_size_fits_the_unet() -> None:
 
     assert suggested_frame_size((36, 52, 3)) == 56 and suggested_frame_size((210, 160, 3)) == 64
     assert suggested_frame_size((36, 51), PRESETS["tiny"]["channels"]) == 52
+
+
+def test_train_suggests_the_frame_size_its_unet_needs(tiny_dataset_id: str, tmp_path: Path) -> None:
+    """16x16 frames and a 6-level U-Net (a multiple of 32): train's error suggests 32, for the levels the run
+    has (it said 64 whatever they were)."""
+    from diffusion_world.training.train import TrainConfig, train
+
+    with pytest.raises(UserError, match=r"not divisible by 2\^5 .*--frame-size N \(\[train\] frame_size\), e\.g\. 32$"):
+        train(TrainConfig(dataset_id=tiny_dataset_id, out_dir=str(tmp_path / "run"), preset="tiny", steps=1,
+                          batch_size=1, seq_len=4, precision="fp32", progress=False,
+                          model={"channels": (4,) * 6, "enc_blocks": (0,) * 6}))
