@@ -141,6 +141,28 @@ def test_benchmarks_refuse_a_dataset_the_model_does_not_fit(tiny_frame_cache, tm
             run(str(three))
 
 
+def test_a_dataset_of_another_frame_skip_is_said_to_be(tiny_world_model: str, tiny_frame_cache,
+                                                       minari_root: Path) -> None:
+    """Reset contexts or held-out episodes from a dataset recorded at another frame skip (or in another env) than
+    the model's training data come from another time scale: said, where it was silently accepted."""
+    import warnings
+
+    from diffusion_world.checkpoint import load_world_model
+    from diffusion_world.data.collect import collect
+    from diffusion_world.envs.core import open_dataset_for
+
+    wm = load_world_model(tiny_world_model)
+    collect("CartPole-v1", "tt/skip2-v0", steps=40, size=tiny_frame_cache.frame_size[0], frame_skip=2,
+            progress=False)
+    with pytest.warns(UserWarning, match=r"'tt/skip2-v0' was recorded in another env than the world model's "
+                                         r"training data \(frame_skip 2 vs 1\)"):
+        open_dataset_for("tt/skip2-v0", wm, progress=False)
+    collect("CartPole-v1", "tt/skip1-v0", steps=40, size=tiny_frame_cache.frame_size[0], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_dataset_for("tt/skip1-v0", wm, progress=False)
+
+
 def test_heldout_windows_too_short_names_the_longest() -> None:
     from types import SimpleNamespace
 

@@ -246,6 +246,7 @@ def test_render_fps_is_the_real_envs(tiny_world_model: str) -> None:
     assert recorded_render_fps({"id": "Absent-v0"}) == 30 and recorded_render_fps(None, default=12) == 12
 
 
+@pytest.mark.filterwarnings("ignore:dataset .* was recorded in another env:UserWarning")
 def test_default_horizon_is_the_real_envs_time_limit(tiny_world_model: str, tmp_path: Path) -> None:
     """Without a horizon in the checkpoint (a card that sets none), episodes are truncated where the real env's
     are (it used to be 1000 steps for any env: Pendulum's real episodes last 200)."""

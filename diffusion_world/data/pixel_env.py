@@ -67,6 +67,18 @@ def recorded_env_id(env_spec: dict[str, Any] | None) -> str | None:
     return env_id if isinstance(env_id, str) else None
 
 
+def recorded_env_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str | None:
+    """How the envs that two datasets' env specs (as the frame cache keeps them) were recorded in differ: the env
+    (a pixel env's rendered one, or the spec's own id: other tools' datasets have no ``env_id``) or a pixel env's
+    frame skip, which changes the dynamics; None where they agree."""
+    a, b = a or {}, b or {}
+    if recorded_env_id(a) != recorded_env_id(b):
+        return f"env {recorded_env_id(a)!r} vs {recorded_env_id(b)!r}"
+    if a.get("frame_skip", 1) != b.get("frame_skip", 1):
+        return f"frame_skip {a.get('frame_skip', 1)} vs {b.get('frame_skip', 1)}"
+    return None
+
+
 def recorded_render_fps(env_spec: dict[str, Any] | None, default: int = 30) -> int:
     """The frame rate of the env a dataset's env spec names, without making it: its class's
     ``metadata["render_fps"]``, divided by the pixel env's frame skip (as :class:`PixelEnv` does); ``default`` where

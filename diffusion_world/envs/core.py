@@ -31,7 +31,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils import seeding
 
 from diffusion_world.checkpoint import WorldModel, check_device, load_world_model
-from diffusion_world.data.pixel_env import recorded_render_fps, recorded_time_limit
+from diffusion_world.data.pixel_env import recorded_env_difference, recorded_render_fps, recorded_time_limit
 from diffusion_world.diffusion.sampler import (
     SamplerConfig,
     edm_sigmas,
@@ -175,6 +175,12 @@ def check_dataset_fits(cache: Any, world_model: WorldModel) -> None:
         raise UserError(f"dataset {dataset_id!r} has action space {cache.action_space} but the world model "
                         f"{world_model.path} was trained with "
                         f"{action_space_from_dict(world_model.config.action_space)}")
+    own = world_model.dataset.get("env_spec")
+    difference = recorded_env_difference(cache.env_spec, own) if cache.env_spec and own else None
+    if difference:
+        warnings.warn(f"dataset {dataset_id!r} was recorded in another env than the world model's training data "
+                      f"({difference}): its episodes (reset contexts, held-out windows) follow other dynamics or "
+                      "another time scale than the model learnt", UserWarning, stacklevel=3)
 
 
 def open_dataset_for(dataset_id: str, world_model: WorldModel, progress: bool = True) -> Any:

@@ -42,7 +42,7 @@ from diffusion_world.checkpoint import (
     save_checkpoint,
 )
 from diffusion_world.data.dataset import FrameCache
-from diffusion_world.data.pixel_env import recorded_env_id
+from diffusion_world.data.pixel_env import recorded_env_difference
 from diffusion_world.diffusion.sampler import frames_to_x
 from diffusion_world.errors import UserError, writable_dir
 from diffusion_world.files import atomic_write_text
@@ -101,13 +101,10 @@ def _check_compatible(dataset: dict[str, Any], cache: FrameCache) -> None:
         problems.append(f"frames {cache.frame_size} vs {tuple(dataset['frame_size'])}")
     if dataset.get("action_space") and action_space_to_dict(cache.action_space) != dataset["action_space"]:
         problems.append(f"action space {cache.action_space}")
-    # the env each was recorded in (a pixel env's rendered env; read "id" too: other tools' datasets have no
-    # "env_id", and comparing it passed any two of them), and a pixel env's frame skip, which changes the dynamics
-    spec, own = cache.env_spec or {}, dataset.get("env_spec") or {}
-    if recorded_env_id(spec) != recorded_env_id(own):
-        problems.append(f"env {recorded_env_id(spec)!r} vs {recorded_env_id(own)!r}")
-    elif spec.get("frame_skip", 1) != own.get("frame_skip", 1):
-        problems.append(f"frame_skip {spec.get('frame_skip', 1)} vs {own.get('frame_skip', 1)}")
+    # the env each was recorded in, and a pixel env's frame skip, which changes the dynamics
+    env = recorded_env_difference(cache.env_spec, dataset.get("env_spec"))
+    if env:
+        problems.append(env)
     if problems:
         raise UserError(f"dataset {cache.dataset_id!r} does not match the world model's: " + "; ".join(problems))
 
