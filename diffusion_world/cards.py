@@ -190,16 +190,12 @@ def card_env_differences(env: dict[str, Any], env_spec: dict[str, Any] | None) -
     it): the env id, the frame skip and each kwarg the card's ``env_kwargs`` sets (where the dataset records no
     value for it, the value its env id registers; unknown where neither says). Empty where they agree, or where
     the dataset records no env."""
-    from diffusion_world.data.pixel_env import PIXEL_ENV_ID, recorded_env_id, registered_spec
+    from diffusion_world.data.pixel_env import PIXEL_ENV_ID, bare_env_id, recorded_env_id, registered_spec
 
     if not env_spec:
         return []
     recorded = recorded_env_id(env_spec)
-
-    def bare(env_id: str | None) -> str | None:  # "module:Env-v0", as gym.make takes it, is "Env-v0"
-        return env_id.split(":", 1)[1] if env_id and ":" in env_id else env_id
-
-    if bare(recorded) != bare(env["id"]):
+    if bare_env_id(recorded) != bare_env_id(env["id"]):
         return [f"env {env['id']!r} in the card vs {recorded!r} in the dataset"]
     pixel = env_spec.get("id") == PIXEL_ENV_ID
     differences = []

@@ -116,7 +116,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
                    help="autocast precision (default auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--terminal-fraction", type=float,
                    help="share of windows drawn from those containing a termination, at any position (default 0); "
-                        "the termination loss weighs each window back to its uniform probability")
+                        "the termination and reward losses weigh each window back to its uniform probability")
     p.add_argument("--context-window", type=int,
                    help="override the preset's context window in frames (e.g. 4 for a short-memory baseline)")
     p.add_argument("--input-temporal-kernel", type=int,

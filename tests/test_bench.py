@@ -161,6 +161,16 @@ def test_a_dataset_of_another_frame_skip_is_said_to_be(tiny_world_model: str, ti
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_dataset_for("tt/skip1-v0", wm, progress=False)
+    # the same env named with its module; frame skips compared between pixel envs only (another tool's dataset
+    # skips frames by its own means: an env kwarg, a wrapper)
+    from diffusion_world.data.pixel_env import PIXEL_ENV_ID, recorded_env_difference
+
+    pixels = {"id": PIXEL_ENV_ID, "env_id": "CartPole-v1", "frame_skip": 1}
+    assert recorded_env_difference({**pixels, "env_id": "gymnasium.envs.classic_control:CartPole-v1"}, pixels) is None
+    assert recorded_env_difference({"id": "HalfCheetah-v5", "frame_skip": 5},
+                                   {**pixels, "env_id": "HalfCheetah-v5"}) is None
+    assert recorded_env_difference({**pixels, "frame_skip": 2}, pixels) == "frame_skip 2 vs 1"
+    assert recorded_env_difference({"id": "Pendulum-v1"}, pixels) == "env 'Pendulum-v1' vs 'CartPole-v1'"
 
 
 def test_heldout_windows_too_short_names_the_longest() -> None:

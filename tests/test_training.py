@@ -45,10 +45,11 @@ def test_tiny_model_overfits(tiny_dataset_id: str, tmp_path: Path) -> None:
 
 
 def test_resume_is_exact(tiny_dataset_id: str, tmp_path: Path) -> None:
-    """N steps in one go == N/2 steps, then --resume for the other N/2: identical weights and optimiser."""
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "once", steps=4))
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=2))
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=4), resume=True)
+    """N steps in one go == N/2 steps, then --resume for the other N/2: identical weights and optimiser (with
+    oversampled terminal windows, whose importance weights enter the reward and termination terms)."""
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "once", steps=4, terminal_fraction=0.5))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=2, terminal_fraction=0.5))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "twice", steps=4, terminal_fraction=0.5), resume=True)
     a = load_checkpoint(tmp_path / "once" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "twice" / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
@@ -63,7 +64,7 @@ def test_resume_is_exact(tiny_dataset_id: str, tmp_path: Path) -> None:
     c = load_checkpoint(tmp_path / "other" / "checkpoint.pt")
     assert not torch.equal(c["model"]["conv_out.weight"], a["model"]["conv_out.weight"])
     # and a second run with the same seed trains the same weights (as the README says)
-    train(tiny_cfg(tiny_dataset_id, tmp_path / "again", steps=4))
+    train(tiny_cfg(tiny_dataset_id, tmp_path / "again", steps=4, terminal_fraction=0.5))
     d = load_checkpoint(tmp_path / "again" / "checkpoint.pt")
     assert all(torch.equal(t, d[key][name]) for key in ("model", "ema") for name, t in a[key].items())
 
@@ -85,7 +86,8 @@ def test_compiled_training_equals_eager(tiny_dataset_id: str, tmp_path: Path) ->
 def test_ddp_two_processes_equal_one_process(tiny_dataset_id: str, tmp_path: Path) -> None:
     """torchrun with 2 gloo processes == 1 process with the combined batch (tolerance: float reduction order)."""
     args = ["train", "--dataset-id", tiny_dataset_id, "--preset", "tiny", "--steps", "3", "--batch-size", "4",
-            "--seq-len", "6", "--quiet", "--device", "cpu", "--eval-every", "1000"]
+            "--seq-len", "6", "--quiet", "--device", "cpu", "--eval-every", "1000",
+            "--terminal-fraction", "0.5"]  # importance weights in the reward and termination terms, per window
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "diffusion_world.cli", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
@@ -669,6 +671,9 @@ def test_importance_weights_weigh_the_reward_and_termination_terms_only() -> Non
     for name in ("reward", "termination"):  # the batch mean of each window's term times its weight
         expected = (0.5 * getattr(rows[0], name) + 2.0 * getattr(rows[1], name)) / 2
         torch.testing.assert_close(getattr(weighted, name), expected, msg=name)
+    # the diffusion term of the total is unchanged: the totals differ by the reward and termination terms alone
+    torch.testing.assert_close(weighted.total - plain.total, (weighted.reward - plain.reward)
+                               + (weighted.termination - plain.termination))
     torch.testing.assert_close(weighted.diffusion, plain.diffusion)
     assert not torch.isclose(weighted.reward, plain.reward)
 

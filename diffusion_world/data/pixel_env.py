@@ -67,14 +67,22 @@ def recorded_env_id(env_spec: dict[str, Any] | None) -> str | None:
     return env_id if isinstance(env_id, str) else None
 
 
+def bare_env_id(env_id: str | None) -> str | None:
+    """An env id without the module that registers it: ``"module:Env-v0"``, as ``gym.make`` takes it, is
+    ``"Env-v0"``."""
+    return env_id.split(":", 1)[1] if env_id and ":" in env_id else env_id
+
+
 def recorded_env_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str | None:
     """How the envs that two datasets' env specs (as the frame cache keeps them) were recorded in differ: the env
-    (a pixel env's rendered one, or the spec's own id: other tools' datasets have no ``env_id``) or a pixel env's
-    frame skip, which changes the dynamics; None where they agree."""
+    (a pixel env's rendered one, or the spec's own id: other tools' datasets have no ``env_id``; with or without
+    the module that registers it) or, where both are pixel envs, their frame skip, which changes the dynamics
+    (another tool's dataset skips frames by means this does not compare: wrappers, the env's own kwargs); None
+    where they agree."""
     a, b = a or {}, b or {}
-    if recorded_env_id(a) != recorded_env_id(b):
+    if bare_env_id(recorded_env_id(a)) != bare_env_id(recorded_env_id(b)):
         return f"env {recorded_env_id(a)!r} vs {recorded_env_id(b)!r}"
-    if a.get("frame_skip", 1) != b.get("frame_skip", 1):
+    if a.get("id") == b.get("id") == PIXEL_ENV_ID and a.get("frame_skip", 1) != b.get("frame_skip", 1):
         return f"frame_skip {a.get('frame_skip', 1)} vs {b.get('frame_skip', 1)}"
     return None
 

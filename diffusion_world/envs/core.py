@@ -164,7 +164,8 @@ def _same_action_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def check_dataset_fits(cache: Any, world_model: WorldModel) -> None:
     """A clear :class:`UserError` when a dataset's frames or actions (its frame cache) are not those the world
-    model was trained on: its imagination could not start from, or replay, that dataset's episodes."""
+    model was trained on: its imagination could not start from, or replay, that dataset's episodes. A warning
+    where it was recorded in another env, or at another pixel-env frame skip (:func:`recorded_env_difference`)."""
     dataset_id = cache.dataset_id
     model_size = tuple(world_model.config.frame_size)
     if tuple(cache.frame_size) != model_size:

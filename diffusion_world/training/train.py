@@ -495,6 +495,10 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
                     print(f"stopped at step {step} after --max-minutes {cfg.max_minutes:g}: checkpoint saved to "
                           f"{ckpt_path} (continue with --resume)")
                 break
+        # still under the deferring handlers: a signal to one rank during this save waits for the barrier
+        if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
+            save()
+        _wait_for_rank_0(world)
     except KeyboardInterrupt:
         save()
         _wait_for_rank_0(world)
@@ -505,9 +509,6 @@ def _train(cfg: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path,
         monitor.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not ckpt_path.exists():  # nothing was left to train (e.g. --init-from a run already at --steps)
-        save()
-    _wait_for_rank_0(world)
     return ckpt_path
 
 
