@@ -139,3 +139,27 @@ def test_quick_memory_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "memory_quick.png").stat().st_size > 0
     path = write_result(tmp_path / "out" / "memory_quick.json", result)
     assert json.loads(path.read_text())["headline"] == headline
+
+
+def test_memory_benchmark_trains_on_whole_episodes_and_records_what_it_trained(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both models train on windows inside episodes, ours on whole episodes: the trainer's default of padded
+    windows past an episode's end put the cue frame in 4% of ours' windows (it scored at chance), and the budget
+    it reported (steps x batch x seq_len) was not what it trained (the checkpoint's ``num_frames_seen``)."""
+    import diffusion_world.training.train as train_module
+    from diffusion_world.bench.memory import train_pair
+    from diffusion_world.checkpoint import save_checkpoint
+
+    configs = {}
+
+    def fake_train(cfg, resume=False, card=None):  # type: ignore[no-untyped-def]
+        configs[Path(cfg.out_dir).name] = cfg
+        save_checkpoint(Path(cfg.out_dir) / "checkpoint.pt", {"num_frames_seen": 7 * cfg.batch_size})
+        return Path(cfg.out_dir) / "checkpoint.pt"
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    runs = train_pair("tt/cue-v0", tmp_path, n=24, steps=3, batch_size=4, lr=1e-2, model={}, loss={},
+                      progress=False)
+    assert not configs["ours"].pad_episode_ends and not configs["short_memory"].pad_episode_ends
+    assert configs["ours"].seq_len == 26 and configs["short_memory"].seq_len == 5
+    assert runs["ours"]["supervised_frames"] == 28 and runs["short_memory"]["supervised_frames"] == 7 * 21
