@@ -588,6 +588,24 @@ def test_readme_block_shows_current_results_and_names_archived_ones(tmp_path: Pa
     assert OTHER_CHECKPOINTS + "`memory_old`." in text
 
 
+def test_memory_markdown_says_the_gap_the_baseline_and_what_is_drawn() -> None:
+    """The cue reappears n + 1 steps after it was shown (it said n); the table says how often each model draws a
+    cue colour at all (a frame without one is read as a guess), and the text what the baseline is and is not."""
+    from diffusion_world.bench.report import memory_markdown
+
+    r = {"headline": {"chance": 0.25, "n": 24},
+         "ours": {"accuracy": 0.98, "accuracy_ci95": [0.95, 0.99], "revealed": 0.99},
+         "short_memory": {"accuracy": 0.23, "accuracy_ci95": [0.18, 0.28], "revealed": 0.68},
+         "training": {"ours": {"context_window": 32, "supervised_frames": 182000},
+                      "short_memory": {"context_window": 4, "supervised_frames": 183750}}}
+    text = memory_markdown(r)
+    assert "25 steps later (after 24 distractor frames)" in text
+    assert "| short memory (DIAMOND-style) | 4 | 0.230 | 0.180–0.280 | 0.68 |" in text
+    assert "(182,000 and 183,750 supervised frames)" in text and "not DIAMOND's own network" in text
+    old = {**r, "ours": {k: v for k, v in r["ours"].items() if k != "revealed"}}  # results from before `revealed`
+    assert "draws a cue colour |" not in memory_markdown(old)
+
+
 def test_readme_block_sums_up_sampler_variants_in_the_sampler_table(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Variants of the current model (``control_k2``, ``control_hg2``) are rows of the sampler table, not
